@@ -1,0 +1,5 @@
+"""`python -m sopy` is the `sopy` command."""
+
+from sopy.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""What admin-supplied values may look like: names, secrets, user keys and backend URLs.
+
+These are attrs validators and converters used by the admin command messages in
+`sopy.messages`, so an invalid value never gets past the message boundary. Each failure raises
+`ValueError` with a message naming the field; `sopy.messages` turns it into `InvalidField`.
+"""
+
+import re
+import urllib.parse
+from typing import Any
+
+import attrs
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_MAX_SECRET_LENGTH = 4096
+_MIN_USER_KEY_LENGTH = 8
+_MAX_USER_KEY_LENGTH = 256
+_MAX_DESCRIPTION_LENGTH = 500
+_MAX_URL_LENGTH = 2048
+
+
+def _fail(attribute: "attrs.Attribute[Any]", problem: str) -> ValueError:
+    return ValueError(f"field '{attribute.name}' {problem}")
+
+
+def provider_name(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    """Provider (and admin_auth) names: they appear in URLs and logs, so keep them plain."""
+    if not _NAME.fullmatch(value):
+        raise _fail(
+            attribute,
+            "must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit (got {value!r})",
+        )
+
+
+def model_name(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    if not _MODEL_NAME.fullmatch(value):
+        raise _fail(
+            attribute,
+            "must be 1-256 characters of letters, digits and . _ : / @ + -, starting with a "
+            f"letter or digit (got {value!r})",
+        )
+
+
+def secret(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    """Credentials travel in an HTTP header: no spaces, control characters or non-ASCII."""
+    if not value:
+        raise _fail(attribute, "must not be empty")
+    if len(value) > _MAX_SECRET_LENGTH:
+        raise _fail(attribute, f"must be at most {_MAX_SECRET_LENGTH} characters")
+    if not _TOKEN.fullmatch(value):
+        raise _fail(attribute, "must be printable ASCII without spaces, tabs or line breaks")
+
+
+def optional_user_key(
+    _instance: object, attribute: "attrs.Attribute[Any]", value: str | None
+) -> None:
+    if value is None:
+        return
+    if not _MIN_USER_KEY_LENGTH <= len(value) <= _MAX_USER_KEY_LENGTH:
+        raise _fail(
+            attribute,
+            f"must be {_MIN_USER_KEY_LENGTH}-{_MAX_USER_KEY_LENGTH} characters "
+            "(omit it and Sopy generates a strong key)",
+        )
+    if not _TOKEN.fullmatch(value):
+        raise _fail(attribute, "must be printable ASCII without spaces or line breaks")
+
+
+def description(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    if len(value) > _MAX_DESCRIPTION_LENGTH:
+        raise _fail(attribute, f"must be at most {_MAX_DESCRIPTION_LENGTH} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise _fail(attribute, "must not contain control characters or line breaks")
+
+
+def positive_id(_instance: object, attribute: "attrs.Attribute[Any]", value: int | None) -> None:
+    if value is not None and value < 1:
+        raise _fail(attribute, f"must be a positive integer (got {value})")
+
+
+def normalised_backend_url(value: str) -> str:
+    """Return the canonical form of a backend base URL, or raise ValueError saying why not.
+
+    The canonical form has a lower-case scheme and host, no trailing slash and no trailing
+    `/v1`: the gateway appends the request path (`/v1/chat/completions`), so
+    `https://api.openai.com`, `https://api.openai.com/` and `https://api.openai.com/v1` are the
+    same backend.
+    """
+    if len(value) > _MAX_URL_LENGTH:
+        raise ValueError(f"field 'url' must be at most {_MAX_URL_LENGTH} characters")
+    if not _TOKEN.fullmatch(value):
+        raise ValueError("field 'url' must be printable ASCII without spaces or line breaks")
+    parts = urllib.parse.urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(
+            f"field 'url' must start with http:// or https:// (got {value!r}), "
+            "for example https://api.openai.com"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "field 'url' must not embed credentials; store them with add_admin_auth instead"
+        )
+    if not parts.hostname:
+        raise ValueError(f"field 'url' has no host (got {value!r})")
+    if parts.query or parts.fragment:
+        raise ValueError("field 'url' must not have a query string or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"field 'url' has an invalid port (got {value!r})") from None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return f"{scheme}://{netloc}{path}"

@@ -1,0 +1,47 @@
+"""How `sopy admin` shows a reply to a person: key/value lines, tables and plain lists."""
+
+from typing import Any
+
+
+def format_result(result: Any) -> str:
+    if isinstance(result, dict):
+        return _key_values(result)
+    if isinstance(result, list):
+        if not result:
+            return "(none)"
+        if all(isinstance(item, dict) for item in result):
+            return _table(result)
+        return "\n".join(_cell(item) for item in result)
+    return _cell(result)
+
+
+def format_error(error: dict[str, Any]) -> str:
+    return f"error [{error.get('code', 'unknown')}]: {error.get('message', '')}"
+
+
+def _key_values(row: dict[str, Any]) -> str:
+    width = max((len(key) for key in row), default=0)
+    return "\n".join(f"{key.ljust(width)}  {_cell(value)}" for key, value in row.items())
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(row.get(column, "")) for column in columns] for row in rows]
+    widths = [
+        max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)
+    ]
+    lines = [columns, *cells]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_cell(item) for item in value)
+    if value is None:
+        return "-"
+    return str(value)

@@ -1,0 +1,61 @@
+"""Starting `sopy serve` in the background, as the seed's start script did: wait until it is up,
+then print the server URL, the PID to stop it with and where its log is."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sopy.errors import StartupError
+
+READY_LINE = "Sopy is running"
+STARTUP_TIMEOUT = 30.0
+
+
+def start_in_background(serve_args: Sequence[str], log_path: Path) -> str:
+    """Start the gateway detached from this terminal; return the report to print."""
+    log_path = log_path.absolute()
+    with open(log_path, "ab") as log:
+        start_offset = log.tell()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sopy", "serve", *serve_args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    banner = _wait_for_banner(process, log_path, start_offset)
+    return (
+        f"{banner}\n"
+        f"  Log file:     {log_path}\n"
+        f"Stop it with:   kill {process.pid}\n"
+        "(the API server and the admin socket run in this one process)"
+    )
+
+
+def _wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, offset: int) -> str:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        output = _read_from(log_path, offset)
+        if READY_LINE in output:
+            banner = output[output.index(READY_LINE) :]
+            return "\n".join(line for line in banner.splitlines()[:5])
+        if process.poll() is not None:
+            raise StartupError(
+                f"the gateway exited during startup (code {process.returncode}); its log "
+                f"{log_path} says:\n{output.strip()[-2000:]}"
+            )
+        time.sleep(0.1)
+    process.terminate()
+    raise StartupError(
+        f"the gateway did not report ready within {STARTUP_TIMEOUT:.0f} s; see {log_path}"
+    )
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with open(path, "rb") as log:
+        log.seek(offset)
+        return log.read().decode("utf-8", "replace")

@@ -1,0 +1,204 @@
+"""The `sopy` command: `serve` runs the gateway, `start` runs it in the background, `admin`
+sends one admin command, `mock-upstream` runs the bundled OpenAI-compatible test server."""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+import trio
+
+from sopy import admin_output
+from sopy.admin_client import AdminUnreachable, send_admin_command
+from sopy.background import start_in_background
+from sopy.errors import StartupError, innermost
+from sopy.messages import ADMIN_COMMANDS
+from sopy.mock_upstream import run_mock_upstream
+from sopy.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
+from sopy.supervisor import RunningSopy, run_sopy
+
+EXIT_ERROR_REPLY = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.action != "admin" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        sys.exit(args.handler(args, rest))
+    except (StartupError, UsageError, AdminUnreachable) as error:
+        print(f"sopy: {error}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sopy", description=__doc__)
+    actions = parser.add_subparsers(dest="action", required=True)
+
+    serve = actions.add_parser("serve", help="run the gateway in the foreground")
+    start = actions.add_parser(
+        "start", help="run the gateway in the background; prints its URL, PID and log file"
+    )
+    start.add_argument("--log-file", default="sopy.log", help="default ./sopy.log")
+    start.set_defaults(handler=_start)
+    for name, variable in ENVIRONMENT_VARIABLES.items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(Settings(), name)
+        for command in (serve, start):
+            if name == "no_auth":
+                command.add_argument(
+                    flag,
+                    action="store_const",
+                    const=True,
+                    default=None,
+                    help=f"serve /v1 without client keys, for local experiments only (env "
+                    f"{variable})",
+                )
+            else:
+                command.add_argument(flag, default=None, help=f"default {default} (env {variable})")
+    serve.set_defaults(handler=_serve)
+
+    admin = actions.add_parser(
+        "admin",
+        help="send one admin command, e.g. `sopy admin add_backend --provider openai --url ...`",
+        description="Fields are given as --field value; booleans as --flag or --flag false. "
+        f"Commands: {', '.join(sorted(ADMIN_COMMANDS))}.",
+    )
+    admin.add_argument("command", help="the admin command, e.g. list_backends")
+    admin.add_argument("--admin-socket", default=None, help="default ./sopy-admin.sock")
+    admin.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    admin.set_defaults(handler=_admin)
+
+    mock = actions.add_parser("mock-upstream", help="run the bundled mock OpenAI upstream")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9000)
+    mock.add_argument("--name", default="mock")
+    mock.set_defaults(handler=_mock_upstream)
+    return parser
+
+
+def _start(args: argparse.Namespace, _rest: list[str]) -> int:
+    serve_args: list[str] = []
+    for name in ENVIRONMENT_VARIABLES:
+        value = getattr(args, name)
+        if value is True:
+            serve_args.append("--" + name.replace("_", "-"))
+        elif value is not None:
+            serve_args += ["--" + name.replace("_", "-"), str(value)]
+    print(start_in_background(serve_args, Path(args.log_file)))
+    return 0
+
+
+def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
+    settings = load_settings(vars(args))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        trio.run(_serve_until_signalled, settings)
+    except BaseExceptionGroup as group:
+        startup, _ = group.split(StartupError)
+        if startup is None:
+            raise
+        raise innermost(startup) from None
+    return 0
+
+
+async def _serve_until_signalled(settings: Settings) -> None:
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            running: RunningSopy = await nursery.start(run_sopy, settings, shutdown)
+            print(startup_banner(settings, running), flush=True)
+            async for signum in signals:
+                logging.getLogger("sopy").info("received %s", signal.Signals(signum).name)
+                shutdown.set()
+                break
+
+
+def startup_banner(settings: Settings, running: RunningSopy) -> str:
+    return (
+        "Sopy is running\n"
+        f"  Server URL:   {running.http_url}\n"
+        f"  Admin socket: {running.admin_socket.absolute()}\n"
+        f"  Database:     {settings.db_path.absolute()}\n"
+        f"  PID:          {os.getpid()}"
+    )
+
+
+def _admin(args: argparse.Namespace, rest: list[str]) -> int:
+    settings = load_settings({"admin_socket": args.admin_socket})
+    payload = command_payload(args.command, rest)
+    reply = send_admin_command(settings.admin_socket, payload)
+    if args.json:
+        print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+    elif reply.get("ok"):
+        print(admin_output.format_result(reply.get("result")))
+    else:
+        print(admin_output.format_error(reply.get("error", {})), file=sys.stderr)
+    return 0 if reply.get("ok") else EXIT_ERROR_REPLY
+
+
+def command_payload(command: str, tokens: Sequence[str]) -> dict[str, Any]:
+    """The JSON command for `sopy admin COMMAND --field value ...`, typed by the command's fields.
+
+    Validation itself is left to the server, so the CLI never disagrees with it.
+    """
+    name = command.replace("-", "_")
+    cls = ADMIN_COMMANDS.get(name)
+    field_types = {field.name: field.type for field in attrs.fields(cls)} if cls else {}
+    payload: dict[str, Any] = {"command": name}
+    position = 0
+    while position < len(tokens):
+        token = tokens[position]
+        if not token.startswith("--") or token == "--":
+            raise UsageError(f"expected --field, got {token!r}; see `sopy admin --help`")
+        key, has_inline, inline = token[2:].partition("=")
+        key = key.replace("-", "_")
+        position += 1
+        field_type = field_types.get(key)
+        if has_inline:
+            text = inline
+        elif field_type is bool and (
+            position >= len(tokens) or tokens[position].lower() not in ("true", "false")
+        ):
+            text = "true"
+        elif position < len(tokens):
+            text = tokens[position]
+            position += 1
+        else:
+            raise UsageError(f"--{key} needs a value")
+        payload[key] = _typed(key, text, field_type)
+    return payload
+
+
+def _typed(key: str, text: str, field_type: Any) -> Any:
+    if field_type is bool:
+        if text.lower() not in ("true", "false"):
+            raise UsageError(f"--{key} takes true or false (got {text!r})")
+        return text.lower() == "true"
+    if field_type is int or int in typing.get_args(field_type):
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"--{key} takes an integer (got {text!r})") from None
+    return text
+
+
+def _mock_upstream(args: argparse.Namespace, _rest: list[str]) -> int:
+    run_mock_upstream(args.host, args.port, args.name)
+    return 0

@@ -1,0 +1,445 @@
+"""SQLite storage of Sopy's configuration: the schema, its migrations, and the transaction behind
+each admin command.
+
+Only the config actor (`sopy.actors.config_store`) uses this module, and only from its single
+worker thread, so one connection serves every call. Each command runs in one `BEGIN IMMEDIATE`
+transaction that also bumps the persisted config version and appends the change to a bounded
+journal, so a version is never reused, even across restarts, and a change is either wholly on
+disk or not at all.
+"""
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+
+from sopy import keys
+from sopy.errors import Conflict, NotFound, StartupError
+from sopy.messages import (
+    ActivateUserApiKey,
+    AddAdminAuth,
+    AddBackend,
+    AddModelMapping,
+    AddUserApiKey,
+    AdminAuthAdded,
+    AdminAuthRemoved,
+    AdminAuthView,
+    AdminCommand,
+    AdminResult,
+    Backend,
+    BackendAdded,
+    BackendRemoved,
+    ConfigEvent,
+    ConfigSnapshot,
+    DeactivateUserApiKey,
+    GetAdminAuth,
+    GetBackend,
+    GetModelMapping,
+    GetUserApiKey,
+    ListAdminAuth,
+    ListBackends,
+    ListModelMappings,
+    ListUserApiKeys,
+    ModelMapping,
+    ModelMappingAdded,
+    ModelMappingRemoved,
+    NewUserApiKey,
+    ProviderBackends,
+    ProviderCredential,
+    RemoveAdminAuth,
+    RemoveBackend,
+    RemoveModelMapping,
+    RemoveUserApiKey,
+    UserApiKeyActivated,
+    UserApiKeyAdded,
+    UserApiKeyDeactivated,
+    UserApiKeyRecord,
+    UserApiKeyRemoved,
+    UserApiKeyView,
+    config_event_json,
+)
+
+JOURNAL_LENGTH = 10_000
+
+# Append-only: each entry upgrades the schema by one version. Never edit a released entry.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('config_version', 0);
+    CREATE TABLE admin_auth (
+        name TEXT PRIMARY KEY,
+        credentials TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE user_api_keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        description TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE backends (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        provider TEXT NOT NULL,
+        url TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (provider, url)
+    );
+    CREATE TABLE model_mappings (
+        model_name TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE config_events (
+        version INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        event TEXT NOT NULL
+    );
+    """,
+)
+
+
+@attrs.frozen
+class Applied:
+    """What one command did: its result and, if it changed anything, the change and the whole
+    configuration after it."""
+
+    result: AdminResult
+    change: ConfigEvent | None
+    snapshot: ConfigSnapshot | None
+
+
+Outcome = tuple[AdminResult, ConfigEvent | None]
+
+
+class ConfigDatabase:
+    """One open `sopy_admin.db`; every method runs on the config actor's worker thread."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+        self.version = self._scalar("SELECT value FROM meta WHERE key = 'config_version'")
+
+    @classmethod
+    def open(cls, path: Path) -> "ConfigDatabase":
+        try:
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            _migrate(connection, path)
+        except sqlite3.DatabaseError as exc:
+            raise StartupError(
+                f"cannot open the config database {path}: {exc}. Check the file is a Sopy "
+                "database and writable, or pass another path with --db-path."
+            ) from exc
+        return cls(connection)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def apply(self, command: AdminCommand, now: float) -> Applied:
+        """Run one command in one transaction; a raised SopyError leaves the database as it was."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result, change = self._dispatch(command, int(now))
+            version = self.version
+            if change is not None:
+                version += 1
+                self._record_change(version, now, change)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.version = version
+        return Applied(result, change, None if change is None else self.load_snapshot())
+
+    def load_snapshot(self) -> ConfigSnapshot:
+        return ConfigSnapshot(
+            version=self.version,
+            credentials=tuple(
+                ProviderCredential(name, credentials)
+                for name, credentials in self._rows(
+                    "SELECT name, credentials FROM admin_auth ORDER BY name"
+                )
+            ),
+            user_api_keys=tuple(
+                UserApiKeyRecord(id_, key_hash, prefix, description, bool(active), created_at)
+                for id_, key_hash, prefix, description, active, created_at in self._rows(
+                    "SELECT id, key_hash, prefix, description, active, created_at "
+                    "FROM user_api_keys ORDER BY id"
+                )
+            ),
+            backends=tuple(
+                Backend(provider, url)
+                for provider, url in self._rows("SELECT provider, url FROM backends ORDER BY id")
+            ),
+            model_mappings=self._model_mappings(),
+        )
+
+    def _record_change(self, version: int, now: float, change: ConfigEvent) -> None:
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'config_version'", (version,))
+        self._db.execute(
+            "INSERT INTO config_events (version, at, event) VALUES (?, ?, ?)",
+            (version, now, orjson.dumps(config_event_json(change)).decode()),
+        )
+        self._db.execute(
+            "DELETE FROM config_events WHERE version <= ?", (version - JOURNAL_LENGTH,)
+        )
+
+    def _dispatch(self, command: AdminCommand, now: int) -> Outcome:
+        match command:
+            case AddAdminAuth():
+                return self._add_admin_auth(command, now)
+            case RemoveAdminAuth(name=name):
+                view = self._admin_auth(name, reveal=False)
+                self._db.execute("DELETE FROM admin_auth WHERE name = ?", (name,))
+                return view, AdminAuthRemoved(name)
+            case ListAdminAuth():
+                names = self._rows("SELECT name FROM admin_auth ORDER BY name")
+                return tuple(name for (name,) in names), None
+            case GetAdminAuth(name=name, reveal=reveal):
+                return self._admin_auth(name, reveal=reveal), None
+            case AddUserApiKey():
+                return self._add_user_api_key(command, now)
+            case RemoveUserApiKey():
+                return self._remove_user_api_key(command)
+            case ListUserApiKeys():
+                return tuple(self._user_key_views("ORDER BY id", ())), None
+            case GetUserApiKey(id=key_id):
+                return self._user_key_view(key_id), None
+            case ActivateUserApiKey(id=key_id):
+                return self._set_user_key_active(key_id, active=True)
+            case DeactivateUserApiKey(id=key_id):
+                return self._set_user_key_active(key_id, active=False)
+            case AddBackend(provider=provider, url=url):
+                return self._add_backend(provider, url, now)
+            case RemoveBackend(provider=provider, url=url):
+                return self._remove_backend(provider, url)
+            case ListBackends():
+                return self._provider_backends(), None
+            case GetBackend(provider=provider):
+                return self._backends_of(provider), None
+            case AddModelMapping():
+                return self._add_model_mapping(command, now)
+            case RemoveModelMapping(model_name=model_name):
+                mapping = self._model_mapping(model_name)
+                self._db.execute("DELETE FROM model_mappings WHERE model_name = ?", (model_name,))
+                return mapping, ModelMappingRemoved(model_name, mapping.provider)
+            case ListModelMappings():
+                return self._model_mappings(), None
+            case GetModelMapping(model_name=model_name):
+                return self._model_mapping(model_name), None
+
+    def _add_admin_auth(self, command: AddAdminAuth, now: int) -> Outcome:
+        exists = self._exists("SELECT 1 FROM admin_auth WHERE name = ?", (command.name,))
+        if exists and not command.replace:
+            raise Conflict(
+                f"admin_auth '{command.name}' already exists; remove it first or send "
+                '"replace": true to overwrite it',
+                param="name",
+            )
+        self._db.execute(
+            "INSERT INTO admin_auth (name, credentials, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials",
+            (command.name, command.credentials, now),
+        )
+        view = AdminAuthView(command.name, keys.mask_credential(command.credentials))
+        return view, AdminAuthAdded(command.name, replaced=exists)
+
+    def _admin_auth(self, name: str, *, reveal: bool) -> AdminAuthView:
+        row = self._row("SELECT credentials FROM admin_auth WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(
+                f"no admin_auth named '{name}'; list them with list_admin_auth", param="name"
+            )
+        credential: str = row[0]
+        return AdminAuthView(name, credential if reveal else keys.mask_credential(credential))
+
+    def _add_user_api_key(self, command: AddUserApiKey, now: int) -> Outcome:
+        api_key = command.api_key or keys.generate_user_key()
+        key_hash = keys.hash_user_key(api_key)
+        existing = self._row("SELECT id FROM user_api_keys WHERE key_hash = ?", (key_hash,))
+        if existing is not None:
+            raise Conflict(
+                f"this api_key is already registered as id {existing[0]}; omit api_key to "
+                "have Sopy generate a new one",
+                param="api_key",
+            )
+        prefix = keys.user_key_prefix(api_key)
+        cursor = self._db.execute(
+            "INSERT INTO user_api_keys (key_hash, prefix, description, active, created_at) "
+            "VALUES (?, ?, ?, 1, ?)",
+            (key_hash, prefix, command.description, now),
+        )
+        key_id = _inserted_id(cursor)
+        created = NewUserApiKey(key_id, api_key, prefix, command.description, True, now)
+        return created, UserApiKeyAdded(key_id, prefix, command.description)
+
+    def _remove_user_api_key(self, command: RemoveUserApiKey) -> Outcome:
+        if command.api_key is not None:
+            views = list(
+                self._user_key_views("WHERE key_hash = ?", (keys.hash_user_key(command.api_key),))
+            )
+            if not views:
+                raise NotFound(
+                    "no user API key matches that api_key; list them with list_user_api_keys",
+                    param="api_key",
+                )
+            view = views[0]
+        else:
+            assert command.id is not None
+            view = self._user_key_view(command.id)
+        self._db.execute("DELETE FROM user_api_keys WHERE id = ?", (view.id,))
+        return view, UserApiKeyRemoved(view.id)
+
+    def _set_user_key_active(self, key_id: int, *, active: bool) -> Outcome:
+        view = self._user_key_view(key_id)
+        if view.active == active:
+            return view, None
+        self._db.execute("UPDATE user_api_keys SET active = ? WHERE id = ?", (int(active), key_id))
+        change = UserApiKeyActivated(key_id) if active else UserApiKeyDeactivated(key_id)
+        return attrs.evolve(view, active=active), change
+
+    def _user_key_view(self, key_id: int) -> UserApiKeyView:
+        views = list(self._user_key_views("WHERE id = ?", (key_id,)))
+        if not views:
+            raise NotFound(
+                f"no user API key with id {key_id}; list them with list_user_api_keys",
+                param="id",
+            )
+        return views[0]
+
+    def _user_key_views(self, where: str, params: tuple[Any, ...]) -> Iterable[UserApiKeyView]:
+        rows = self._rows(
+            "SELECT id, prefix, description, active, created_at FROM user_api_keys " + where,
+            params,
+        )
+        for id_, prefix, description, active, created_at in rows:
+            yield UserApiKeyView(id_, prefix, description, bool(active), created_at)
+
+    def _add_backend(self, provider: str, url: str, now: int) -> Outcome:
+        if self._exists("SELECT 1 FROM backends WHERE provider = ? AND url = ?", (provider, url)):
+            raise Conflict(
+                f"backend {url} is already registered for provider '{provider}'", param="url"
+            )
+        self._db.execute(
+            "INSERT INTO backends (provider, url, created_at) VALUES (?, ?, ?)",
+            (provider, url, now),
+        )
+        return self._backends_of(provider), BackendAdded(provider, url)
+
+    def _remove_backend(self, provider: str, url: str) -> Outcome:
+        cursor = self._db.execute(
+            "DELETE FROM backends WHERE provider = ? AND url = ?", (provider, url)
+        )
+        if cursor.rowcount == 0:
+            raise NotFound(
+                f"provider '{provider}' has no backend {url}; see get_backend for its URLs",
+                param="url",
+            )
+        remaining = self._rows(
+            "SELECT url FROM backends WHERE provider = ? ORDER BY id", (provider,)
+        )
+        view = ProviderBackends(provider, tuple(row_url for (row_url,) in remaining))
+        return view, BackendRemoved(provider, url)
+
+    def _provider_backends(self) -> tuple[ProviderBackends, ...]:
+        grouped: dict[str, list[str]] = {}
+        for provider, url in self._rows("SELECT provider, url FROM backends ORDER BY id"):
+            grouped.setdefault(provider, []).append(url)
+        return tuple(
+            ProviderBackends(provider, tuple(urls)) for provider, urls in sorted(grouped.items())
+        )
+
+    def _backends_of(self, provider: str) -> ProviderBackends:
+        rows = self._rows("SELECT url FROM backends WHERE provider = ? ORDER BY id", (provider,))
+        if not rows:
+            raise NotFound(
+                f"provider '{provider}' has no backends; add one with add_backend",
+                param="provider",
+            )
+        return ProviderBackends(provider, tuple(url for (url,) in rows))
+
+    def _add_model_mapping(self, command: AddModelMapping, now: int) -> Outcome:
+        row = self._row(
+            "SELECT provider FROM model_mappings WHERE model_name = ?", (command.model_name,)
+        )
+        if row is not None and not command.replace:
+            raise Conflict(
+                f"model '{command.model_name}' is already mapped to provider '{row[0]}'; "
+                'remove it first or send "replace": true',
+                param="model_name",
+            )
+        if row is not None and row[0] == command.provider:
+            return self._model_mapping(command.model_name), None
+        self._db.execute(
+            "INSERT INTO model_mappings (model_name, provider, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (model_name) DO UPDATE SET provider = excluded.provider",
+            (command.model_name, command.provider, now),
+        )
+        mapping = self._model_mapping(command.model_name)
+        change = ModelMappingAdded(command.model_name, command.provider, replaced=row is not None)
+        return mapping, change
+
+    def _model_mapping(self, model_name: str) -> ModelMapping:
+        row = self._row(
+            "SELECT provider, created_at FROM model_mappings WHERE model_name = ?",
+            (model_name,),
+        )
+        if row is None:
+            raise NotFound(
+                f"no model mapping for '{model_name}'; list them with list_model_mappings",
+                param="model_name",
+            )
+        return ModelMapping(model_name, row[0], row[1])
+
+    def _model_mappings(self) -> tuple[ModelMapping, ...]:
+        rows = self._rows(
+            "SELECT model_name, provider, created_at FROM model_mappings ORDER BY model_name"
+        )
+        return tuple(ModelMapping(*row) for row in rows)
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _row(self, sql: str, params: tuple[Any, ...]) -> Any:
+        return self._db.execute(sql, params).fetchone()
+
+    def _exists(self, sql: str, params: tuple[Any, ...]) -> bool:
+        return self._row(sql, params) is not None
+
+    def _scalar(self, sql: str) -> int:
+        value: int = self._db.execute(sql).fetchone()[0]
+        return value
+
+
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+    connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = connection.execute("SELECT version FROM schema_version").fetchone()
+    current = 0 if row is None else int(row[0])
+    if current > len(MIGRATIONS):
+        raise StartupError(
+            f"{path} has schema version {current}, newer than this Sopy understands "
+            f"({len(MIGRATIONS)}); upgrade Sopy or point --db-path at another file"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        record = (
+            "INSERT INTO schema_version (version) VALUES (1);"
+            if version == 1
+            else f"UPDATE schema_version SET version = {version};"
+        )
+        try:
+            connection.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[version - 1]} {record} COMMIT;")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise

@@ -1,0 +1,63 @@
+"""Which HTTP headers cross the gateway, in each direction.
+
+Client → upstream: everything but hop-by-hop headers, the client's own credentials and headers
+that the upstream connection sets itself; the provider credential is added by the pool.
+Upstream → client: everything but hop-by-hop headers and those hypercorn sets itself (`date`,
+`server`); `content-length` is dropped so a body that breaks off can never look complete.
+"""
+
+from sopy.messages import Headers
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"authorization",
+    b"api-key",
+    b"x-api-key",
+    b"cookie",
+    b"openai-organization",
+    b"openai-project",
+    b"accept-encoding",
+}
+_NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
+
+
+def upstream_request_headers(client_headers: list[tuple[bytes, bytes]]) -> Headers:
+    """Headers to send upstream, before the pool adds the provider's credential.
+
+    The client's accept-encoding is passed on as is (or `identity`), because the body is relayed
+    byte for byte: the client must be able to decode whatever the upstream chose.
+    """
+    kept = [(name, value) for name, value in client_headers if name not in _NOT_FORWARDED]
+    encoding = next((v for n, v in client_headers if n == b"accept-encoding"), b"identity")
+    kept.append((b"accept-encoding", encoding))
+    return tuple(kept)
+
+
+def client_response_headers(upstream_headers: list[tuple[bytes, bytes]]) -> Headers:
+    return tuple(
+        (name.lower(), value)
+        for name, value in upstream_headers
+        if name.lower() not in _NOT_RELAYED
+    )
+
+
+def is_event_stream(headers: Headers) -> bool:
+    return any(
+        name == b"content-type" and value.startswith(b"text/event-stream")
+        for name, value in headers
+    )

@@ -1,0 +1,549 @@
+"""Every message that crosses an actor boundary, and the one converter that gives them JSON form.
+
+Messages are frozen, slotted attrs classes: data, no behaviour. Three families live here:
+
+- admin commands (the seed's 18, one class each, tagged by `command`) and their results;
+- configuration state: `ConfigSnapshot`, the typed `ConfigEvent`s (tagged by `kind`) and
+  `ConfigChanged`, which the config actor publishes after every committed change;
+- the request/reply envelope between transports and the config actor (`AdminRequest`,
+  `CommandSucceeded`, `CommandFailed`);
+- the forwarding protocol between the HTTP front and an upstream pool: `ForwardRequest` in, then
+  `ResponseStart`, `ResponseChunk`s and `ResponseEnd` (or one `UpstreamFailed`) back on the
+  request's own channel.
+
+`parse_admin_command` is the only way JSON becomes a command: unknown commands, unknown fields,
+missing fields and wrong types become `SopyError`s naming the field, never tracebacks.
+"""
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeAlias
+
+import attrs
+import cattrs
+import trio
+
+from sopy import admin_fields
+from sopy.errors import InvalidField, InvalidRequest, SopyError, UnknownCommand
+
+# -- admin commands -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class AddAdminAuth:
+    command: ClassVar[str] = "add_admin_auth"
+    name: str = attrs.field(validator=admin_fields.provider_name)
+    credentials: str = attrs.field(validator=admin_fields.secret, repr=False)
+    replace: bool = False
+
+
+@attrs.frozen
+class RemoveAdminAuth:
+    command: ClassVar[str] = "remove_admin_auth"
+    name: str = attrs.field(validator=admin_fields.provider_name)
+
+
+@attrs.frozen
+class ListAdminAuth:
+    command: ClassVar[str] = "list_admin_auth"
+
+
+@attrs.frozen
+class GetAdminAuth:
+    command: ClassVar[str] = "get_admin_auth"
+    name: str = attrs.field(validator=admin_fields.provider_name)
+    reveal: bool = False
+
+
+@attrs.frozen
+class AddUserApiKey:
+    command: ClassVar[str] = "add_user_api_key"
+    api_key: str | None = attrs.field(
+        default=None, validator=admin_fields.optional_user_key, repr=False
+    )
+    description: str = attrs.field(default="", validator=admin_fields.description)
+
+
+@attrs.frozen
+class RemoveUserApiKey:
+    """Removes by the key itself (as the seed does) or by its id; exactly one is required."""
+
+    command: ClassVar[str] = "remove_user_api_key"
+    api_key: str | None = attrs.field(
+        default=None, validator=admin_fields.optional_user_key, repr=False
+    )
+    id: int | None = attrs.field(default=None, validator=admin_fields.positive_id)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.api_key is None) == (self.id is None):
+            raise ValueError("field 'api_key' or field 'id' is required, but not both")
+
+
+@attrs.frozen
+class ListUserApiKeys:
+    command: ClassVar[str] = "list_user_api_keys"
+
+
+@attrs.frozen
+class GetUserApiKey:
+    command: ClassVar[str] = "get_user_api_key"
+    id: int = attrs.field(validator=admin_fields.positive_id)
+
+
+@attrs.frozen
+class ActivateUserApiKey:
+    command: ClassVar[str] = "activate_user_api_key"
+    id: int = attrs.field(validator=admin_fields.positive_id)
+
+
+@attrs.frozen
+class DeactivateUserApiKey:
+    command: ClassVar[str] = "deactivate_user_api_key"
+    id: int = attrs.field(validator=admin_fields.positive_id)
+
+
+@attrs.frozen
+class AddBackend:
+    command: ClassVar[str] = "add_backend"
+    provider: str = attrs.field(validator=admin_fields.provider_name)
+    url: str = attrs.field(converter=admin_fields.normalised_backend_url)
+
+
+@attrs.frozen
+class RemoveBackend:
+    command: ClassVar[str] = "remove_backend"
+    provider: str = attrs.field(validator=admin_fields.provider_name)
+    url: str = attrs.field(converter=admin_fields.normalised_backend_url)
+
+
+@attrs.frozen
+class ListBackends:
+    command: ClassVar[str] = "list_backends"
+
+
+@attrs.frozen
+class GetBackend:
+    command: ClassVar[str] = "get_backend"
+    provider: str = attrs.field(validator=admin_fields.provider_name)
+
+
+@attrs.frozen
+class AddModelMapping:
+    command: ClassVar[str] = "add_model_mapping"
+    model_name: str = attrs.field(validator=admin_fields.model_name)
+    provider: str = attrs.field(validator=admin_fields.provider_name)
+    replace: bool = False
+
+
+@attrs.frozen
+class RemoveModelMapping:
+    command: ClassVar[str] = "remove_model_mapping"
+    model_name: str = attrs.field(validator=admin_fields.model_name)
+
+
+@attrs.frozen
+class ListModelMappings:
+    command: ClassVar[str] = "list_model_mappings"
+
+
+@attrs.frozen
+class GetModelMapping:
+    command: ClassVar[str] = "get_model_mapping"
+    model_name: str = attrs.field(validator=admin_fields.model_name)
+
+
+AdminCommand: TypeAlias = (
+    AddAdminAuth
+    | RemoveAdminAuth
+    | ListAdminAuth
+    | GetAdminAuth
+    | AddUserApiKey
+    | RemoveUserApiKey
+    | ListUserApiKeys
+    | GetUserApiKey
+    | ActivateUserApiKey
+    | DeactivateUserApiKey
+    | AddBackend
+    | RemoveBackend
+    | ListBackends
+    | GetBackend
+    | AddModelMapping
+    | RemoveModelMapping
+    | ListModelMappings
+    | GetModelMapping
+)
+
+ADMIN_COMMANDS: Mapping[str, type[AdminCommand]] = {
+    cls.command: cls for cls in AdminCommand.__args__
+}
+
+# -- admin results --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class AdminAuthView:
+    """A provider credential as admins see it: masked unless revealed on request."""
+
+    name: str
+    credentials: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class UserApiKeyView:
+    """A user key as admins see it after creation: never the key, only a short prefix."""
+
+    id: int
+    prefix: str
+    description: str
+    active: bool
+    created_at: int
+
+
+@attrs.frozen
+class NewUserApiKey:
+    """The reply to add_user_api_key: the only time the full key is ever shown."""
+
+    id: int
+    api_key: str = attrs.field(repr=False)
+    prefix: str
+    description: str
+    active: bool
+    created_at: int
+
+
+@attrs.frozen
+class ProviderBackends:
+    provider: str
+    urls: tuple[str, ...]
+
+
+@attrs.frozen
+class ModelMapping:
+    model_name: str
+    provider: str
+    created_at: int
+
+
+AdminResult: TypeAlias = (
+    AdminAuthView
+    | UserApiKeyView
+    | NewUserApiKey
+    | ProviderBackends
+    | ModelMapping
+    | tuple[str, ...]
+    | tuple[UserApiKeyView, ...]
+    | tuple[ProviderBackends, ...]
+    | tuple[ModelMapping, ...]
+)
+
+# -- configuration state --------------------------------------------------------------------
+
+
+@attrs.frozen
+class ProviderCredential:
+    provider: str
+    credential: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class UserApiKeyRecord:
+    id: int
+    key_hash: str = attrs.field(repr=False)
+    prefix: str
+    description: str
+    active: bool
+    created_at: int
+
+
+@attrs.frozen
+class Backend:
+    provider: str
+    url: str
+
+
+@attrs.frozen
+class ConfigSnapshot:
+    """The whole live configuration at one version; replaced, never mutated."""
+
+    version: int
+    credentials: tuple[ProviderCredential, ...]
+    user_api_keys: tuple[UserApiKeyRecord, ...]
+    backends: tuple[Backend, ...]
+    model_mappings: tuple[ModelMapping, ...]
+
+
+@attrs.frozen
+class AdminAuthAdded:
+    kind: ClassVar[str] = "admin_auth_added"
+    name: str
+    replaced: bool
+
+
+@attrs.frozen
+class AdminAuthRemoved:
+    kind: ClassVar[str] = "admin_auth_removed"
+    name: str
+
+
+@attrs.frozen
+class UserApiKeyAdded:
+    kind: ClassVar[str] = "user_api_key_added"
+    id: int
+    prefix: str
+    description: str
+
+
+@attrs.frozen
+class UserApiKeyRemoved:
+    kind: ClassVar[str] = "user_api_key_removed"
+    id: int
+
+
+@attrs.frozen
+class UserApiKeyActivated:
+    kind: ClassVar[str] = "user_api_key_activated"
+    id: int
+
+
+@attrs.frozen
+class UserApiKeyDeactivated:
+    kind: ClassVar[str] = "user_api_key_deactivated"
+    id: int
+
+
+@attrs.frozen
+class BackendAdded:
+    kind: ClassVar[str] = "backend_added"
+    provider: str
+    url: str
+
+
+@attrs.frozen
+class BackendRemoved:
+    kind: ClassVar[str] = "backend_removed"
+    provider: str
+    url: str
+
+
+@attrs.frozen
+class ModelMappingAdded:
+    kind: ClassVar[str] = "model_mapping_added"
+    model_name: str
+    provider: str
+    replaced: bool
+
+
+@attrs.frozen
+class ModelMappingRemoved:
+    kind: ClassVar[str] = "model_mapping_removed"
+    model_name: str
+    provider: str
+
+
+ConfigEvent: TypeAlias = (
+    AdminAuthAdded
+    | AdminAuthRemoved
+    | UserApiKeyAdded
+    | UserApiKeyRemoved
+    | UserApiKeyActivated
+    | UserApiKeyDeactivated
+    | BackendAdded
+    | BackendRemoved
+    | ModelMappingAdded
+    | ModelMappingRemoved
+)
+
+CONFIG_EVENTS: Mapping[str, type[ConfigEvent]] = {cls.kind: cls for cls in ConfigEvent.__args__}
+
+
+@attrs.frozen
+class ConfigChanged:
+    """Published after every commit; `change` is None when a whole snapshot was (re)loaded."""
+
+    version: int
+    at: float
+    change: ConfigEvent | None
+    snapshot: ConfigSnapshot
+
+
+# -- transport <-> config actor envelope ----------------------------------------------------
+
+
+@attrs.frozen
+class CommandSucceeded:
+    result: AdminResult
+
+
+@attrs.frozen
+class CommandFailed:
+    error: SopyError
+
+
+CommandReply: TypeAlias = CommandSucceeded | CommandFailed
+
+
+@attrs.frozen
+class AdminRequest:
+    command: AdminCommand
+    reply_to: trio.MemorySendChannel[CommandReply]
+
+
+# -- HTTP front <-> upstream pool ------------------------------------------------------------
+
+Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
+
+
+@attrs.frozen
+class ProviderRoute:
+    """Where a provider's requests go: its backend base URLs and its credential."""
+
+    provider: str
+    urls: tuple[str, ...]
+    credential: str | None = attrs.field(repr=False)
+
+
+@attrs.frozen
+class ResponseStart:
+    status: int
+    headers: Headers
+
+
+@attrs.frozen
+class ResponseChunk:
+    data: bytes
+
+
+@attrs.frozen
+class ResponseEnd:
+    """The upstream body is complete, or (with `error`) broke off after it had started."""
+
+    error: str | None = None
+
+
+@attrs.frozen
+class UpstreamFailed:
+    """No response could be had; nothing has been sent to the client yet."""
+
+    error: SopyError
+
+
+UpstreamEvent: TypeAlias = ResponseStart | ResponseChunk | ResponseEnd | UpstreamFailed
+
+
+@attrs.frozen
+class ForwardRequest:
+    """One client request for a provider. The front cancels `cancel_scope` when its client goes
+    away; the pool runs the upstream exchange inside it, so that cancels the upstream request."""
+
+    request_id: str
+    method: str
+    path: str
+    headers: Headers
+    body: bytes
+    route: ProviderRoute
+    cancel_scope: trio.CancelScope
+    reply_to: trio.MemorySendChannel[UpstreamEvent]
+
+
+# -- JSON form ------------------------------------------------------------------------------
+
+
+def _strict_str(value: object, _type: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, not {_json_type_name(value)}")
+    return value
+
+
+def _strict_int(value: object, _type: type) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"must be an integer, not {_json_type_name(value)}")
+    return value
+
+
+def _strict_bool(value: object, _type: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"must be true or false, not {_json_type_name(value)}")
+    return value
+
+
+def _json_type_name(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    names |= {list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(bool, _strict_bool)
+    return converter
+
+
+converter = _make_converter()
+
+
+def _structuring_error(exc: BaseException, command: str) -> SopyError:
+    """Turn a structuring or validation failure into one error naming the first bad field."""
+    if isinstance(exc, cattrs.ClassValidationError):
+        with_notes, others = exc.group_exceptions()
+        if with_notes:
+            inner, note = with_notes[0]
+            if isinstance(inner, KeyError):
+                return InvalidField(f"{command} needs field '{note.name}'", param=note.name)
+            return InvalidField(f"field '{note.name}' {inner}", param=note.name)
+        return _structuring_error(others[0], command)
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        extra = ", ".join(sorted(exc.extra_fields))
+        return InvalidField(f"{command} does not take field(s): {extra}", param=extra)
+    message = str(exc)
+    field = message.split("'")[1] if message.startswith("field '") else None
+    return InvalidField(message, param=field)
+
+
+def parse_admin_command(payload: object) -> AdminCommand:
+    """Build the admin command a decoded JSON object asks for, or raise a SopyError.
+
+    A request `"id"` is a correlation id that the transport echoes; it is dropped here unless the
+    command itself has an `id` field (the user API key commands).
+    """
+    if not isinstance(payload, dict):
+        raise InvalidRequest(
+            f"an admin command must be a JSON object, not {_json_type_name(payload)}"
+        )
+    name = payload.get("command")
+    if not isinstance(name, str):
+        raise InvalidField("field 'command' is required and must be a string", param="command")
+    cls = ADMIN_COMMANDS.get(name)
+    if cls is None:
+        known = ", ".join(sorted(ADMIN_COMMANDS))
+        raise UnknownCommand(f"unknown command {name!r}; known commands: {known}", param="command")
+    fields = {key: value for key, value in payload.items() if key != "command"}
+    if "id" in fields and "id" not in attrs.fields_dict(cls):
+        del fields["id"]
+    try:
+        return converter.structure(fields, cls)
+    except (ValueError, cattrs.BaseValidationError, cattrs.ForbiddenExtraKeysError) as exc:
+        raise _structuring_error(exc, name) from None
+
+
+def admin_command_json(command: AdminCommand) -> dict[str, Any]:
+    """The JSON object form of a command, as a client would send it."""
+    body: dict[str, Any] = {"command": command.command}
+    body.update(converter.unstructure(command))
+    return body
+
+
+def admin_result_json(result: AdminResult) -> Any:
+    return converter.unstructure(result)
+
+
+def config_event_json(event: ConfigEvent) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": event.kind}
+    body.update(converter.unstructure(event))
+    return body
+
+
+def parse_config_event(payload: Mapping[str, Any]) -> ConfigEvent:
+    fields = dict(payload)
+    cls = CONFIG_EVENTS[fields.pop("kind")]
+    return converter.structure(fields, cls)

@@ -1,0 +1,103 @@
+"""The request path's view of the configuration: who may call, and where each model goes.
+
+Built once per `ConfigChanged` from its immutable snapshot, then only read: authentication is a
+hash lookup, routing is two dict lookups, and the `/v1/models` body is rendered in advance.
+"""
+
+from collections.abc import Mapping
+
+import attrs
+import orjson
+
+from sopy import keys
+from sopy.errors import AuthenticationFailed, ModelNotFound, NoBackendAvailable
+from sopy.messages import ConfigSnapshot, ProviderRoute
+
+
+@attrs.frozen
+class RouteTable:
+    version: int
+    key_ids_by_hash: Mapping[str, int]
+    inactive_key_hashes: frozenset[str]
+    provider_by_model: Mapping[str, str]
+    routes: Mapping[str, ProviderRoute]
+    models_body: bytes
+
+    @classmethod
+    def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
+        urls: dict[str, list[str]] = {}
+        for backend in snapshot.backends:
+            urls.setdefault(backend.provider, []).append(backend.url)
+        credentials = {c.provider: c.credential for c in snapshot.credentials}
+        providers = set(urls) | set(credentials) | {m.provider for m in snapshot.model_mappings}
+        return cls(
+            version=snapshot.version,
+            key_ids_by_hash={k.key_hash: k.id for k in snapshot.user_api_keys if k.active},
+            inactive_key_hashes=frozenset(
+                k.key_hash for k in snapshot.user_api_keys if not k.active
+            ),
+            provider_by_model={m.model_name: m.provider for m in snapshot.model_mappings},
+            routes={
+                provider: ProviderRoute(
+                    provider, tuple(urls.get(provider, ())), credentials.get(provider)
+                )
+                for provider in providers
+            },
+            models_body=orjson.dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": mapping.model_name,
+                            "object": "model",
+                            "created": mapping.created_at,
+                            "owned_by": mapping.provider,
+                        }
+                        for mapping in snapshot.model_mappings
+                    ],
+                }
+            ),
+        )
+
+    def authenticate(self, authorization: bytes | None) -> int:
+        """The id of the active user key in an `Authorization: Bearer` header, or raise 401."""
+        if not authorization:
+            raise AuthenticationFailed(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'; "
+                "an admin can create one with `sopy admin add_user_api_key`."
+            )
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.")
+        key_hash = keys.hash_user_key(token)
+        key_id = self.key_ids_by_hash.get(key_hash)
+        if key_id is not None:
+            return key_id
+        if key_hash in self.inactive_key_hashes:
+            raise AuthenticationFailed(
+                "This API key has been deactivated; ask an admin to reactivate it "
+                "(activate_user_api_key) or to issue a new one."
+            )
+        raise AuthenticationFailed(
+            "Incorrect API key provided. Check the key, or ask an admin for one "
+            "(`sopy admin add_user_api_key`)."
+        )
+
+    def route_for(self, model: str) -> ProviderRoute:
+        provider = self.provider_by_model.get(model)
+        if provider is None:
+            raise ModelNotFound(
+                f"The model '{model}' does not exist or you do not have access to it. "
+                "GET /v1/models lists the models this gateway serves; an admin maps new ones "
+                "with `sopy admin add_model_mapping`.",
+                param="model",
+            )
+        route = self.routes[provider]
+        if not route.urls:
+            raise NoBackendAvailable(
+                f"Model '{model}' is mapped to provider '{provider}', which has no backend URL. "
+                f"An admin can add one with `sopy admin add_backend --provider {provider} "
+                "--url https://...`."
+            )
+        return route

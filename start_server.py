@@ -1,0 +1,7 @@
+"""Start Sopy in the background and print its URL, PID and log file (same as `sopy start`)."""
+
+import sys
+
+from sopy.cli import main
+
+main(["start", *sys.argv[1:]])

@@ -1,0 +1,84 @@
+"""Fixtures that start the real supervisor on temp paths and real sockets."""
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from sopy.settings import Settings
+from sopy.supervisor import RunningSopy, run_sopy
+from tests.admin_connection import AdminConnection
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A short temp directory: Unix socket paths must stay under ~100 characters."""
+    path = Path(tempfile.mkdtemp(prefix="sopy-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(workdir: Path) -> Settings:
+    return Settings(
+        db_path=workdir / "sopy_admin.db",
+        admin_socket=workdir / "sopy-admin.sock",
+        port=0,
+    )
+
+
+@attrs.define
+class SopyUnderTest:
+    """A running Sopy in the test's nursery, stoppable and restartable on the same files."""
+
+    nursery: trio.Nursery
+    settings: Settings
+    running: RunningSopy | None = None
+    _shutdown: trio.Event | None = None
+    _stopped: trio.Event | None = None
+
+    async def start(self) -> RunningSopy:
+        self._shutdown = trio.Event()
+        stopped = self._stopped = trio.Event()
+
+        async def run_then_signal(*, task_status: trio.TaskStatus[RunningSopy]) -> None:
+            try:
+                await run_sopy(self.settings, shutdown, task_status=task_status)
+            finally:
+                stopped.set()
+
+        shutdown = self._shutdown
+        self.running = await self.nursery.start(run_then_signal)
+        return self.running
+
+    async def stop(self) -> None:
+        if self._shutdown is not None and self._stopped is not None:
+            self._shutdown.set()
+            await self._stopped.wait()
+        self.running = None
+
+    async def restart(self) -> RunningSopy:
+        await self.stop()
+        return await self.start()
+
+    async def admin(self) -> AdminConnection:
+        assert self.running is not None, "start() first"
+        return await AdminConnection.open(self.running.admin_socket)
+
+
+@pytest.fixture
+async def sopy(nursery: trio.Nursery, settings: Settings) -> AsyncIterator[SopyUnderTest]:
+    system = SopyUnderTest(nursery, settings)
+    await system.start()
+    yield system
+    await system.stop()
+
+
+@pytest.fixture
+async def admin(sopy: SopyUnderTest) -> AsyncIterator[AdminConnection]:
+    async with await sopy.admin() as connection:
+        yield connection

@@ -1,0 +1,67 @@
+"""A configured gateway for public-API tests: Sopy with mock upstream providers behind it."""
+
+from typing import Any
+
+import attrs
+import trio
+
+from sopy.mock_upstream import MockUpstream
+from tests.conftest import SopyUnderTest
+
+USER_KEY = "sk-user-test-key-0001"
+
+
+@attrs.frozen
+class Provider:
+    name: str
+    credential: str
+    upstreams: tuple[MockUpstream, ...]
+
+
+@attrs.frozen
+class Gateway:
+    sopy: SopyUnderTest
+    providers: dict[str, Provider]
+
+    @property
+    def base_url(self) -> str:
+        assert self.sopy.running is not None
+        return self.sopy.running.http_url + "/v1"
+
+    @property
+    def root_url(self) -> str:
+        assert self.sopy.running is not None
+        return self.sopy.running.http_url
+
+    def upstreams(self, provider: str) -> tuple[MockUpstream, ...]:
+        return self.providers[provider].upstreams
+
+    async def admin_ok(self, command: str, **fields: Any) -> Any:
+        async with await self.sopy.admin() as admin:
+            return await admin.ok(command, **fields)
+
+
+async def start_gateway(
+    sopy: SopyUnderTest,
+    nursery: trio.Nursery,
+    models: dict[str, str],
+    upstreams_per_provider: int = 1,
+) -> Gateway:
+    """Start mock upstreams for each provider in `models` (model -> provider), register them,
+    their credentials, the mappings and USER_KEY over the admin socket."""
+    providers: dict[str, Provider] = {}
+    async with await sopy.admin() as admin:
+        for provider in sorted(set(models.values())):
+            upstreams = tuple(
+                MockUpstream(f"{provider}-{i}") for i in range(upstreams_per_provider)
+            )
+            for upstream in upstreams:
+                url = await nursery.start(upstream.serve)
+                await admin.ok("add_backend", provider=provider, url=url)
+            credential = f"sk-{provider}-provider-credential"
+            await admin.ok("add_admin_auth", name=provider, credentials=credential)
+            providers[provider] = Provider(provider, credential, upstreams)
+        for model, provider in models.items():
+            await admin.ok("add_model_mapping", model_name=model, provider=provider)
+        await admin.ok("add_user_api_key", api_key=USER_KEY, description="tests")
+    return Gateway(sopy, providers)

@@ -1,0 +1,53 @@
+"""Running `python -m sopy serve` as a real child process, for tests that kill or signal it."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+READY_LINE = b"Sopy is running"
+
+
+class ServeProcess:
+    def __init__(self, process: trio.Process, output: bytearray) -> None:
+        self.process = process
+        self.output = output
+
+    @classmethod
+    async def start(cls, workdir: Path, *extra_args: str) -> "ServeProcess":
+        """Start `sopy serve` in `workdir` and return once it says it is running."""
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "sopy", "serve", "--port", "0", *extra_args],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert process.stdout is not None
+        output = bytearray()
+        with trio.fail_after(20):
+            while READY_LINE not in output:
+                chunk = await process.stdout.receive_some(65536)
+                if not chunk:
+                    await process.wait()
+                    raise RuntimeError(f"sopy serve exited early:\n{output.decode()}")
+                output += chunk
+        return cls(process, output)
+
+    async def read_rest(self) -> str:
+        assert self.process.stdout is not None
+        with trio.fail_after(20):
+            while chunk := await self.process.stdout.receive_some(65536):
+                self.output += chunk
+        return self.output.decode()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+
+    async def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            return await self.process.wait()

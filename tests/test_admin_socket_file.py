@@ -1,0 +1,87 @@
+"""The admin socket file: private, replaces stale leftovers, refuses a live owner, cleaned up."""
+
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from sopy.errors import StartupError
+from sopy.settings import Settings
+from sopy.supervisor import run_sopy
+from tests.conftest import SopyUnderTest
+from tests.serve_process import ServeProcess
+
+
+async def test_socket_is_mode_0600(sopy: SopyUnderTest) -> None:
+    mode = stat.S_IMODE(sopy.settings.admin_socket.stat().st_mode)
+    assert mode == 0o600
+
+
+async def test_socket_file_is_removed_on_shutdown(sopy: SopyUnderTest) -> None:
+    await sopy.stop()
+    assert not sopy.settings.admin_socket.exists()
+
+
+async def test_stale_socket_from_a_killed_run_is_replaced(
+    nursery: trio.Nursery, settings: Settings
+) -> None:
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(settings.admin_socket))
+    leftover.close()
+    assert settings.admin_socket.exists()
+
+    system = SopyUnderTest(nursery, settings)
+    await system.start()
+    async with await system.admin() as admin:
+        assert await admin.ok("list_backends") == []
+    await system.stop()
+
+
+async def _startup_error(settings: Settings) -> StartupError:
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_sopy, settings, trio.Event())
+    except BaseExceptionGroup as group:
+        matched, _ = group.split(StartupError)
+        assert matched is not None, group
+        leaf: BaseException = matched
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        assert isinstance(leaf, StartupError)
+        return leaf
+    raise AssertionError("run_sopy started although it should not have")
+
+
+async def test_live_socket_is_refused_with_a_clear_message(sopy: SopyUnderTest) -> None:
+    error = await _startup_error(sopy.settings)
+    assert "already serving" in str(error)
+    async with await sopy.admin() as admin:
+        assert await admin.ok("list_backends") == []
+
+
+async def test_a_path_that_is_not_a_socket_is_refused(settings: Settings) -> None:
+    settings.admin_socket.write_text("precious")
+    error = await _startup_error(settings)
+    assert "not a socket" in str(error)
+    assert settings.admin_socket.read_text() == "precious"
+
+
+async def test_cli_reports_a_live_socket_and_exits_non_zero(workdir: Path) -> None:
+    first = await ServeProcess.start(workdir)
+    try:
+        second = await trio.run_process(
+            [sys.executable, "-m", "sopy", "serve", "--port", "0"],
+            cwd=workdir,
+            capture_stdout=True,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        assert second.returncode == 2
+        assert b"already serving the admin socket" in second.stdout
+        assert b"Traceback" not in second.stdout
+    finally:
+        assert await first.terminate() == 0
+    assert not (workdir / "sopy-admin.sock").exists()

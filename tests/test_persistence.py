@@ -1,0 +1,106 @@
+"""Configuration survives restarts, versions never go backwards, and changes are broadcast."""
+
+import trio
+
+from sopy.messages import BackendAdded, ConfigChanged, ModelMappingAdded, UserApiKeyDeactivated
+from tests.conftest import SopyUnderTest
+
+
+async def _configure_everything(sopy: SopyUnderTest) -> int:
+    async with await sopy.admin() as admin:
+        await admin.ok("add_admin_auth", name="openai", credentials="sk-provider-secret-value")
+        key = await admin.ok("add_user_api_key", api_key="sk-user-123", description="team")
+        await admin.ok("deactivate_user_api_key", id=key["id"])
+        await admin.ok("add_backend", provider="openai", url="https://api.openai.com")
+        await admin.ok("add_model_mapping", model_name="gpt-4.1", provider="openai")
+        key_id: int = key["id"]
+        return key_id
+
+
+async def test_everything_persists_across_a_restart(sopy: SopyUnderTest) -> None:
+    key_id = await _configure_everything(sopy)
+    assert sopy.running is not None
+    version_before = sopy.running.feed.latest.version if sopy.running.feed.latest else -1
+
+    running = await sopy.restart()
+
+    assert running.feed.latest is not None
+    assert running.feed.latest.version == version_before == 5
+    async with await sopy.admin() as admin:
+        assert await admin.ok("list_admin_auth") == ["openai"]
+        revealed = await admin.ok("get_admin_auth", name="openai", reveal=True)
+        assert revealed["credentials"] == "sk-provider-secret-value"
+        assert (await admin.ok("get_user_api_key", id=key_id))["active"] is False
+        assert await admin.ok("list_backends") == [
+            {"provider": "openai", "urls": ["https://api.openai.com"]}
+        ]
+        assert (await admin.ok("get_model_mapping", model_name="gpt-4.1"))["provider"] == "openai"
+        await admin.ok("remove_user_api_key", api_key="sk-user-123")
+    assert running.feed.latest.version == 6
+
+
+async def test_a_follower_receives_each_change_in_order(sopy: SopyUnderTest) -> None:
+    assert sopy.running is not None
+    changes = sopy.running.feed.subscribe()
+    initial = changes.receive_nowait()
+    assert initial.change is None
+
+    await _configure_everything(sopy)
+
+    received: list[ConfigChanged] = []
+    with trio.fail_after(5):
+        for _ in range(5):
+            received.append(await changes.receive())
+    assert [c.version for c in received] == list(range(initial.version + 1, initial.version + 6))
+    kinds = [type(c.change).__name__ for c in received]
+    assert kinds == [
+        "AdminAuthAdded",
+        "UserApiKeyAdded",
+        "UserApiKeyDeactivated",
+        "BackendAdded",
+        "ModelMappingAdded",
+    ]
+    assert isinstance(received[2].change, UserApiKeyDeactivated)
+    assert isinstance(received[3].change, BackendAdded)
+    assert isinstance(received[4].change, ModelMappingAdded)
+    final = received[-1].snapshot
+    assert [m.model_name for m in final.model_mappings] == ["gpt-4.1"]
+    assert final.user_api_keys[0].active is False
+
+
+async def test_reads_and_no_op_writes_publish_nothing(sopy: SopyUnderTest) -> None:
+    assert sopy.running is not None
+    changes = sopy.running.feed.subscribe()
+    changes.receive_nowait()
+    async with await sopy.admin() as admin:
+        key = await admin.ok("add_user_api_key")
+        await admin.ok("list_user_api_keys")
+        await admin.ok("activate_user_api_key", id=key["id"])
+        await admin.error("get_backend", provider="none")
+        await admin.ok("add_backend", provider="p", url="http://h")
+
+    first = changes.receive_nowait()
+    second = changes.receive_nowait()
+    assert second.version == first.version + 1
+    assert isinstance(second.change, BackendAdded)
+    assert changes.statistics().current_buffer_used == 0
+
+
+async def test_a_follower_that_falls_behind_is_dropped_not_waited_for(
+    sopy: SopyUnderTest,
+) -> None:
+    assert sopy.running is not None
+    stalled = sopy.running.feed.subscribe(buffer=2)
+    async with await sopy.admin() as admin:
+        with trio.fail_after(5):
+            for i in range(5):
+                await admin.ok("add_backend", provider="p", url=f"http://h{i}")
+
+    received = [stalled.receive_nowait(), stalled.receive_nowait()]
+    assert len(received) == 2
+    try:
+        stalled.receive_nowait()
+    except trio.EndOfChannel:
+        pass
+    else:
+        raise AssertionError("a follower over its buffer should have been dropped")

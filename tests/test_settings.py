@@ -1,0 +1,40 @@
+"""Settings precedence: flags over SOPY_* environment variables over defaults."""
+
+from pathlib import Path
+
+import pytest
+
+from sopy.errors import StartupError
+from sopy.settings import Settings, load_settings
+
+
+def test_defaults_are_files_in_the_working_directory() -> None:
+    settings = load_settings({}, environ={})
+    assert settings == Settings()
+    assert settings.db_path == Path("sopy_admin.db")
+    assert settings.admin_socket == Path("sopy-admin.sock")
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+
+
+def test_environment_overrides_defaults_and_flags_override_environment() -> None:
+    environ = {"SOPY_PORT": "9001", "SOPY_DB_PATH": "/tmp/env.db", "SOPY_NO_AUTH": "yes"}
+    from_env = load_settings({}, environ=environ)
+    assert (from_env.port, from_env.db_path, from_env.no_auth) == (9001, Path("/tmp/env.db"), True)
+
+    from_flags = load_settings({"port": "9002", "db_path": None}, environ=environ)
+    assert from_flags.port == 9002
+    assert from_flags.db_path == Path("/tmp/env.db")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SOPY_PORT": "eighty"}, "SOPY_PORT must be a TCP port"),
+        ({"SOPY_PORT": "70000"}, "SOPY_PORT must be a TCP port"),
+        ({"SOPY_NO_AUTH": "maybe"}, "SOPY_NO_AUTH must be true or false"),
+        ({"SOPY_LOG_LEVEL": "loud"}, "SOPY_LOG_LEVEL must be one of"),
+    ],
+)
+def test_bad_values_name_their_source(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(StartupError, match=message):
+        load_settings({}, environ=environ)
