@@ -1,12 +1,13 @@
-"""Waiting on plain counters (the mock upstream exposes counters, not events)."""
+"""Waiting on state that offers no event to wait on: the mock upstream's counters, files that a
+child process removes."""
 
 from collections.abc import Callable
 
 import trio
 
 
-async def within_one_second(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(1):
+async def eventually(condition: Callable[[], bool], within: float = 1.0) -> None:
+    with trio.fail_after(within):
         while True:
             if condition():
                 return

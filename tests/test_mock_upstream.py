@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from sopy.mock_upstream import MockUpstream, ReceivedRequest
-from tests.polling import within_one_second
+from tests.polling import eventually
 
 NAME = "alpha"
 
@@ -217,7 +217,7 @@ async def test_client_leaving_mid_stream_counts_a_disconnect_promptly(
             assert mock.in_flight == 1
             break
 
-    await within_one_second(lambda: mock.disconnects == 1 and mock.in_flight == 0)
+    await eventually(lambda: mock.disconnects == 1 and mock.in_flight == 0)
 
 
 async def test_client_leaving_during_headers_delay_counts_a_disconnect(
@@ -226,7 +226,7 @@ async def test_client_leaving_during_headers_delay_counts_a_disconnect(
     with trio.move_on_after(0.1):
         await client.post("/chat/completions", json=chat_body(mock={"headers_delay": 5}))
 
-    await within_one_second(lambda: mock.disconnects == 1 and mock.in_flight == 0)
+    await eventually(lambda: mock.disconnects == 1 and mock.in_flight == 0)
 
 
 async def test_completed_responses_are_not_counted_as_disconnects(
