@@ -24,6 +24,7 @@ from sopy.change_feed import ChangeFeed
 from sopy.errors import (
     InvalidJson,
     InvalidRequest,
+    MethodNotAllowed,
     NoBackendAvailable,
     NotFound,
     PayloadTooLarge,
@@ -51,12 +52,6 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 RELAY_BUFFER = 32
 
 Handler = Callable[[HTTPScope, ASGIReceiveCallable, ASGISendCallable, bytes], Awaitable[None]]
-
-
-class MethodNotAllowed(SopyError):
-    status = 405
-    type = "invalid_request_error"
-    code = "method_not_allowed"
 
 
 class UpstreamBrokeOff(Exception):
