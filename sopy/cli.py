@@ -1,24 +1,26 @@
 """The `sopy` command: `serve` runs the gateway, `start` runs it in the background, `admin`
-sends one admin command, `mock-upstream` runs the bundled OpenAI-compatible test server."""
+sends one admin command, `events` follows the live change stream, `mock-upstream` runs the
+bundled OpenAI-compatible test server."""
 
 import argparse
 import logging
 import os
 import signal
 import sys
-import typing
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import attrs
 import orjson
 import trio
 
 from sopy import admin_output
 from sopy.admin_client import AdminUnreachable, send_admin_command
 from sopy.background import start_in_background
-from sopy.errors import StartupError, innermost
+from sopy.command_text import field_value, is_flag
+from sopy.errors import InvalidField, StartupError, innermost
+from sopy.events_client import follow_events
 from sopy.messages import ADMIN_COMMANDS
 from sopy.mock_upstream import run_mock_upstream
 from sopy.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
@@ -81,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_argument("--admin-socket", default=None, help="default ./sopy-admin.sock")
     admin.add_argument("--json", action="store_true", help="print the raw JSON reply")
     admin.set_defaults(handler=_admin)
+
+    events = actions.add_parser(
+        "events", help="follow the live config change stream, one line per change"
+    )
+    events.add_argument("--since", type=int, default=None, help="resume after this version")
+    events.add_argument("--admin-socket", default=None, help="default ./sopy-admin.sock")
+    events.add_argument("--json", action="store_true", help="print the raw JSON messages")
+    events.set_defaults(handler=_events)
 
     mock = actions.add_parser("mock-upstream", help="run the bundled mock OpenAI upstream")
     mock.add_argument("--host", default="127.0.0.1")
@@ -160,7 +170,6 @@ def command_payload(command: str, tokens: Sequence[str]) -> dict[str, Any]:
     """
     name = command.replace("-", "_")
     cls = ADMIN_COMMANDS.get(name)
-    field_types = {field.name: field.type for field in attrs.fields(cls)} if cls else {}
     payload: dict[str, Any] = {"command": name}
     position = 0
     while position < len(tokens):
@@ -170,10 +179,9 @@ def command_payload(command: str, tokens: Sequence[str]) -> dict[str, Any]:
         key, has_inline, inline = token[2:].partition("=")
         key = key.replace("-", "_")
         position += 1
-        field_type = field_types.get(key)
         if has_inline:
             text = inline
-        elif field_type is bool and (
+        elif is_flag(cls, key) and (
             position >= len(tokens) or tokens[position].lower() not in ("true", "false")
         ):
             text = "true"
@@ -182,21 +190,19 @@ def command_payload(command: str, tokens: Sequence[str]) -> dict[str, Any]:
             position += 1
         else:
             raise UsageError(f"--{key} needs a value")
-        payload[key] = _typed(key, text, field_type)
+        try:
+            payload[key] = field_value(cls, key, text)
+        except InvalidField as error:
+            raise UsageError(error.message) from None
     return payload
 
 
-def _typed(key: str, text: str, field_type: Any) -> Any:
-    if field_type is bool:
-        if text.lower() not in ("true", "false"):
-            raise UsageError(f"--{key} takes true or false (got {text!r})")
-        return text.lower() == "true"
-    if field_type is int or int in typing.get_args(field_type):
-        try:
-            return int(text)
-        except ValueError:
-            raise UsageError(f"--{key} takes an integer (got {text!r})") from None
-    return text
+def _events(args: argparse.Namespace, _rest: list[str]) -> int:
+    settings = load_settings({"admin_socket": args.admin_socket})
+    try:
+        return trio.run(partial(follow_events, settings.admin_socket, args.since, raw=args.json))
+    except KeyboardInterrupt:
+        return 0
 
 
 def _mock_upstream(args: argparse.Namespace, _rest: list[str]) -> int:

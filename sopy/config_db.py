@@ -39,6 +39,7 @@ from sopy.messages import (
     GetBackend,
     GetModelMapping,
     GetUserApiKey,
+    JournalEntry,
     ListAdminAuth,
     ListBackends,
     ListModelMappings,
@@ -60,6 +61,7 @@ from sopy.messages import (
     UserApiKeyRemoved,
     UserApiKeyView,
     config_event_json,
+    parse_config_event,
 )
 
 JOURNAL_LENGTH = 10_000
@@ -119,12 +121,13 @@ Outcome = tuple[AdminResult, ConfigEvent | None]
 class ConfigDatabase:
     """One open `sopy_admin.db`; every method runs on the config actor's worker thread."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, journal_length: int) -> None:
         self._db = connection
+        self._journal_length = journal_length
         self.version = self._scalar("SELECT value FROM meta WHERE key = 'config_version'")
 
     @classmethod
-    def open(cls, path: Path) -> "ConfigDatabase":
+    def open(cls, path: Path, journal_length: int = JOURNAL_LENGTH) -> "ConfigDatabase":
         try:
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode = WAL")
@@ -136,7 +139,7 @@ class ConfigDatabase:
                 f"cannot open the config database {path}: {exc}. Check the file is a Sopy "
                 "database and writable, or pass another path with --db-path."
             ) from exc
-        return cls(connection)
+        return cls(connection, journal_length)
 
     def close(self) -> None:
         self._db.close()
@@ -180,6 +183,22 @@ class ConfigDatabase:
             model_mappings=self._model_mappings(),
         )
 
+    def journal_since(self, since: int) -> tuple[JournalEntry, ...] | None:
+        """Every change after version `since`, or None if the journal no longer covers it."""
+        if since > self.version or since < 0:
+            return None
+        oldest = self._db.execute("SELECT MIN(version) FROM config_events").fetchone()[0]
+        if since < self.version and (oldest is None or oldest > since + 1):
+            return None
+        rows = self._rows(
+            "SELECT version, at, event FROM config_events WHERE version > ? ORDER BY version",
+            (since,),
+        )
+        return tuple(
+            JournalEntry(version, at, parse_config_event(orjson.loads(event)))
+            for version, at, event in rows
+        )
+
     def _record_change(self, version: int, now: float, change: ConfigEvent) -> None:
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'config_version'", (version,))
         self._db.execute(
@@ -187,7 +206,7 @@ class ConfigDatabase:
             (version, now, orjson.dumps(config_event_json(change)).decode()),
         )
         self._db.execute(
-            "DELETE FROM config_events WHERE version <= ?", (version - JOURNAL_LENGTH,)
+            "DELETE FROM config_events WHERE version <= ?", (version - self._journal_length,)
         )
 
     def _dispatch(self, command: AdminCommand, now: int) -> Outcome:

@@ -387,6 +387,27 @@ class AdminRequest:
     reply_to: trio.MemorySendChannel[CommandReply]
 
 
+@attrs.frozen
+class JournalEntry:
+    """One committed change as the journal keeps it."""
+
+    version: int
+    at: float
+    change: ConfigEvent
+
+
+@attrs.frozen
+class JournalRequest:
+    """Asks the config actor for every change after `since`. The reply is None when the journal
+    no longer reaches back that far (or `since` is from the future): start from a snapshot."""
+
+    since: int
+    reply_to: trio.MemorySendChannel[tuple[JournalEntry, ...] | None]
+
+
+ConfigRequest: TypeAlias = AdminRequest | JournalRequest
+
+
 # -- HTTP front <-> upstream pool ------------------------------------------------------------
 
 Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
@@ -535,6 +556,15 @@ def admin_command_json(command: AdminCommand) -> dict[str, Any]:
 
 def admin_result_json(result: AdminResult) -> Any:
     return converter.unstructure(result)
+
+
+def admin_reply_json(reply: CommandReply, request_id: object = None) -> dict[str, Any]:
+    """The reply envelope every admin transport sends: the same JSON on every transport."""
+    if isinstance(reply, CommandSucceeded):
+        body: dict[str, Any] = {"ok": True, "result": admin_result_json(reply.result)}
+    else:
+        body = {"ok": False, "error": reply.error.admin_body()}
+    return body if request_id is None else {"id": request_id, **body}
 
 
 def config_event_json(event: ConfigEvent) -> dict[str, Any]:

@@ -19,6 +19,7 @@ class Settings:
     port: int = 8000
     no_auth: bool = False
     log_level: str = "info"
+    event_buffer: int = 1000
 
 
 ENVIRONMENT_VARIABLES: Mapping[str, str] = {
@@ -48,6 +49,8 @@ def _parsed(name: str, value: Any, source: str) -> Any:
         return Path(value)
     if name == "port":
         return _port(value, source)
+    if name == "event_buffer":
+        return _positive(value, source)
     if name == "no_auth":
         return _boolean(value, source)
     if name == "log_level":
@@ -66,6 +69,16 @@ def _port(value: Any, source: str) -> int:
     if not 0 <= port <= 65535:
         raise StartupError(f"{source} must be a TCP port from 0 to 65535 (got {value!r})")
     return port
+
+
+def _positive(value: Any, source: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise StartupError(f"{source} must be a positive whole number (got {value!r})")
+    return number
 
 
 def _boolean(value: Any, source: str) -> bool:

@@ -21,7 +21,7 @@ from sopy.actors.http_front import HttpFront
 from sopy.actors.upstream_pool import UpstreamPools
 from sopy.change_feed import ChangeFeed
 from sopy.errors import innermost
-from sopy.messages import AdminRequest
+from sopy.messages import ConfigRequest
 from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,11 @@ async def run_sopy(
 ) -> None:
     """Run every actor until `shutdown` is set."""
     feed = ChangeFeed()
-    config_send, config_receive = trio.open_memory_channel[AdminRequest](CONFIG_INBOX_SIZE)
+    config_send, config_receive = trio.open_memory_channel[ConfigRequest](CONFIG_INBOX_SIZE)
     store = ConfigStore(settings.db_path, config_receive, feed)
     pools = UpstreamPools(feed)
     front = HttpFront(settings, feed, pools)
-    admin = AdminSocket(settings.admin_socket, config_send)
+    admin = AdminSocket(settings.admin_socket, config_send, feed, settings.event_buffer)
     async with trio.open_nursery() as nursery:
         await nursery.start(supervise, "config_store", store.run)
         admin_path = await nursery.start(supervise, "admin_socket", admin.run)

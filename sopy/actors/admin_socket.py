@@ -1,9 +1,14 @@
-"""The admin socket actor: the seed's newline-delimited JSON admin protocol on a Unix socket.
+"""The admin socket actor: one Unix socket (mode 0600) serving three protocols, told apart by a
+connection's first bytes.
 
-Each connection may send many commands, one JSON object per line, and gets one JSON line back
-per command, in order: `{"ok": true, "result": ...}` or `{"ok": false, "error": {"code",
-"message"}}`, with the request's `"id"` echoed when it had one. This module only translates:
-lines become `AdminCommand`s for the config actor (`ask_config_store`), replies become lines.
+- Newline-delimited JSON (the seed's protocol; a line starts with `{`): each connection may send
+  many commands and gets one reply line per command, in order: `{"ok": true, "result": ...}` or
+  `{"ok": false, "error": {"code", "message"}}`, with the request's `"id"` echoed.
+- HTTP (a line starts with a method such as `GET`): the admin REST routes, and the
+  `/admin/events` websocket, both in `sopy.actors.admin_http`.
+
+This module only translates: lines become `AdminCommand`s for the config actor
+(`ask_config_store`), replies become lines.
 """
 
 import logging
@@ -13,26 +18,37 @@ from typing import Any
 import orjson
 import trio
 
+from sopy.actors.admin_http import AdminHttp
 from sopy.actors.config_store import ask_config_store
+from sopy.change_feed import ChangeFeed
 from sopy.errors import InvalidJson, PayloadTooLarge, SopyError
 from sopy.line_reader import LineReader
 from sopy.messages import (
-    AdminRequest,
-    CommandSucceeded,
-    admin_result_json,
+    CommandFailed,
+    ConfigRequest,
+    admin_reply_json,
     parse_admin_command,
 )
+from sopy.replay_stream import ReplayStream
 from sopy.unix_listener import unix_listener
 
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1024 * 1024
+_SNIFF_SIZE = 4096
 
 
 class AdminSocket:
-    def __init__(self, path: Path, config_inbox: trio.MemorySendChannel[AdminRequest]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config_inbox: trio.MemorySendChannel[ConfigRequest],
+        feed: ChangeFeed,
+        event_buffer: int,
+    ) -> None:
         self._path = path
         self._config_inbox = config_inbox
+        self._http = AdminHttp(config_inbox, feed, event_buffer)
 
     async def run(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         async with unix_listener(self._path) as listener, trio.open_nursery() as nursery:
@@ -40,17 +56,28 @@ class AdminSocket:
             log.info("admin socket listening on %s", self._path)
             task_status.started(self._path)
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            lines = LineReader(stream, MAX_LINE_BYTES)
-            while (line := await lines.next_line()) is not None:
-                if isinstance(line, bytes) and not line.strip():
-                    continue
-                reply = await self._answer(line) if isinstance(line, bytes) else _too_long()
-                try:
-                    await stream.send_all(orjson.dumps(reply) + b"\n")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
+    async def _serve_connection(self, socket_stream: trio.SocketStream) -> None:
+        async with socket_stream:
+            stream = ReplayStream(socket_stream)
+            first = await _first_bytes(stream)
+            if not first:
+                return
+            stream.unread(first)
+            if first.lstrip()[:1].isupper():
+                await self._http.serve(stream)
+            else:
+                await self._serve_json_lines(stream)
+
+    async def _serve_json_lines(self, stream: ReplayStream) -> None:
+        lines = LineReader(stream, MAX_LINE_BYTES)
+        while (line := await lines.next_line()) is not None:
+            if isinstance(line, bytes) and not line.strip():
+                continue
+            reply = await self._answer(line) if isinstance(line, bytes) else _too_long()
+            try:
+                await stream.send_all(orjson.dumps(reply) + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
@@ -64,10 +91,21 @@ class AdminSocket:
             command = parse_admin_command(payload)
         except SopyError as error:
             return _failure(error, request_id)
-        reply = await ask_config_store(self._config_inbox, command)
-        if isinstance(reply, CommandSucceeded):
-            return _with_id({"ok": True, "result": admin_result_json(reply.result)}, request_id)
-        return _failure(reply.error, request_id)
+        return admin_reply_json(await ask_config_store(self._config_inbox, command), request_id)
+
+
+async def _first_bytes(stream: ReplayStream) -> bytes:
+    """Read until the first non-blank byte, which says which protocol the client speaks."""
+    received = b""
+    while not received.strip():
+        try:
+            chunk = await stream.receive_some(_SNIFF_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+        if not chunk:
+            return b""
+        received += chunk
+    return received
 
 
 def _too_long() -> dict[str, Any]:
@@ -77,10 +115,4 @@ def _too_long() -> dict[str, Any]:
 
 
 def _failure(error: SopyError, request_id: object = None) -> dict[str, Any]:
-    return _with_id({"ok": False, "error": error.admin_body()}, request_id)
-
-
-def _with_id(reply: dict[str, Any], request_id: object) -> dict[str, Any]:
-    if request_id is not None:
-        return {"id": request_id, **reply}
-    return reply
+    return admin_reply_json(CommandFailed(error), request_id)

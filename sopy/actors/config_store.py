@@ -5,8 +5,10 @@ single worker thread. After the commit it publishes `ConfigChanged` with the new
 snapshot on the `ChangeFeed`, then replies: by the time an admin sees the reply, the very next
 public request is served with the new configuration. On start it loads the stored snapshot and
 publishes it before reporting ready, so the front never serves without configuration.
+`JournalRequest`s read the bounded change journal, for followers that resume from a version.
 """
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -23,6 +25,9 @@ from sopy.messages import (
     CommandReply,
     CommandSucceeded,
     ConfigChanged,
+    ConfigRequest,
+    JournalEntry,
+    JournalRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -32,7 +37,7 @@ class ConfigStore:
     def __init__(
         self,
         db_path: Path,
-        inbox: trio.MemoryReceiveChannel[AdminRequest],
+        inbox: trio.MemoryReceiveChannel[ConfigRequest],
         feed: ChangeFeed,
     ) -> None:
         self._db_path = db_path
@@ -48,10 +53,21 @@ class ConfigStore:
             log.info("config loaded from %s at version %d", self._db_path, db.version)
             task_status.started()
             async for request in self._inbox:
-                await self._handle(db, request)
+                if isinstance(request, JournalRequest):
+                    await self._read_journal(db, request)
+                else:
+                    await self._handle(db, request)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.close, limiter=self._thread)
+
+    async def _read_journal(self, db: ConfigDatabase, request: JournalRequest) -> None:
+        async with request.reply_to:
+            entries = await trio.to_thread.run_sync(
+                db.journal_since, request.since, limiter=self._thread
+            )
+            with contextlib.suppress(trio.BrokenResourceError):
+                await request.reply_to.send(entries)
 
     async def _handle(self, db: ConfigDatabase, request: AdminRequest) -> None:
         async with request.reply_to:
@@ -89,7 +105,7 @@ async def _reply(request: AdminRequest, reply: CommandReply) -> None:
 
 
 async def ask_config_store(
-    inbox: trio.MemorySendChannel[AdminRequest], command: AdminCommand
+    inbox: trio.MemorySendChannel[ConfigRequest], command: AdminCommand
 ) -> CommandReply:
     """Send one command to the config actor and wait for its reply (after the commit).
 
@@ -107,3 +123,16 @@ async def ask_config_store(
                     "with a list or get command whether it took effect, then retry"
                 )
             )
+
+
+async def read_journal(
+    inbox: trio.MemorySendChannel[ConfigRequest], since: int
+) -> tuple[JournalEntry, ...] | None:
+    """The changes after `since` from the config actor's journal (None: too old, use a snapshot)."""
+    reply_send, reply_receive = trio.open_memory_channel[tuple[JournalEntry, ...] | None](1)
+    async with reply_receive:
+        await inbox.send(JournalRequest(since, reply_send))
+        try:
+            return await reply_receive.receive()
+        except trio.EndOfChannel:
+            return None

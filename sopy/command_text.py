@@ -1,0 +1,41 @@
+"""Admin command fields given as text (CLI flags, URL path segments, query strings), turned into
+the JSON value the command's field expects. Used by `sopy admin` and the admin REST routes; the
+command itself is still validated by `parse_admin_command`."""
+
+import typing
+from typing import Any
+
+import attrs
+
+from sopy.errors import InvalidField
+from sopy.messages import AdminCommand
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def field_value(command: type[AdminCommand] | None, field: str, text: str) -> Any:
+    """`text` as the type of `command`'s `field`; unknown fields stay text for the parser to
+    refuse by name."""
+    fields = attrs.fields_dict(command) if command is not None else {}
+    field_type: Any = fields[field].type if field in fields else str
+    if field_type is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise InvalidField(f"field '{field}' takes true or false (got {text!r})", param=field)
+    if field_type is int or int in typing.get_args(field_type):
+        try:
+            return int(text)
+        except ValueError:
+            raise InvalidField(
+                f"field '{field}' takes an integer (got {text!r})", param=field
+            ) from None
+    return text
+
+
+def is_flag(command: type[AdminCommand] | None, field: str) -> bool:
+    """Whether `field` is a boolean that a bare `--field` switches on."""
+    fields = attrs.fields_dict(command) if command is not None else {}
+    return field in fields and fields[field].type is bool

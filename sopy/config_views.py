@@ -1,0 +1,49 @@
+"""What the outside world may see of the configuration and its changes: the JSON messages of the
+live change stream (`/admin/events`), with every secret masked or left out.
+
+Used by the admin socket's event stream and understood by `sopy events`.
+"""
+
+from typing import Any
+
+from sopy import keys
+from sopy.messages import ConfigEvent, ConfigSnapshot, converter
+
+
+def snapshot_message(version: int, at: float, snapshot: ConfigSnapshot) -> dict[str, Any]:
+    return {"type": "snapshot", "version": version, "at": at, "snapshot": masked(snapshot)}
+
+
+def event_message(version: int, at: float, change: ConfigEvent) -> dict[str, Any]:
+    """Events carry no secrets by construction: credentials and keys are not event fields."""
+    return {
+        "type": "event",
+        "version": version,
+        "kind": change.kind,
+        "at": at,
+        "entity": converter.unstructure(change),
+    }
+
+
+def masked(snapshot: ConfigSnapshot) -> dict[str, Any]:
+    urls: dict[str, list[str]] = {}
+    for backend in snapshot.backends:
+        urls.setdefault(backend.provider, []).append(backend.url)
+    return {
+        "admin_auth": [
+            {"name": c.provider, "credentials": keys.mask_credential(c.credential)}
+            for c in snapshot.credentials
+        ],
+        "user_api_keys": [
+            {
+                "id": k.id,
+                "prefix": k.prefix,
+                "description": k.description,
+                "active": k.active,
+                "created_at": k.created_at,
+            }
+            for k in snapshot.user_api_keys
+        ],
+        "backends": [{"provider": p, "urls": u} for p, u in sorted(urls.items())],
+        "model_mappings": converter.unstructure(snapshot.model_mappings),
+    }
