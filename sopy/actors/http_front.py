@@ -21,6 +21,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, S
 
 from sopy.actors.upstream_pool import UpstreamPools
 from sopy.change_feed import ChangeFeed
+from sopy.docs_page import docs_response
 from sopy.errors import (
     InvalidJson,
     InvalidRequest,
@@ -43,6 +44,7 @@ from sopy.messages import (
     UpstreamEvent,
     UpstreamFailed,
 )
+from sopy.openapi import openapi_json
 from sopy.route_table import RouteTable
 from sopy.settings import Settings
 
@@ -80,6 +82,7 @@ class HttpFront:
             ("GET", "/healthz"): self._health,
             ("GET", "/v1/models"): self._models,
             ("POST", "/v1/chat/completions"): self._proxy,
+            ("GET", "/openapi.json"): self._openapi,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -130,6 +133,10 @@ class HttpFront:
             if method == "GET":
                 return self._hello_name
             raise MethodNotAllowed(f"{path} only accepts GET")
+        if path == "/docs" or path.startswith("/docs/"):
+            if method == "GET":
+                return self._docs
+            raise MethodNotAllowed(f"{path} only accepts GET")
         allowed = sorted(m for m, p in self._routes if p == path)
         if allowed:
             raise MethodNotAllowed(f"{path} only accepts {', '.join(allowed)}")
@@ -157,6 +164,20 @@ class HttpFront:
     ) -> None:
         name = scope["path"][len("/hello/") :]
         await _send_json(send, 200, {"message": f"Hello {name}"}, rid)
+
+    async def _openapi(
+        self, _scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
+    ) -> None:
+        await _send_body(send, 200, openapi_json(), rid)
+
+    async def _docs(
+        self, scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
+    ) -> None:
+        answer = docs_response(scope["path"])
+        if answer is None:
+            raise NotFound(f"no documentation at {scope['path']}; the docs page is GET /docs")
+        status, content_type, body = answer
+        await _send_body(send, status, body, rid, content_type=content_type)
 
     async def _health(
         self, _scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
@@ -361,13 +382,19 @@ async def _send_json(send: ASGISendCallable, status: int, payload: Any, rid: byt
     await _send_body(send, status, orjson.dumps(payload), rid)
 
 
-async def _send_body(send: ASGISendCallable, status: int, body: bytes, rid: bytes) -> None:
+async def _send_body(
+    send: ASGISendCallable,
+    status: int,
+    body: bytes,
+    rid: bytes,
+    content_type: bytes = b"application/json",
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", rid),
             ],

@@ -1,0 +1,603 @@
+"""Sopy's OpenAPI 3.1 document: the public API on the TCP port and the admin REST routes.
+
+The public routes are described here by hand; the admin routes are generated from
+`sopy.admin_routes.ADMIN_ROUTES`, with each request body built from the attrs fields of the
+route's admin command, so the document cannot drift from what the admin socket accepts.
+The HTTP front serves `openapi_json()` at `GET /openapi.json`, and the docs page
+(`sopy.docs_page`) points Swagger UI at it. The document never changes while Sopy runs, so it is
+built once; callers must not mutate it.
+"""
+
+import functools
+import importlib.metadata
+import types
+import typing
+from typing import Any
+
+import attrs
+import orjson
+
+from sopy.admin_routes import ADMIN_ROUTES, AdminRoute
+from sopy.messages import AdminCommand
+
+OPENAPI_VERSION = "3.1.0"
+ADMIN_SOCKET_CURL = "curl --unix-socket ./sopy-admin.sock"
+ADMIN_SOCKET_BASE_URL = "http://sopy"
+BEARER_AUTH = "bearerAuth"
+
+_JSON_TYPE_NAMES: dict[object, str] = {
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    types.NoneType: "null",
+}
+
+_OPENAI_ERROR_STATUSES: dict[str, str] = {
+    "400": "Invalid JSON, a missing or non-string `model`, a non-boolean `stream` or a "
+    "non-object `stream_options`.",
+    "401": "`invalid_api_key`: the bearer key is missing, unknown or deactivated.",
+    "404": "`model_not_found`: no provider is mapped to the requested model.",
+    "413": "The request body is larger than 10 MiB.",
+    "502": "`upstream_error`: the provider's backend could not be reached.",
+    "503": "`no_backend`: the model's provider has no backend URL (`sopy admin add_backend` "
+    "fixes it), or the configuration is still loading.",
+    "504": "`upstream_timeout`: the provider's backend did not answer in time.",
+}
+
+_ADMIN_ERROR_STATUSES: dict[str, str] = {
+    "400": "`invalid_json`, `invalid_request`, `invalid_field` (naming the `field`) or "
+    "`unknown_command`.",
+    "404": "`not_found`: no such entry, or no such admin route.",
+    "405": "`method_not_allowed`: the path exists but not with this method.",
+    "409": "`conflict`: the entry exists already (pass `replace: true` where offered).",
+    "413": "`payload_too_large`: the request body is larger than 1 MiB.",
+    "500": "`internal_error`.",
+}
+
+_ADMIN_TAG_DESCRIPTION = (
+    "Live configuration. These routes are served over the admin Unix socket "
+    "(`./sopy-admin.sock`, mode 0600), not on the public port: for example "
+    f"`{ADMIN_SOCKET_CURL} {ADMIN_SOCKET_BASE_URL}/admin/backend`. Every route runs the admin "
+    "command of the same name as the socket's JSON-lines protocol, and every change is "
+    "committed to SQLite before the reply."
+)
+
+_EVENTS_DESCRIPTION = (
+    "A WebSocket (upgrade this GET) that streams configuration changes as JSON text messages. "
+    "The first message is the whole configuration with every secret masked: "
+    '`{"type": "snapshot", "version", "at", "snapshot"}` (schema `ConfigSnapshotMessage`). '
+    'Then one `{"type": "event", "version", "kind", "at", "entity"}` message follows per '
+    "committed change, in commit order (schema `ConfigEventMessage`). With `?since=V` the "
+    "stream starts with exactly the changes after version V instead, or with a fresh snapshot "
+    "when the journal no longer reaches back that far. A subscriber that stops reading is "
+    "closed with code 4001 and a reason saying how to resume.\n\n"
+    f"Served over the admin Unix socket, e.g. `{ADMIN_SOCKET_CURL} "
+    f"{ADMIN_SOCKET_BASE_URL}/admin/events` with WebSocket upgrade headers, or `sopy events`."
+)
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The whole OpenAPI document, built on first use and shared afterwards."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": _info(),
+        "servers": [{"url": "/", "description": "The gateway's public port."}],
+        "tags": _tags(),
+        "paths": {**_public_paths(), **_admin_paths()},
+        "components": {
+            "schemas": {**_public_schemas(), **_admin_schemas()},
+            "headers": {
+                "RequestId": {
+                    "description": "A random id for this request, to quote when reporting it.",
+                    "schema": {"type": "string"},
+                }
+            },
+            "securitySchemes": {
+                BEARER_AUTH: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A Sopy user API key (`sopy admin add_user_api_key`), "
+                    "never a provider credential.",
+                }
+            },
+        },
+    }
+
+
+@functools.cache
+def openapi_json() -> bytes:
+    """The document as the body of `GET /openapi.json`."""
+    return orjson.dumps(openapi_document())
+
+
+def _info() -> dict[str, Any]:
+    return {
+        "title": "Sopy",
+        "version": importlib.metadata.version("sopy"),
+        "summary": "An OpenAI-compatible API gateway.",
+        "description": "Point any OpenAI client at `/v1` with a Sopy-issued key: Sopy maps the "
+        "model to a provider, picks one of its backends, injects the provider's credential and "
+        "forwards the request, streaming included. Operators configure it live through the "
+        "admin routes, which are served on the admin Unix socket, not on this port.",
+    }
+
+
+def _tags() -> list[dict[str, str]]:
+    return [
+        {"name": "openai", "description": "The OpenAI-compatible API; needs a bearer key."},
+        {"name": "gateway", "description": "Greetings and health."},
+        {"name": "docs", "description": "This document and its interactive page."},
+        {"name": "admin", "description": _ADMIN_TAG_DESCRIPTION},
+    ]
+
+
+# -- public routes ----------------------------------------------------------------------------
+
+
+def _public_paths() -> dict[str, Any]:
+    return {
+        "/": {"get": _hello_world_operation()},
+        "/hello/{name}": {"get": _hello_name_operation()},
+        "/healthz": {"get": _health_operation()},
+        "/v1/models": {"get": _models_operation()},
+        "/v1/chat/completions": {"post": _chat_completions_operation()},
+        "/openapi.json": {"get": _openapi_operation()},
+        "/docs": {"get": _docs_operation()},
+    }
+
+
+def _hello_world_operation() -> dict[str, Any]:
+    return {
+        "tags": ["gateway"],
+        "operationId": "hello_world",
+        "summary": "Say hello",
+        "responses": {"200": _json_response("A greeting.", _ref("Message"))},
+    }
+
+
+def _hello_name_operation() -> dict[str, Any]:
+    return {
+        "tags": ["gateway"],
+        "operationId": "hello_name",
+        "summary": "Say hello to someone",
+        "parameters": [_parameter("name", "path", {"type": "string"}, required=True)],
+        "responses": {"200": _json_response("`Hello {name}`.", _ref("Message"))},
+    }
+
+
+def _health_operation() -> dict[str, Any]:
+    return {
+        "tags": ["gateway"],
+        "operationId": "health",
+        "summary": "Check that the gateway is up",
+        "description": "Needs no key. `config_version` is the version of the live configuration.",
+        "responses": {
+            "200": _json_response("The gateway is serving.", _ref("Health")),
+            "503": _openai_error_response("The configuration is still loading."),
+        },
+    }
+
+
+def _models_operation() -> dict[str, Any]:
+    return {
+        "tags": ["openai"],
+        "operationId": "list_models",
+        "summary": "List the mapped models",
+        "description": "Every mapped model, with its provider as `owned_by`.",
+        "security": [{BEARER_AUTH: []}],
+        "responses": {
+            "200": _json_response("The mapped models.", _ref("ModelList")),
+            **_openai_errors("401", "503"),
+        },
+    }
+
+
+def _chat_completions_operation() -> dict[str, Any]:
+    return {
+        "tags": ["openai"],
+        "operationId": "create_chat_completion",
+        "summary": "Create a chat completion",
+        "description": "Forwarded byte for byte to a backend of the model's provider, with the "
+        "provider's credential instead of the client's key. With `stream: true` the reply is "
+        "relayed as server-sent events chunk by chunk; if the backend breaks off mid-stream, a "
+        'final `data: {"error": ...}` event ends the stream. Upstream statuses and error '
+        "bodies (429 with `Retry-After`, 5xx...) are relayed unchanged.",
+        "security": [{BEARER_AUTH: []}],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}},
+        },
+        "responses": {
+            "200": _chat_completion_response(),
+            **_openai_errors(*_OPENAI_ERROR_STATUSES),
+        },
+    }
+
+
+def _chat_completion_response() -> dict[str, Any]:
+    return {
+        "description": "The completion, or with `stream: true` its chunks as server-sent events.",
+        "headers": _request_id_header(),
+        "content": {
+            "application/json": {"schema": _ref("ChatCompletion")},
+            "text/event-stream": {
+                "schema": {
+                    "type": "string",
+                    "description": "`data: <chat.completion.chunk JSON>` events separated by "
+                    "blank lines, ending with `data: [DONE]`.",
+                },
+            },
+        },
+    }
+
+
+def _openapi_operation() -> dict[str, Any]:
+    return {
+        "tags": ["docs"],
+        "operationId": "openapi_document",
+        "summary": "This OpenAPI document",
+        "responses": {
+            "200": _json_response("The OpenAPI 3.1 document.", {"type": "object"}),
+        },
+    }
+
+
+def _docs_operation() -> dict[str, Any]:
+    return {
+        "tags": ["docs"],
+        "operationId": "docs_page",
+        "summary": "Interactive documentation",
+        "description": "Swagger UI for this document; its assets are served by Sopy itself "
+        "under `/docs/assets/`, so the page works offline.",
+        "responses": {
+            "200": {
+                "description": "The HTML page.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+def _openai_errors(*statuses: str) -> dict[str, Any]:
+    return {status: _openai_error_response(_OPENAI_ERROR_STATUSES[status]) for status in statuses}
+
+
+def _openai_error_response(description: str) -> dict[str, Any]:
+    return _json_response(description, _ref("OpenAIError"))
+
+
+def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": _request_id_header(),
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _request_id_header() -> dict[str, Any]:
+    return {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
+
+
+def _public_schemas() -> dict[str, Any]:
+    return {
+        "Message": _object({"message": {"type": "string"}}),
+        "Health": _object({"status": {"const": "ok"}, "config_version": {"type": "integer"}}),
+        "Model": _model_schema(),
+        "ModelList": _object({"object": {"const": "list"}, "data": _array_of("Model")}),
+        "ChatCompletionRequest": _chat_completion_request_schema(),
+        "ChatMessage": _chat_message_schema(),
+        "ChatCompletion": _chat_completion_schema(),
+        "OpenAIError": _openai_error_schema(),
+    }
+
+
+def _model_schema() -> dict[str, Any]:
+    return _object(
+        {
+            "id": {"type": "string", "description": "The model name clients ask for."},
+            "object": {"const": "model"},
+            "created": {"type": "integer", "description": "Unix time of the mapping."},
+            "owned_by": {"type": "string", "description": "The provider it is mapped to."},
+        }
+    )
+
+
+def _chat_completion_request_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "An OpenAI chat completion request. Sopy checks only the fields below "
+        "and forwards the body unchanged, so any other field the provider accepts works.",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "description": "A mapped model name."},
+            "messages": _array_of("ChatMessage"),
+            "stream": {"type": ["boolean", "null"], "description": "Reply as server-sent events."},
+            "stream_options": {"type": ["object", "null"], "additionalProperties": True},
+        },
+        "additionalProperties": True,
+        "examples": [{"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hello!"}]}],
+    }
+
+
+def _chat_message_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["role"],
+        "properties": {
+            "role": {"type": "string", "examples": ["system", "user", "assistant"]},
+            "content": {"type": ["string", "array", "null"]},
+        },
+        "additionalProperties": True,
+    }
+
+
+def _chat_completion_schema() -> dict[str, Any]:
+    choice = {
+        "type": "object",
+        "properties": {
+            "index": {"type": "integer"},
+            "message": _ref("ChatMessage"),
+            "finish_reason": {"type": ["string", "null"]},
+        },
+        "additionalProperties": True,
+    }
+    return {
+        "type": "object",
+        "description": "The provider's reply, relayed unchanged.",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": choice},
+            "usage": {"type": "object", "additionalProperties": True},
+        },
+        "additionalProperties": True,
+    }
+
+
+def _openai_error_schema() -> dict[str, Any]:
+    detail = _object(
+        {
+            "message": {"type": "string", "description": "What went wrong and what to do."},
+            "type": {"type": "string", "examples": ["invalid_request_error", "server_error"]},
+            "param": {"type": ["string", "null"]},
+            "code": {"type": ["string", "null"], "examples": ["invalid_api_key"]},
+        }
+    )
+    return _object({"error": detail})
+
+
+# -- admin routes -----------------------------------------------------------------------------
+
+
+def _admin_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for route in ADMIN_ROUTES:
+        path_item = paths.setdefault(route.path, {"servers": [_admin_socket_server()]})
+        path_item[route.method.lower()] = _admin_operation(route)
+    paths["/admin/events"] = {
+        "servers": [_admin_socket_server()],
+        "get": _admin_events_operation(),
+    }
+    return paths
+
+
+def _admin_socket_server() -> dict[str, str]:
+    return {
+        "url": ADMIN_SOCKET_BASE_URL,
+        "description": f"The admin Unix socket: `{ADMIN_SOCKET_CURL} {ADMIN_SOCKET_BASE_URL}"
+        "/admin/...` (any host name works); not reachable from a browser.",
+    }
+
+
+def _admin_operation(route: AdminRoute) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "tags": ["admin"],
+        "operationId": route.command.command,
+        "summary": route.summary,
+        "description": f"Runs the `{route.command.command}` admin command. Served over the "
+        f"admin Unix socket, not the public port: `{_admin_curl(route)}`.",
+    }
+    parameters = _admin_parameters(route)
+    if parameters:
+        operation["parameters"] = parameters
+    if route.takes_body:
+        operation["requestBody"] = _admin_request_body(route.command)
+    operation["responses"] = _admin_responses(route)
+    return operation
+
+
+def _admin_curl(route: AdminRoute) -> str:
+    curl = f"{ADMIN_SOCKET_CURL} -X {route.method} {ADMIN_SOCKET_BASE_URL}{route.path}"
+    if route.takes_body:
+        curl += " -H 'content-type: application/json' -d '{...}'"
+    return curl
+
+
+def _admin_parameters(route: AdminRoute) -> list[dict[str, Any]]:
+    fields = attrs.fields_dict(route.command)
+    parameters = []
+    if route.path_field is not None:
+        schema = _json_schema(fields[route.path_field].type)
+        parameters.append(_parameter(route.path_field, "path", schema, required=True))
+    for name in route.query_fields:
+        field = fields[name]
+        parameters.append(
+            _parameter(name, "query", _field_schema(field), required=not _has_default(field))
+        )
+    return parameters
+
+
+def _admin_request_body(command: type[AdminCommand]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": _ref(_command_schema_name(command))}},
+    }
+
+
+def _admin_responses(route: AdminRoute) -> dict[str, Any]:
+    success = {
+        "description": f"The result of `{route.command.command}`.",
+        "content": {"application/json": {"schema": _ref("AdminSuccess")}},
+    }
+    errors = {
+        status: {
+            "description": description,
+            "content": {"application/json": {"schema": _ref("AdminError")}},
+        }
+        for status, description in _ADMIN_ERROR_STATUSES.items()
+    }
+    return {str(route.status): success, **errors}
+
+
+def _admin_events_operation() -> dict[str, Any]:
+    since = _parameter(
+        "since",
+        "query",
+        {"type": "integer"},
+        required=False,
+        description="The last config version the subscriber has seen; resume after it.",
+    )
+    return {
+        "tags": ["admin"],
+        "operationId": "admin_events",
+        "summary": "Follow configuration changes live (WebSocket)",
+        "description": _EVENTS_DESCRIPTION,
+        "parameters": [since],
+        "responses": {
+            "101": {"description": "Switching protocols: the change stream follows."},
+            "400": {
+                "description": "`since` is not an integer.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        },
+    }
+
+
+def _admin_schemas() -> dict[str, Any]:
+    commands = dict.fromkeys(route.command for route in ADMIN_ROUTES if route.takes_body)
+    return {
+        **{_command_schema_name(command): _command_schema(command) for command in commands},
+        "AdminSuccess": _object({"ok": {"const": True}, "result": {"description": "Its result."}}),
+        "AdminError": _admin_error_schema(),
+        "ConfigSnapshotMessage": _snapshot_message_schema(),
+        "ConfigEventMessage": _event_message_schema(),
+    }
+
+
+def _command_schema_name(command: type[AdminCommand]) -> str:
+    return f"{command.__name__}Request"
+
+
+def _command_schema(command: type[AdminCommand]) -> dict[str, Any]:
+    """The JSON body of `command`: its attrs fields; those without a default are required."""
+    fields = attrs.fields(command)
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {field.name: _field_schema(field) for field in fields},
+        "required": [field.name for field in fields if not _has_default(field)],
+        "additionalProperties": False,
+    }
+    if command.__doc__:
+        schema["description"] = command.__doc__
+    return schema
+
+
+def _field_schema(field: "attrs.Attribute[Any]") -> dict[str, Any]:
+    schema = _json_schema(field.type)
+    if isinstance(field.default, str | int | bool | None):
+        schema["default"] = field.default
+    return schema
+
+
+def _has_default(field: "attrs.Attribute[Any]") -> bool:
+    return field.default is not attrs.NOTHING
+
+
+def _json_schema(python_type: object) -> dict[str, Any]:
+    """`str` -> string, `int | None` -> [integer, null], and so on; anything else is a bug."""
+    members = typing.get_args(python_type) or (python_type,)
+    unknown = [member for member in members if member not in _JSON_TYPE_NAMES]
+    if unknown:
+        raise TypeError(f"no JSON schema type for {python_type!r}")
+    names = [_JSON_TYPE_NAMES[member] for member in members]
+    return {"type": names[0] if len(names) == 1 else names}
+
+
+def _admin_error_schema() -> dict[str, Any]:
+    error = {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "examples": ["invalid_field", "not_found", "conflict"]},
+            "message": {"type": "string", "description": "What went wrong and what to do."},
+            "field": {"type": "string", "description": "The offending field, if any."},
+        },
+    }
+    return _object({"ok": {"const": False}, "error": error})
+
+
+def _snapshot_message_schema() -> dict[str, Any]:
+    return _object(
+        {
+            "type": {"const": "snapshot"},
+            "version": {"type": "integer"},
+            "at": {"type": "number", "description": "Unix time of the version's commit."},
+            "snapshot": {
+                "type": "object",
+                "description": "The configuration, secrets masked: `admin_auth`, "
+                "`user_api_keys`, `backends` and `model_mappings`.",
+            },
+        }
+    )
+
+
+def _event_message_schema() -> dict[str, Any]:
+    return _object(
+        {
+            "type": {"const": "event"},
+            "version": {"type": "integer"},
+            "kind": {"type": "string", "examples": ["backend_added", "model_mapping_removed"]},
+            "at": {"type": "number", "description": "Unix time of the change's commit."},
+            "entity": {"type": "object", "description": "What changed; never a secret."},
+        }
+    )
+
+
+# -- schema building blocks -------------------------------------------------------------------
+
+
+def _ref(schema_name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{schema_name}"}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object whose listed properties are all required."""
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _array_of(schema_name: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(schema_name)}
+
+
+def _parameter(
+    name: str,
+    location: str,
+    schema: dict[str, Any],
+    *,
+    required: bool,
+    description: str | None = None,
+) -> dict[str, Any]:
+    parameter: dict[str, Any] = {
+        "name": name,
+        "in": location,
+        "required": required,
+        "schema": schema,
+    }
+    if description is not None:
+        parameter["description"] = description
+    return parameter
