@@ -76,6 +76,27 @@ def description(_instance: object, attribute: "attrs.Attribute[Any]", value: str
         raise _fail(attribute, "must not contain control characters or line breaks")
 
 
+MAX_BACKEND_WEIGHT = 1000
+MAX_FALLBACKS = 8
+
+
+def backend_weight(_instance: object, attribute: "attrs.Attribute[Any]", value: int) -> None:
+    if not 1 <= value <= MAX_BACKEND_WEIGHT:
+        raise _fail(attribute, f"must be from 1 to {MAX_BACKEND_WEIGHT} (got {value})")
+
+
+def fallback_providers(
+    instance: Any, attribute: "attrs.Attribute[Any]", value: tuple[str, ...]
+) -> None:
+    """An ordered list of other providers to try when the mapped one cannot answer."""
+    if len(value) > MAX_FALLBACKS:
+        raise _fail(attribute, f"may list at most {MAX_FALLBACKS} providers")
+    for name in value:
+        provider_name(instance, attribute, name)
+    if len(set(value)) != len(value) or instance.provider in value:
+        raise _fail(attribute, "must list distinct providers other than 'provider'")
+
+
 def positive_id(_instance: object, attribute: "attrs.Attribute[Any]", value: int | None) -> None:
     if value is not None and value < 1:
         raise _fail(attribute, f"must be a positive integer (got {value})")

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import trio
 
@@ -56,21 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--log-file", default="sopy.log", help="default ./sopy.log")
     start.set_defaults(handler=_start)
-    for name, variable in ENVIRONMENT_VARIABLES.items():
-        flag = "--" + name.replace("_", "-")
-        default = getattr(Settings(), name)
+    for field in attrs.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        described = (
+            f"{field.metadata['help']}; default {field.default} "
+            f"(env {ENVIRONMENT_VARIABLES[field.name]})"
+        )
         for command in (serve, start):
-            if name == "no_auth":
+            if field.type is bool:
                 command.add_argument(
-                    flag,
-                    action="store_const",
-                    const=True,
-                    default=None,
-                    help=f"serve /v1 without client keys, for local experiments only (env "
-                    f"{variable})",
+                    flag, action="store_const", const=True, default=None, help=described
                 )
             else:
-                command.add_argument(flag, default=None, help=f"default {default} (env {variable})")
+                command.add_argument(flag, default=None, help=described)
     serve.set_defaults(handler=_serve)
 
     admin = actions.add_parser(
@@ -96,6 +95,19 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9000)
     mock.add_argument("--name", default="mock")
+    mock.add_argument(
+        "--failure-rate",
+        type=float,
+        default=0.0,
+        help="chance (0 to 1) that a chat completion without its own faults fails at random",
+    )
+    mock.add_argument("--seed", type=int, default=None, help="seed for replayable random failures")
+    mock.add_argument(
+        "--hang-seconds",
+        type=float,
+        default=30.0,
+        help="how long a random hang holds back the headers; default 30",
+    )
     mock.set_defaults(handler=_mock_upstream)
     return parser
 
@@ -206,5 +218,16 @@ def _events(args: argparse.Namespace, _rest: list[str]) -> int:
 
 
 def _mock_upstream(args: argparse.Namespace, _rest: list[str]) -> int:
-    run_mock_upstream(args.host, args.port, args.name)
+    try:
+        run_mock_upstream(
+            args.host,
+            args.port,
+            args.name,
+            failure_rate=args.failure_rate,
+            seed=args.seed,
+            hang_seconds=args.hang_seconds,
+        )
+    except ValueError as error:
+        # Out-of-range options are rejected before the server starts: a usage mistake.
+        raise UsageError(str(error)) from None
     return 0

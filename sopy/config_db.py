@@ -102,6 +102,10 @@ MIGRATIONS: tuple[str, ...] = (
         event TEXT NOT NULL
     );
     """,
+    """
+    ALTER TABLE backends ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE model_mappings ADD COLUMN fallbacks TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 
 
@@ -177,8 +181,10 @@ class ConfigDatabase:
                 )
             ),
             backends=tuple(
-                Backend(provider, url)
-                for provider, url in self._rows("SELECT provider, url FROM backends ORDER BY id")
+                Backend(provider, url, weight)
+                for provider, url, weight in self._rows(
+                    "SELECT provider, url, weight FROM backends ORDER BY id"
+                )
             ),
             model_mappings=self._model_mappings(),
         )
@@ -234,12 +240,12 @@ class ConfigDatabase:
                 return self._set_user_key_active(key_id, active=True)
             case DeactivateUserApiKey(id=key_id):
                 return self._set_user_key_active(key_id, active=False)
-            case AddBackend(provider=provider, url=url):
-                return self._add_backend(provider, url, now)
+            case AddBackend():
+                return self._add_backend(command, now)
             case RemoveBackend(provider=provider, url=url):
                 return self._remove_backend(provider, url)
             case ListBackends():
-                return self._provider_backends(), None
+                return self._all_provider_backends(), None
             case GetBackend(provider=provider):
                 return self._backends_of(provider), None
             case AddModelMapping():
@@ -340,16 +346,19 @@ class ConfigDatabase:
         for id_, prefix, description, active, created_at in rows:
             yield UserApiKeyView(id_, prefix, description, bool(active), created_at)
 
-    def _add_backend(self, provider: str, url: str, now: int) -> Outcome:
+    def _add_backend(self, command: AddBackend, now: int) -> Outcome:
+        provider, url = command.provider, command.url
         if self._exists("SELECT 1 FROM backends WHERE provider = ? AND url = ?", (provider, url)):
             raise Conflict(
-                f"backend {url} is already registered for provider '{provider}'", param="url"
+                f"backend {url} is already registered for provider '{provider}'; remove it "
+                "first to change its weight",
+                param="url",
             )
         self._db.execute(
-            "INSERT INTO backends (provider, url, created_at) VALUES (?, ?, ?)",
-            (provider, url, now),
+            "INSERT INTO backends (provider, url, weight, created_at) VALUES (?, ?, ?, ?)",
+            (provider, url, command.weight, now),
         )
-        return self._backends_of(provider), BackendAdded(provider, url)
+        return self._backends_of(provider), BackendAdded(provider, url, command.weight)
 
     def _remove_backend(self, provider: str, url: str) -> Outcome:
         cursor = self._db.execute(
@@ -361,27 +370,30 @@ class ConfigDatabase:
                 param="url",
             )
         remaining = self._rows(
-            "SELECT url FROM backends WHERE provider = ? ORDER BY id", (provider,)
+            "SELECT url, weight FROM backends WHERE provider = ? ORDER BY id", (provider,)
         )
-        view = ProviderBackends(provider, tuple(row_url for (row_url,) in remaining))
-        return view, BackendRemoved(provider, url)
+        return _provider_backends(provider, remaining), BackendRemoved(provider, url)
 
-    def _provider_backends(self) -> tuple[ProviderBackends, ...]:
-        grouped: dict[str, list[str]] = {}
-        for provider, url in self._rows("SELECT provider, url FROM backends ORDER BY id"):
-            grouped.setdefault(provider, []).append(url)
+    def _all_provider_backends(self) -> tuple[ProviderBackends, ...]:
+        grouped: dict[str, list[tuple[str, int]]] = {}
+        for provider, url, weight in self._rows(
+            "SELECT provider, url, weight FROM backends ORDER BY id"
+        ):
+            grouped.setdefault(provider, []).append((url, weight))
         return tuple(
-            ProviderBackends(provider, tuple(urls)) for provider, urls in sorted(grouped.items())
+            _provider_backends(provider, rows) for provider, rows in sorted(grouped.items())
         )
 
     def _backends_of(self, provider: str) -> ProviderBackends:
-        rows = self._rows("SELECT url FROM backends WHERE provider = ? ORDER BY id", (provider,))
+        rows = self._rows(
+            "SELECT url, weight FROM backends WHERE provider = ? ORDER BY id", (provider,)
+        )
         if not rows:
             raise NotFound(
                 f"provider '{provider}' has no backends; add one with add_backend",
                 param="provider",
             )
-        return ProviderBackends(provider, tuple(url for (url,) in rows))
+        return _provider_backends(provider, rows)
 
     def _add_model_mapping(self, command: AddModelMapping, now: int) -> Outcome:
         row = self._row(
@@ -393,20 +405,26 @@ class ConfigDatabase:
                 'remove it first or send "replace": true',
                 param="model_name",
             )
-        if row is not None and row[0] == command.provider:
-            return self._model_mapping(command.model_name), None
+        if row is not None:
+            current = self._model_mapping(command.model_name)
+            if (current.provider, current.fallbacks) == (command.provider, command.fallbacks):
+                return current, None
         self._db.execute(
-            "INSERT INTO model_mappings (model_name, provider, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (model_name) DO UPDATE SET provider = excluded.provider",
-            (command.model_name, command.provider, now),
+            "INSERT INTO model_mappings (model_name, provider, fallbacks, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (model_name) DO UPDATE SET "
+            "provider = excluded.provider, fallbacks = excluded.fallbacks",
+            (command.model_name, command.provider, orjson.dumps(command.fallbacks).decode(), now),
         )
         mapping = self._model_mapping(command.model_name)
-        change = ModelMappingAdded(command.model_name, command.provider, replaced=row is not None)
+        change = ModelMappingAdded(
+            command.model_name, command.provider, row is not None, command.fallbacks
+        )
         return mapping, change
 
     def _model_mapping(self, model_name: str) -> ModelMapping:
         row = self._row(
-            "SELECT provider, created_at FROM model_mappings WHERE model_name = ?",
+            "SELECT model_name, provider, created_at, fallbacks FROM model_mappings "
+            "WHERE model_name = ?",
             (model_name,),
         )
         if row is None:
@@ -414,13 +432,14 @@ class ConfigDatabase:
                 f"no model mapping for '{model_name}'; list them with list_model_mappings",
                 param="model_name",
             )
-        return ModelMapping(model_name, row[0], row[1])
+        return _model_mapping(row)
 
     def _model_mappings(self) -> tuple[ModelMapping, ...]:
         rows = self._rows(
-            "SELECT model_name, provider, created_at FROM model_mappings ORDER BY model_name"
+            "SELECT model_name, provider, created_at, fallbacks FROM model_mappings "
+            "ORDER BY model_name"
         )
-        return tuple(ModelMapping(*row) for row in rows)
+        return tuple(_model_mapping(row) for row in rows)
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         return self._db.execute(sql, params).fetchall()
@@ -434,6 +453,17 @@ class ConfigDatabase:
     def _scalar(self, sql: str) -> int:
         value: int = self._db.execute(sql).fetchone()[0]
         return value
+
+
+def _provider_backends(provider: str, rows: list[Any]) -> ProviderBackends:
+    return ProviderBackends(
+        provider, tuple(url for url, _ in rows), tuple(weight for _, weight in rows)
+    )
+
+
+def _model_mapping(row: Any) -> ModelMapping:
+    model_name, provider, created_at, fallbacks = row
+    return ModelMapping(model_name, provider, created_at, tuple(orjson.loads(fallbacks)))
 
 
 def _inserted_id(cursor: sqlite3.Cursor) -> int:

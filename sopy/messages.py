@@ -106,6 +106,7 @@ class AddBackend:
     command: ClassVar[str] = "add_backend"
     provider: str = attrs.field(validator=admin_fields.provider_name)
     url: str = attrs.field(converter=admin_fields.normalised_backend_url)
+    weight: int = attrs.field(default=1, validator=admin_fields.backend_weight)
 
 
 @attrs.frozen
@@ -132,6 +133,7 @@ class AddModelMapping:
     model_name: str = attrs.field(validator=admin_fields.model_name)
     provider: str = attrs.field(validator=admin_fields.provider_name)
     replace: bool = False
+    fallbacks: tuple[str, ...] = attrs.field(default=(), validator=admin_fields.fallback_providers)
 
 
 @attrs.frozen
@@ -212,15 +214,21 @@ class NewUserApiKey:
 
 @attrs.frozen
 class ProviderBackends:
+    """A provider's backend URLs in the order they were added, and their weights, likewise."""
+
     provider: str
     urls: tuple[str, ...]
+    weights: tuple[int, ...]
 
 
 @attrs.frozen
 class ModelMapping:
+    """`fallbacks`: other providers to try, in order, when `provider` cannot answer."""
+
     model_name: str
     provider: str
     created_at: int
+    fallbacks: tuple[str, ...] = ()
 
 
 AdminResult: TypeAlias = (
@@ -258,6 +266,7 @@ class UserApiKeyRecord:
 class Backend:
     provider: str
     url: str
+    weight: int = 1
 
 
 @attrs.frozen
@@ -315,6 +324,7 @@ class BackendAdded:
     kind: ClassVar[str] = "backend_added"
     provider: str
     url: str
+    weight: int = 1
 
 
 @attrs.frozen
@@ -330,6 +340,7 @@ class ModelMappingAdded:
     model_name: str
     provider: str
     replaced: bool
+    fallbacks: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -415,17 +426,25 @@ Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
 
 @attrs.frozen
 class ProviderRoute:
-    """Where a provider's requests go: its backend base URLs and its credential."""
+    """Where a provider's requests go: its backend base URLs with their weights, and its
+    credential."""
 
     provider: str
     urls: tuple[str, ...]
+    weights: tuple[int, ...]
     credential: str | None = attrs.field(repr=False)
 
 
 @attrs.frozen
 class ResponseStart:
+    """The upstream answered. `retryable` marks a final 429/5xx that another provider might
+    answer better; `backend` and `attempts` say who answered after how many tries."""
+
     status: int
     headers: Headers
+    backend: str
+    attempts: int
+    retryable: bool = False
 
 
 @attrs.frozen
@@ -445,6 +464,8 @@ class UpstreamFailed:
     """No response could be had; nothing has been sent to the client yet."""
 
     error: SopyError
+    attempts: int = 0
+    backend: str | None = None
 
 
 UpstreamEvent: TypeAlias = ResponseStart | ResponseChunk | ResponseEnd | UpstreamFailed
@@ -492,11 +513,18 @@ def _json_type_name(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _strict_strings(value: object, _type: type) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"must be an array of strings, not {_json_type_name(value)}")
+    return tuple(_strict_str(item, str) for item in value)
+
+
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(bool, _strict_bool)
+    converter.register_structure_hook_func(lambda kind: kind == tuple[str, ...], _strict_strings)
     return converter
 
 

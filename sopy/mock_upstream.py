@@ -10,9 +10,17 @@ the gateway forwards unchanged: an error status (with `retry_after`), delays bef
 between streamed events, longer streams (`chunks`) and a connection dropped mid-stream
 (`reset_after`). `disconnects` and `in_flight` let tests check that the gateway let go of an
 upstream request once its own client went away.
+
+For chaos tests and demos, `failure_rate` turns on a server-wide random failure mode: each chat
+completion that asks for no faults itself fails, with that probability, in one of the
+`RandomFault` ways, drawn from a generator seeded by `seed` so that a run can be replayed.
+`injected` counts what was drawn. `GET /v1/models` never fails.
 """
 
+import enum
+import random
 import signal
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,6 +36,23 @@ MODEL_ID = "mock-model"
 CREATED = 1700000000
 
 _Headers = Sequence[tuple[bytes, bytes]]
+
+
+class RandomFault(enum.StrEnum):
+    """The ways the random failure mode makes a chat completion fail, named as in `injected`.
+
+    `status_500` and `status_503` are OpenAI-shaped server errors and `status_429` a rate limit
+    with `retry-after: 0`. `reset` sends the headers of a 200 (and, when streaming, the first
+    event) and then closes the connection mid-body, which httpx reports as `RemoteProtocolError`
+    ("incomplete chunked read"). `hang` holds back the headers for `hang_seconds`, then answers
+    normally if the client is still waiting.
+    """
+
+    STATUS_500 = "status_500"
+    STATUS_503 = "status_503"
+    STATUS_429 = "status_429"
+    RESET = "reset"
+    HANG = "hang"
 
 
 @attrs.frozen
@@ -70,6 +95,9 @@ class _Faults:
     reset_after: int | None = attrs.field(
         default=None, validator=validators.optional(_integer_at_least(0))
     )
+
+
+_NO_FAULTS = _Faults()
 
 
 @attrs.frozen
@@ -130,10 +158,36 @@ class _Response:
 
 
 class MockUpstream:
-    """An OpenAI-compatible provider that records what it receives and fails on request."""
+    """An OpenAI-compatible provider that records what it receives and fails on request.
 
-    def __init__(self, name: str = "mock") -> None:
+    With `failure_rate` above zero it also fails that share of the chat completions that ask for
+    no faults themselves, choosing among `fault_kinds` (all of `RandomFault` by default)
+    uniformly; a `hang` holds back the headers for `hang_seconds`. Both may be changed while it
+    runs, e.g. to let a failing backend recover. Raises ValueError for a rate outside 0..1, a
+    negative hang or no fault kinds.
+    """
+
+    def __init__(
+        self,
+        name: str = "mock",
+        *,
+        failure_rate: float = 0.0,
+        seed: int | None = None,
+        hang_seconds: float = 30.0,
+        fault_kinds: Sequence[RandomFault] = tuple(RandomFault),
+    ) -> None:
+        if not fault_kinds:
+            raise ValueError("fault_kinds must name at least one RandomFault")
+        if not 0.0 <= failure_rate <= 1.0:
+            raise ValueError(f"failure_rate must be between 0 and 1, not {failure_rate}")
+        if not hang_seconds >= 0.0:  # rather than `< 0`, so that NaN is refused too
+            raise ValueError(f"hang_seconds must not be negative, not {hang_seconds}")
         self.name = name
+        self.failure_rate = failure_rate
+        self.hang_seconds = hang_seconds
+        self.fault_kinds = tuple(fault_kinds)
+        self.injected: Counter[str] = Counter()
+        self._random = random.Random(seed)
         self.requests: list[ReceivedRequest] = []
         self.disconnects = 0
         self._responses: set[_Response] = set()
@@ -228,6 +282,22 @@ class MockUpstream:
         except _BadRequest as error:
             await response.error(400, error.message)
             return
+        fault = self._draw_random_fault() if chat.faults == _NO_FAULTS else None
+        if fault is RandomFault.RESET and not chat.stream:
+            await _reset_before_body(response)
+            return
+        if fault is not None:
+            chat = attrs.evolve(chat, faults=_faults_acting_out(fault, self.hang_seconds))
+        await self._answer_chat(chat, number, response)
+
+    def _draw_random_fault(self) -> RandomFault | None:
+        if self._random.random() >= self.failure_rate:
+            return None
+        fault = self._random.choice(self.fault_kinds)
+        self.injected[fault.value] += 1
+        return fault
+
+    async def _answer_chat(self, chat: _ChatRequest, number: int, response: _Response) -> None:
         faults = chat.faults
         headers = _retry_after_header(faults.retry_after)
         await trio.sleep(faults.headers_delay)
@@ -250,19 +320,38 @@ class MockUpstream:
         return f"Hello from {self.name}: you said {said[-1] if said else 'nothing'}"
 
 
-def run_mock_upstream(host: str, port: int, name: str) -> None:
-    """Run a mock upstream in the foreground until SIGINT or SIGTERM (`sopy mock-upstream`)."""
-    trio.run(_serve_until_signalled, MockUpstream(name), host, port)
+def run_mock_upstream(
+    host: str,
+    port: int,
+    name: str,
+    *,
+    failure_rate: float = 0.0,
+    seed: int | None = None,
+    hang_seconds: float = 30.0,
+) -> None:
+    """Run a mock upstream in the foreground until SIGINT or SIGTERM (`sopy mock-upstream`).
+
+    Raises ValueError, before serving, for options that `MockUpstream` rejects.
+    """
+    upstream = MockUpstream(name, failure_rate=failure_rate, seed=seed, hang_seconds=hang_seconds)
+    trio.run(_serve_until_signalled, upstream, host, port)
 
 
 async def _serve_until_signalled(upstream: MockUpstream, host: str, port: int) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             base_url = await nursery.start(upstream.serve, host, port)
-            print(f"mock upstream '{upstream.name}' listening on {base_url}/v1", flush=True)
+            print(_listening_line(upstream, base_url), flush=True)
             async for _ in signals:
                 break
             nursery.cancel_scope.cancel()
+
+
+def _listening_line(upstream: MockUpstream, base_url: str) -> str:
+    line = f"mock upstream '{upstream.name}' listening on {base_url}/v1"
+    if upstream.failure_rate:
+        line += f", failing chat completions at random with probability {upstream.failure_rate:g}"
+    return line
 
 
 def _server_config(host: str, port: int) -> Config:
@@ -321,6 +410,28 @@ async def _stream(
         await response.finish()
     else:
         response.abandon()
+
+
+async def _reset_before_body(response: _Response) -> None:
+    """Send the headers of a JSON response, then drop the connection before any of its body."""
+    await response.start(200, b"application/json")
+    response.abandon()
+
+
+def _faults_acting_out(fault: RandomFault, hang_seconds: float) -> _Faults:
+    """The per-request faults that produce a random fault (all but a non-streaming reset)."""
+    match fault:
+        case RandomFault.STATUS_500:
+            return _Faults(status=500)
+        case RandomFault.STATUS_503:
+            return _Faults(status=503)
+        case RandomFault.STATUS_429:
+            # A zero wait tells a gateway it may retry at once, on another upstream.
+            return _Faults(status=429, retry_after=0)
+        case RandomFault.RESET:
+            return _Faults(reset_after=1)
+        case RandomFault.HANG:
+            return _Faults(headers_delay=hang_seconds)
 
 
 def _parse_chat_request(body: bytes) -> _ChatRequest:

@@ -511,6 +511,8 @@ def _field_schema(field: "attrs.Attribute[Any]") -> dict[str, Any]:
     schema = _json_schema(field.type)
     if isinstance(field.default, str | int | bool | None):
         schema["default"] = field.default
+    elif isinstance(field.default, tuple):
+        schema["default"] = list(field.default)
     return schema
 
 
@@ -519,7 +521,10 @@ def _has_default(field: "attrs.Attribute[Any]") -> bool:
 
 
 def _json_schema(python_type: object) -> dict[str, Any]:
-    """`str` -> string, `int | None` -> [integer, null], and so on; anything else is a bug."""
+    """`str` -> string, `int | None` -> [integer, null], `tuple[str, ...]` -> array of
+    strings, and so on; anything else is a bug."""
+    if python_type == tuple[str, ...]:
+        return {"type": "array", "items": {"type": "string"}}
     members = typing.get_args(python_type) or (python_type,)
     unknown = [member for member in members if member not in _JSON_TYPE_NAMES]
     if unknown:

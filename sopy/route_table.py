@@ -19,27 +19,31 @@ class RouteTable:
     version: int
     key_ids_by_hash: Mapping[str, int]
     inactive_key_hashes: frozenset[str]
-    provider_by_model: Mapping[str, str]
+    providers_by_model: Mapping[str, tuple[str, ...]]
     routes: Mapping[str, ProviderRoute]
     models_body: bytes
 
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
-        urls: dict[str, list[str]] = {}
+        backends: dict[str, list[tuple[str, int]]] = {}
         for backend in snapshot.backends:
-            urls.setdefault(backend.provider, []).append(backend.url)
+            backends.setdefault(backend.provider, []).append((backend.url, backend.weight))
         credentials = {c.provider: c.credential for c in snapshot.credentials}
-        providers = set(urls) | set(credentials) | {m.provider for m in snapshot.model_mappings}
+        chains = {m.model_name: (m.provider, *m.fallbacks) for m in snapshot.model_mappings}
+        providers = set(backends) | set(credentials) | {p for c in chains.values() for p in c}
         return cls(
             version=snapshot.version,
             key_ids_by_hash={k.key_hash: k.id for k in snapshot.user_api_keys if k.active},
             inactive_key_hashes=frozenset(
                 k.key_hash for k in snapshot.user_api_keys if not k.active
             ),
-            provider_by_model={m.model_name: m.provider for m in snapshot.model_mappings},
+            providers_by_model=chains,
             routes={
                 provider: ProviderRoute(
-                    provider, tuple(urls.get(provider, ())), credentials.get(provider)
+                    provider,
+                    tuple(url for url, _ in backends.get(provider, ())),
+                    tuple(weight for _, weight in backends.get(provider, ())),
+                    credentials.get(provider),
                 )
                 for provider in providers
             },
@@ -84,20 +88,22 @@ class RouteTable:
             "(`sopy admin add_user_api_key`)."
         )
 
-    def route_for(self, model: str) -> ProviderRoute:
-        provider = self.provider_by_model.get(model)
-        if provider is None:
+    def routes_for(self, model: str) -> tuple[ProviderRoute, ...]:
+        """The model's provider, then its fallbacks in order, leaving out any without backends."""
+        chain = self.providers_by_model.get(model)
+        if chain is None:
             raise ModelNotFound(
                 f"The model '{model}' does not exist or you do not have access to it. "
                 "GET /v1/models lists the models this gateway serves; an admin maps new ones "
                 "with `sopy admin add_model_mapping`.",
                 param="model",
             )
-        route = self.routes[provider]
-        if not route.urls:
+        routes = tuple(self.routes[provider] for provider in chain if self.routes[provider].urls)
+        if not routes:
+            provider = chain[0]
             raise NoBackendAvailable(
                 f"Model '{model}' is mapped to provider '{provider}', which has no backend URL. "
                 f"An admin can add one with `sopy admin add_backend --provider {provider} "
                 "--url https://...`."
             )
-        return route
+        return routes

@@ -1,5 +1,9 @@
 """Sopy's configuration as one object: command-line flags over `SOPY_*` environment variables
-over the embedded defaults (an SQLite file and an admin socket in the working directory)."""
+over the embedded defaults (an SQLite file and an admin socket in the working directory).
+
+Each field's type, bounds and help text live on the field itself; `load_settings` parses and
+checks text from flags and the environment against them, and `sopy serve --help` shows them.
+"""
 
 import os
 from collections.abc import Mapping
@@ -10,16 +14,73 @@ import attrs
 
 from sopy.errors import StartupError
 
+BALANCE_STRATEGIES = ("least_in_flight", "round_robin")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _about(
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    return {"help": help, "low": low, "high": high, "choices": choices}
+
 
 @attrs.frozen
 class Settings:
-    db_path: Path = Path("sopy_admin.db")
-    admin_socket: Path = Path("sopy-admin.sock")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    no_auth: bool = False
-    log_level: str = "info"
-    event_buffer: int = 1000
+    db_path: Path = attrs.field(
+        default=Path("sopy_admin.db"), metadata=_about("the SQLite configuration database")
+    )
+    admin_socket: Path = attrs.field(
+        default=Path("sopy-admin.sock"), metadata=_about("the admin Unix socket")
+    )
+    host: str = attrs.field(default="127.0.0.1", metadata=_about("address of the public API"))
+    port: int = attrs.field(
+        default=8000,
+        metadata=_about("port of the public API (0 picks a free one)", low=0, high=65535),
+    )
+    no_auth: bool = attrs.field(
+        default=False, metadata=_about("serve /v1 without client keys (local experiments only)")
+    )
+    log_level: str = attrs.field(
+        default="info", metadata=_about("log verbosity", choices=LOG_LEVELS)
+    )
+    event_buffer: int = attrs.field(
+        default=1000, metadata=_about("changes queued per /admin/events subscriber", low=1)
+    )
+    balance: str = attrs.field(
+        default="least_in_flight",
+        metadata=_about("how a provider's backend is chosen", choices=BALANCE_STRATEGIES),
+    )
+    retries: int = attrs.field(
+        default=2, metadata=_about("retries on another backend before giving up", low=0, high=20)
+    )
+    connect_timeout: float = attrs.field(
+        default=5.0, metadata=_about("seconds to connect to a backend", low=0.001)
+    )
+    first_byte_timeout: float = attrs.field(
+        default=300.0,
+        metadata=_about("seconds to wait for a backend's response headers", low=0.001),
+    )
+    idle_timeout: float = attrs.field(
+        default=120.0, metadata=_about("seconds of silence allowed between chunks", low=0.001)
+    )
+    total_timeout: float = attrs.field(
+        default=900.0, metadata=_about("seconds a whole upstream exchange may take", low=0.001)
+    )
+    cooldown_after: int = attrs.field(
+        default=3, metadata=_about("consecutive failures that put a backend in cooldown", low=1)
+    )
+    cooldown: float = attrs.field(
+        default=1.0,
+        metadata=_about("first cooldown in seconds; doubles on each relapse, up to 60", low=0.001),
+    )
+    drain_timeout: float = attrs.field(
+        default=30.0,
+        metadata=_about("seconds in-flight requests may finish after SIGTERM", low=0.0),
+    )
 
 
 ENVIRONMENT_VARIABLES: Mapping[str, str] = {
@@ -27,7 +88,6 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
 }
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -36,49 +96,39 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.envi
     for field in attrs.fields(Settings):
         flag = flags.get(field.name)
         if flag is not None:
-            values[field.name] = _parsed(field.name, flag, f"--{field.name.replace('_', '-')}")
+            values[field.name] = _parsed(field, flag, f"--{field.name.replace('_', '-')}")
             continue
         variable = ENVIRONMENT_VARIABLES[field.name]
         if variable in environ:
-            values[field.name] = _parsed(field.name, environ[variable], variable)
+            values[field.name] = _parsed(field, environ[variable], variable)
     return Settings(**values)
 
 
-def _parsed(name: str, value: Any, source: str) -> Any:
-    if name in ("db_path", "admin_socket"):
+def _parsed(field: "attrs.Attribute[Any]", value: Any, source: str) -> Any:
+    kind = field.type
+    if kind is Path:
         return Path(value)
-    if name == "port":
-        return _port(value, source)
-    if name == "event_buffer":
-        return _positive(value, source)
-    if name == "no_auth":
+    if kind is bool:
         return _boolean(value, source)
-    if name == "log_level":
-        level = str(value).lower()
-        if level not in _LOG_LEVELS:
-            raise StartupError(f"{source} must be one of {', '.join(_LOG_LEVELS)} (got {value!r})")
-        return level
-    return value
+    if kind is int or kind is float:
+        return _number(float if kind is float else int, field.metadata, value, source)
+    choices = field.metadata["choices"]
+    if choices is not None and str(value).lower() not in choices:
+        raise StartupError(f"{source} must be one of {', '.join(choices)} (got {value!r})")
+    return str(value).lower() if choices else str(value)
 
 
-def _port(value: Any, source: str) -> int:
+def _number(kind: type, metadata: Mapping[str, Any], value: Any, source: str) -> int | float:
+    low, high = metadata["low"], metadata["high"]
+    bounds = f"from {low}" + ("" if high is None else f" to {high}")
+    described = "a whole number" if kind is int else "a number"
     try:
-        port = int(value)
+        number = kind(value)
     except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise StartupError(f"{source} must be a TCP port from 0 to 65535 (got {value!r})")
-    return port
-
-
-def _positive(value: Any, source: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise StartupError(f"{source} must be a positive whole number (got {value!r})")
-    return number
+        raise StartupError(f"{source} must be {described} {bounds} (got {value!r})") from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise StartupError(f"{source} must be {described} {bounds} (got {value!r})")
+    return number  # type: ignore[no-any-return]
 
 
 def _boolean(value: Any, source: str) -> bool:

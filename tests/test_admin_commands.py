@@ -118,10 +118,15 @@ async def test_backends_are_normalised_and_a_provider_may_have_many(admin: Admin
     assert await admin.ok("get_backend", provider="openai") == {
         "provider": "openai",
         "urls": ["https://api.openai.com", "http://127.0.0.1:9000"],
+        "weights": [1, 1],
     }
     assert await admin.ok("list_backends") == [
-        {"provider": "local", "urls": ["http://localhost:8080/proxy"]},
-        {"provider": "openai", "urls": ["https://api.openai.com", "http://127.0.0.1:9000"]},
+        {"provider": "local", "urls": ["http://localhost:8080/proxy"], "weights": [1]},
+        {
+            "provider": "openai",
+            "urls": ["https://api.openai.com", "http://127.0.0.1:9000"],
+            "weights": [1, 1],
+        },
     ]
 
     duplicate = await admin.error("add_backend", provider="openai", url="https://api.openai.com")

@@ -70,7 +70,7 @@ async def test_subscriber_gets_the_snapshot_then_every_change_in_order_without_s
         "model_mapping_added",
         "admin_auth_removed",
     ]
-    assert events[1]["entity"] == {"provider": "openai", "url": "http://b"}
+    assert events[1]["entity"] == {"provider": "openai", "url": "http://b", "weight": 1}
     assert all(e["type"] == "event" and e["at"] > 0 for e in events)
     everything = orjson.dumps([snapshot, *events]).decode()
     assert CREDENTIAL not in everything

@@ -83,9 +83,10 @@ async def test_backend_routes(rest: httpx.AsyncClient) -> None:
     assert ok(await rest.post("/admin/backend", json=body), 201) == {
         "provider": "openai",
         "urls": ["https://api.openai.com"],
+        "weights": [1],
     }
     assert ok(await rest.get("/admin/backend")) == [
-        {"provider": "openai", "urls": ["https://api.openai.com"]}
+        {"provider": "openai", "urls": ["https://api.openai.com"], "weights": [1]}
     ]
     assert ok(await rest.get("/admin/backend/openai"))["urls"] == ["https://api.openai.com"]
     failed(await rest.post("/admin/backend", json=body), 409, "conflict")
@@ -181,5 +182,5 @@ async def test_curl_unix_socket_works(sopy: SopyUnderTest) -> None:
     )
     assert orjson.loads(listed.stdout) == {
         "ok": True,
-        "result": [{"provider": "openai", "urls": ["https://api.openai.com"]}],
+        "result": [{"provider": "openai", "urls": ["https://api.openai.com"], "weights": [1]}],
     }

@@ -1,6 +1,9 @@
 """Specs for the mock upstream provider, exercised over real sockets with httpx."""
 
+import math
+from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -9,10 +12,14 @@ import pytest
 import trio
 import trio.testing
 
-from sopy.mock_upstream import MockUpstream, ReceivedRequest
+from sopy.mock_upstream import MockUpstream, RandomFault, ReceivedRequest
 from tests.polling import eventually
 
 NAME = "alpha"
+SEED = 7
+# Short, so that the hangs drawn by the random failure mode keep the file fast; the clients'
+# default five-second timeout outlasts them.
+HANG_SECONDS = 0.02
 
 
 @pytest.fixture
@@ -20,10 +27,18 @@ def mock() -> MockUpstream:
     return MockUpstream(NAME)
 
 
+@asynccontextmanager
+async def client_of(
+    upstream: MockUpstream, nursery: trio.Nursery
+) -> AsyncIterator[httpx.AsyncClient]:
+    base_url = await nursery.start(upstream.serve)
+    async with httpx.AsyncClient(base_url=f"{base_url}/v1") as client:
+        yield client
+
+
 @pytest.fixture
 async def client(mock: MockUpstream, nursery: trio.Nursery) -> AsyncIterator[httpx.AsyncClient]:
-    base_url = await nursery.start(mock.serve)
-    async with httpx.AsyncClient(base_url=f"{base_url}/v1") as client:
+    async with client_of(mock, nursery) as client:
         yield client
 
 
@@ -35,6 +50,29 @@ async def stream_events(response: httpx.Response) -> AsyncIterator[str]:
     async for line in response.aiter_lines():
         if line.startswith("data: "):
             yield line.removeprefix("data: ")
+
+
+async def fault_seen_by_client(client: httpx.AsyncClient, *, stream: bool) -> str:
+    """The `RandomFault` that one chat completion met, as a client sees it, when all must fail."""
+    started = trio.current_time()
+    lines: list[str] = []
+    body = chat_body(stream=stream)
+    try:
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                lines.append(line)
+    except httpx.RemoteProtocolError:
+        assert response.status_code == 200
+        assert sum(line.startswith("data: ") for line in lines) == (1 if stream else 0)
+        return "reset"
+    if response.status_code == 200:
+        assert trio.current_time() - started >= HANG_SECONDS
+        return "hang"
+    error = orjson.loads("".join(lines))["error"]
+    assert error["message"] == f"mock upstream {NAME} injected status {response.status_code}"
+    if response.status_code == 429:
+        assert response.headers["retry-after"] == "0"
+    return f"status_{response.status_code}"
 
 
 async def test_base_url_is_the_bound_origin(mock: MockUpstream, nursery: trio.Nursery) -> None:
@@ -284,3 +322,88 @@ async def test_malformed_mock_object_is_an_openai_400(client: httpx.AsyncClient)
 
     assert response.status_code == 400
     assert "'mock'" in response.json()["error"]["message"]
+
+
+async def test_full_failure_rate_fails_every_completion_in_each_random_way(
+    nursery: trio.Nursery,
+) -> None:
+    upstream = MockUpstream(NAME, failure_rate=1.0, seed=SEED, hang_seconds=HANG_SECONDS)
+
+    async with client_of(upstream, nursery) as client:
+        streams = [number % 2 == 1 for number in range(40)]
+        faults = [await fault_seen_by_client(client, stream=stream) for stream in streams]
+
+    assert Counter(faults) == upstream.injected
+    assert set(upstream.injected) == {fault.value for fault in RandomFault}
+    resets = [stream for stream, fault in zip(streams, faults, strict=True) if fault == "reset"]
+    assert set(resets) == {False, True}
+
+
+async def reply_status(client: httpx.AsyncClient) -> int | str:
+    try:
+        response = await client.post("/chat/completions", json=chat_body())
+    except httpx.RemoteProtocolError:
+        return "reset"
+    return response.status_code
+
+
+async def test_a_seed_replays_the_same_random_failures(nursery: trio.Nursery) -> None:
+    upstreams = [MockUpstream(NAME, failure_rate=0.5, seed=SEED, hang_seconds=0) for _ in range(2)]
+    replies: list[list[int | str]] = []
+    for upstream in upstreams:
+        async with client_of(upstream, nursery) as client:
+            replies.append([await reply_status(client) for _ in range(20)])
+
+    first, second = upstreams
+    assert replies[0] == replies[1]
+    assert first.injected == second.injected
+    assert 0 < first.injected.total() < 20
+
+
+async def test_zero_failure_rate_answers_every_completion(nursery: trio.Nursery) -> None:
+    upstream = MockUpstream(NAME, failure_rate=0.0, seed=SEED)
+
+    async with client_of(upstream, nursery) as client:
+        statuses = [
+            (await client.post("/chat/completions", json=chat_body(stream=n % 2 == 1))).status_code
+            for n in range(20)
+        ]
+
+    assert statuses == [200] * 20
+    assert not upstream.injected
+
+
+async def test_random_failures_never_override_explicit_faults(nursery: trio.Nursery) -> None:
+    upstream = MockUpstream(NAME, failure_rate=1.0, seed=SEED)
+
+    async with client_of(upstream, nursery) as client:
+        body = chat_body(mock={"status": 418})
+        statuses = [
+            (await client.post("/chat/completions", json=body)).status_code for _ in range(10)
+        ]
+        chunked = await client.post("/chat/completions", json=chat_body(mock={"chunks": 3}))
+
+    assert statuses == [418] * 10
+    assert chunked.status_code == 200
+    assert not upstream.injected
+
+
+async def test_random_failures_never_touch_the_model_list(nursery: trio.Nursery) -> None:
+    upstream = MockUpstream(NAME, failure_rate=1.0, seed=SEED)
+
+    async with client_of(upstream, nursery) as client:
+        statuses = [(await client.get("/models")).status_code for _ in range(10)]
+
+    assert statuses == [200] * 10
+    assert not upstream.injected
+
+
+@pytest.mark.parametrize("failure_rate", [1.5, -0.1, math.nan])
+def test_a_failure_rate_outside_zero_to_one_is_rejected(failure_rate: float) -> None:
+    with pytest.raises(ValueError, match="failure_rate"):
+        MockUpstream(NAME, failure_rate=failure_rate)
+
+
+def test_a_negative_hang_is_rejected() -> None:
+    with pytest.raises(ValueError, match="hang_seconds"):
+        MockUpstream(NAME, hang_seconds=-1)

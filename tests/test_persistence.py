@@ -32,7 +32,7 @@ async def test_everything_persists_across_a_restart(sopy: SopyUnderTest) -> None
         assert revealed["credentials"] == "sk-provider-secret-value"
         assert (await admin.ok("get_user_api_key", id=key_id))["active"] is False
         assert await admin.ok("list_backends") == [
-            {"provider": "openai", "urls": ["https://api.openai.com"]}
+            {"provider": "openai", "urls": ["https://api.openai.com"], "weights": [1]}
         ]
         assert (await admin.ok("get_model_mapping", model_name="gpt-4.1"))["provider"] == "openai"
         await admin.ok("remove_user_api_key", api_key="sk-user-123")

@@ -21,16 +21,22 @@ def test_environment_overrides_defaults_and_flags_override_environment() -> None
     from_env = load_settings({}, environ=environ)
     assert (from_env.port, from_env.db_path, from_env.no_auth) == (9001, Path("/tmp/env.db"), True)
 
-    from_flags = load_settings({"port": "9002", "db_path": None}, environ=environ)
+    from_flags = load_settings(
+        {"port": "9002", "db_path": None, "idle_timeout": "2.5"}, environ=environ
+    )
     assert from_flags.port == 9002
+    assert from_flags.idle_timeout == 2.5
     assert from_flags.db_path == Path("/tmp/env.db")
 
 
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"SOPY_PORT": "eighty"}, "SOPY_PORT must be a TCP port"),
-        ({"SOPY_PORT": "70000"}, "SOPY_PORT must be a TCP port"),
+        ({"SOPY_PORT": "eighty"}, "SOPY_PORT must be a whole number from 0 to 65535"),
+        ({"SOPY_PORT": "70000"}, "SOPY_PORT must be a whole number from 0 to 65535"),
+        ({"SOPY_RETRIES": "-1"}, "SOPY_RETRIES must be a whole number from 0"),
+        ({"SOPY_IDLE_TIMEOUT": "soon"}, "SOPY_IDLE_TIMEOUT must be a number"),
+        ({"SOPY_BALANCE": "random"}, "SOPY_BALANCE must be one of least_in_flight, round_robin"),
         ({"SOPY_NO_AUTH": "maybe"}, "SOPY_NO_AUTH must be true or false"),
         ({"SOPY_LOG_LEVEL": "loud"}, "SOPY_LOG_LEVEL must be one of"),
     ],

@@ -10,9 +10,7 @@ A client that goes away mid-request cancels the upstream exchange.
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import attrs
 import hypercorn.trio
 import orjson
 import trio
@@ -20,6 +18,7 @@ from hypercorn.config import Config
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from sopy.actors.upstream_pool import UpstreamPools
+from sopy.asgi_responses import send_body, send_json
 from sopy.change_feed import ChangeFeed
 from sopy.docs_page import docs_response
 from sopy.errors import (
@@ -31,20 +30,13 @@ from sopy.errors import (
     PayloadTooLarge,
     SopyError,
     StartupError,
-    UpstreamError,
     innermost,
 )
-from sopy.http_headers import is_event_stream, upstream_request_headers
 from sopy.messages import (
     ConfigChanged,
-    ForwardRequest,
-    ResponseChunk,
-    ResponseEnd,
-    ResponseStart,
-    UpstreamEvent,
-    UpstreamFailed,
 )
 from sopy.openapi import openapi_json
+from sopy.relay import ProxiedRequest, proxy
 from sopy.route_table import RouteTable
 from sopy.settings import Settings
 
@@ -56,18 +48,8 @@ RELAY_BUFFER = 32
 Handler = Callable[[HTTPScope, ASGIReceiveCallable, ASGISendCallable, bytes], Awaitable[None]]
 
 
-class UpstreamBrokeOff(Exception):
-    """Raised to make hypercorn drop a non-streaming response whose upstream body broke off, so
-    the client sees an incomplete response rather than a truncated body that looks whole."""
-
-
 class ClientGone(Exception):
     """The client disconnected before its request body had arrived."""
-
-
-@attrs.define
-class _RelayState:
-    finished: bool = False
 
 
 class HttpFront:
@@ -75,6 +57,8 @@ class HttpFront:
         self._settings = settings
         self._feed = feed
         self._pools = pools
+        self._draining = trio.Event()
+        self.stopped = trio.Event()
         self._table_source: ConfigChanged | None = None
         self._table: RouteTable | None = None
         self._routes: dict[tuple[str, str], Handler] = {
@@ -93,10 +77,20 @@ class HttpFront:
                 self._settings.host,
                 self._settings.port,
             )
+        try:
+            await self._serve(task_status)
+        finally:
+            self.stopped.set()
+
+    def stop_accepting(self) -> None:
+        """Begin a graceful stop: no new connections; in-flight requests get `drain_timeout`."""
+        self._draining.set()
+
+    async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
             try:
                 binds: list[str] = await nursery.start(
-                    _serve, self, _hypercorn_config(self._settings)
+                    _serve, self, _hypercorn_config(self._settings), self._draining.wait
                 )
             except* OSError as failures:
                 first = innermost(failures)
@@ -121,7 +115,7 @@ class HttpFront:
             handler = self._handler_for(scope["method"], scope["path"])
             await handler(scope, receive, send, request_id)
         except SopyError as error:
-            await _send_json(send, error.status, error.openai_body(), request_id)
+            await send_json(send, error.status, error.openai_body(), request_id)
         except ClientGone:
             log.debug("client went away before sending its whole request")
 
@@ -157,18 +151,18 @@ class HttpFront:
     async def _hello_world(
         self, _scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
     ) -> None:
-        await _send_json(send, 200, {"message": "Hello World"}, rid)
+        await send_json(send, 200, {"message": "Hello World"}, rid)
 
     async def _hello_name(
         self, scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
     ) -> None:
         name = scope["path"][len("/hello/") :]
-        await _send_json(send, 200, {"message": f"Hello {name}"}, rid)
+        await send_json(send, 200, {"message": f"Hello {name}"}, rid)
 
     async def _openapi(
         self, _scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
     ) -> None:
-        await _send_body(send, 200, openapi_json(), rid)
+        await send_body(send, 200, openapi_json(), rid)
 
     async def _docs(
         self, scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
@@ -177,57 +171,49 @@ class HttpFront:
         if answer is None:
             raise NotFound(f"no documentation at {scope['path']}; the docs page is GET /docs")
         status, content_type, body = answer
-        await _send_body(send, status, body, rid, content_type=content_type)
+        await send_body(send, status, body, rid, content_type=content_type)
 
     async def _health(
         self, _scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
     ) -> None:
         table = self._route_table()
-        await _send_json(send, 200, {"status": "ok", "config_version": table.version}, rid)
+        await send_json(send, 200, {"status": "ok", "config_version": table.version}, rid)
 
     async def _models(
         self, scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
     ) -> None:
         table = self._route_table()
         self._authenticate(table, scope)
-        await _send_body(send, 200, table.models_body, rid)
+        await send_body(send, 200, table.models_body, rid)
 
-    def _authenticate(self, table: RouteTable, scope: HTTPScope) -> None:
-        if not self._settings.no_auth:
-            table.authenticate(_header(scope, b"authorization"))
+    def _authenticate(self, table: RouteTable, scope: HTTPScope) -> int | None:
+        """The caller's user key id (None with --no-auth), or raise 401."""
+        if self._settings.no_auth:
+            return None
+        return table.authenticate(_header(scope, b"authorization"))
 
     async def _proxy(
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
     ) -> None:
         table = self._route_table()
-        self._authenticate(table, scope)
+        key_id = self._authenticate(table, scope)
         body = await _read_body(scope, receive)
-        route = table.route_for(_requested_model(body))
-        inbox = self._pools.inbox_for(route.provider)
-        events_send, events = trio.open_memory_channel[UpstreamEvent](RELAY_BUFFER)
-        forward = ForwardRequest(
-            request_id=rid.decode(),
-            method=scope["method"],
-            path=_upstream_path(scope),
-            headers=upstream_request_headers(list(scope["headers"])),
-            body=body,
-            route=route,
-            cancel_scope=trio.CancelScope(),
-            reply_to=events_send,
-        )
-        try:
-            await inbox.send(forward)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise NoBackendAvailable(
-                f"provider '{route.provider}' was just removed from the configuration"
-            ) from None
-        await _relay(forward, events, receive, send, rid)
+        model = _requested_model(body)
+        routes = table.routes_for(model)
+        request = ProxiedRequest(rid, key_id, model)
+        await proxy(self._pools, routes, request, scope, body, receive, send)
 
 
 async def _serve(
-    app: HttpFront, config: Config, *, task_status: trio.TaskStatus[list[str]]
+    app: HttpFront,
+    config: Config,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[list[str]],
 ) -> None:
-    await hypercorn.trio.serve(app, config, mode="asgi", task_status=task_status)
+    await hypercorn.trio.serve(
+        app, config, mode="asgi", shutdown_trigger=shutdown_trigger, task_status=task_status
+    )
 
 
 def _hypercorn_config(settings: Settings) -> Config:
@@ -237,87 +223,8 @@ def _hypercorn_config(settings: Settings) -> Config:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
+    config.graceful_timeout = settings.drain_timeout
     return config
-
-
-async def _relay(
-    forward: ForwardRequest,
-    events: trio.MemoryReceiveChannel[UpstreamEvent],
-    receive: ASGIReceiveCallable,
-    send: ASGISendCallable,
-    rid: bytes,
-) -> None:
-    state = _RelayState()
-    async with events, trio.open_nursery() as nursery:
-        nursery.start_soon(
-            _cancel_when_client_leaves, receive, forward, nursery.cancel_scope, state
-        )
-        await _pump(events, send, rid, state)
-        nursery.cancel_scope.cancel()
-
-
-async def _cancel_when_client_leaves(
-    receive: ASGIReceiveCallable,
-    forward: ForwardRequest,
-    relay_scope: trio.CancelScope,
-    state: _RelayState,
-) -> None:
-    # hypercorn never cancels the app when a client leaves; it only says so through receive().
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    if not state.finished:
-        log.info("request %s: client went away; cancelling upstream", forward.request_id)
-        forward.cancel_scope.cancel()
-        relay_scope.cancel()
-
-
-async def _pump(
-    events: trio.MemoryReceiveChannel[UpstreamEvent],
-    send: ASGISendCallable,
-    rid: bytes,
-    state: _RelayState,
-) -> None:
-    start = await _next_event(events)
-    if isinstance(start, UpstreamFailed):
-        state.finished = True
-        await _send_json(send, start.error.status, start.error.openai_body(), rid)
-        return
-    assert isinstance(start, ResponseStart), start
-    streaming = is_event_stream(start.headers)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": start.status,
-            "headers": [*start.headers, (b"x-request-id", rid)],
-            "trailers": False,
-        }
-    )
-    while True:
-        event = await _next_event(events)
-        if isinstance(event, ResponseChunk):
-            await send({"type": "http.response.body", "body": event.data, "more_body": True})
-            continue
-        error = event.error if isinstance(event, ResponseEnd) else "the upstream pool stopped"
-        if error is not None and not streaming:
-            raise UpstreamBrokeOff(error)
-        state.finished = True
-        final = b"" if error is None else _sse_error_event(error)
-        await send({"type": "http.response.body", "body": final, "more_body": False})
-        return
-
-
-async def _next_event(events: trio.MemoryReceiveChannel[UpstreamEvent]) -> UpstreamEvent:
-    try:
-        return await events.receive()
-    except trio.EndOfChannel:
-        return UpstreamFailed(
-            UpstreamError("the upstream pool stopped while handling this request; retry it")
-        )
-
-
-def _sse_error_event(message: str) -> bytes:
-    body = UpstreamError(message).openai_body()
-    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 def _requested_model(body: bytes) -> str:
@@ -365,43 +272,11 @@ def _too_large() -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
 
 
-def _upstream_path(scope: HTTPScope) -> str:
-    path = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
-    query = scope["query_string"].decode("latin-1")
-    return f"{path}?{query}" if query else path
-
-
 def _header(scope: HTTPScope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
             return value
     return None
-
-
-async def _send_json(send: ASGISendCallable, status: int, payload: Any, rid: bytes) -> None:
-    await _send_body(send, status, orjson.dumps(payload), rid)
-
-
-async def _send_body(
-    send: ASGISendCallable,
-    status: int,
-    body: bytes,
-    rid: bytes,
-    content_type: bytes = b"application/json",
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", rid),
-            ],
-            "trailers": False,
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _answer_lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:

@@ -1,23 +1,26 @@
 """Upstream pools: the actors that talk to providers.
 
-`UpstreamPool` is one provider's actor. It owns one pooled `httpx.AsyncClient`, takes
-`ForwardRequest`s from its inbox, rotates across the provider's backend URLs, injects the
-provider credential and relays the upstream response back on the request's own channel, chunk by
-chunk as it arrives. The front's client going away cancels the request's scope, which cancels
-the upstream exchange and closes its connection.
+`UpstreamPool` is one provider's actor. It owns one pooled `httpx.AsyncClient` and a
+`BackendPicker`, takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`: pick a
+healthy backend, inject the provider credential, and retry connect failures, header timeouts,
+429 and 5xx on another backend while nothing has reached the client (see `sopy.retry_policy`).
+The answer goes back on the request's own channel as `ResponseStart`, `ResponseChunk`s and
+`ResponseEnd`, chunk by chunk as it arrives, or as one `UpstreamFailed`. Connect, first-byte,
+idle-between-chunks and total timeouts all apply. The front's client going away cancels the
+request's scope, which cancels the exchange and closes its upstream connection.
 
-`UpstreamPools` is the actor that owns every pool: it starts a provider's pool the first time a
-request needs it and retires pools whose provider has no backend left in the configuration.
+`UpstreamPools` owns every pool: it starts a provider's pool, supervised on its own, the first
+time a request needs it, and retires pools whose provider has no backend left.
 """
 
-import itertools
 import logging
 
 import httpx
 import trio
 
+from sopy.backend_health import BackendPicker, CooldownPolicy
 from sopy.change_feed import ChangeFeed
-from sopy.errors import NoBackendAvailable, UpstreamError, UpstreamTimeout
+from sopy.errors import NoBackendAvailable, SopyError, UpstreamError, UpstreamTimeout
 from sopy.http_headers import client_response_headers
 from sopy.messages import (
     ConfigSnapshot,
@@ -25,27 +28,45 @@ from sopy.messages import (
     ResponseChunk,
     ResponseEnd,
     ResponseStart,
-    UpstreamEvent,
     UpstreamFailed,
 )
+from sopy.retry_policy import (
+    MAX_RETRY_AFTER_WAIT,
+    backoff_delay,
+    is_retryable_status,
+    retry_after_seconds,
+)
+from sopy.settings import Settings
+from sopy.supervision import supervise
 
 log = logging.getLogger(__name__)
 
 POOL_INBOX_SIZE = 1024
-CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 600.0
 MAX_KEEPALIVE_CONNECTIONS = 256
 
 
 class UpstreamPool:
-    def __init__(self, provider: str, inbox: trio.MemoryReceiveChannel[ForwardRequest]) -> None:
+    def __init__(
+        self,
+        provider: str,
+        inbox: trio.MemoryReceiveChannel[ForwardRequest],
+        settings: Settings,
+    ) -> None:
         self.provider = provider
+        self.settings = settings
+        self.picker = BackendPicker(
+            settings.balance, CooldownPolicy(settings.cooldown_after, settings.cooldown)
+        )
         self._inbox = inbox
-        self._turn = itertools.count()
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         client = httpx.AsyncClient(
-            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            timeout=httpx.Timeout(
+                connect=self.settings.connect_timeout,
+                read=None,
+                write=self.settings.idle_timeout,
+                pool=None,
+            ),
             limits=httpx.Limits(
                 max_connections=None, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
             ),
@@ -53,6 +74,7 @@ class UpstreamPool:
             trust_env=False,
         )
         async with client, trio.open_nursery() as nursery:
+            task_status.started()
             async for request in self._inbox:
                 nursery.start_soon(self._forward, client, request)
         log.info("upstream pool for provider '%s' stopped", self.provider)
@@ -61,74 +83,191 @@ class UpstreamPool:
         async with request.reply_to:
             try:
                 with request.cancel_scope:
-                    await self._exchange(client, request)
+                    await _Exchange(self, client, request).run()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("request %s: the client went away", request.request_id)
 
-    def _next_backend(self, urls: tuple[str, ...]) -> str:
-        return urls[next(self._turn) % len(urls)]
 
-    async def _exchange(self, client: httpx.AsyncClient, request: ForwardRequest) -> None:
-        reply = request.reply_to
-        backend = self._next_backend(request.route.urls)
+class _Exchange:
+    """One client request's trip through a provider: attempts, retries, then the relay."""
+
+    def __init__(
+        self, pool: UpstreamPool, client: httpx.AsyncClient, request: ForwardRequest
+    ) -> None:
+        self._pool = pool
+        self._settings = pool.settings
+        self._picker = pool.picker
+        self._client = client
+        self._request = request
+        self._reply = request.reply_to
+        self._urls = request.route.urls
+        self._tried: list[str] = []
+        self._attempts = 0
+        self._started = False
+        self._failure: SopyError | None = None
+
+    async def run(self) -> None:
+        total = self._settings.total_timeout
+        with trio.move_on_after(total) as budget:
+            await self._attempt_until_answered()
+        if not budget.cancelled_caught:
+            return
+        message = f"{self._where()} did not finish within the total timeout of {total:g} s"
+        if self._started:
+            await self._reply.send(ResponseEnd(error=message))
+        else:
+            await self._fail(UpstreamTimeout(message))
+
+    async def _attempt_until_answered(self) -> None:
+        while True:
+            backend = await self._pick()
+            if backend is None:
+                await self._fail(self._failure or self._all_resting())
+                return
+            self._attempts += 1
+            self._tried.append(backend)
+            try:
+                outcome = await self._try(backend)
+                if not self._worth_retrying(outcome, backend):
+                    await self._finish(outcome, backend)
+                    return
+                if isinstance(outcome, httpx.Response):
+                    self._failure = UpstreamError(
+                        f"{self._where(backend)} answered {outcome.status_code}"
+                    )
+                    await outcome.aclose()
+                else:
+                    self._failure = outcome
+            finally:
+                self._picker.release(backend)
+            await trio.sleep(backoff_delay(self._attempts))
+
+    async def _pick(self) -> str | None:
+        """Prefer a backend not tried yet; after a failure, wait out a short `Retry-After` or
+        cooldown rather than fail when every backend is resting."""
+        weights = self._request.route.weights
+        backend = self._picker.pick(self._urls, weights, exclude=self._tried)
+        backend = backend or self._picker.pick(self._urls, weights)
+        if backend is None and self._attempts > 0:
+            wait = self._picker.seconds_until_usable(self._urls)
+            if wait is not None and wait <= MAX_RETRY_AFTER_WAIT:
+                await trio.sleep(wait)
+                backend = self._picker.pick(self._urls, weights)
+        return backend
+
+    async def _try(self, backend: str) -> httpx.Response | SopyError:
+        request = self._request
         headers = list(request.headers)
         if request.route.credential is not None:
             headers.append((b"authorization", f"Bearer {request.route.credential}".encode()))
-        outgoing = client.build_request(
+        outgoing = self._client.build_request(
             request.method, backend + request.path, headers=headers, content=request.body
         )
+        first_byte = self._settings.first_byte_timeout
         try:
-            response = await client.send(outgoing, stream=True)
+            with trio.fail_after(first_byte):
+                return await self._client.send(outgoing, stream=True)
+        except trio.TooSlowError:
+            return UpstreamTimeout(
+                f"{self._where(backend)} sent no response within {first_byte:g} s"
+            )
         except httpx.TimeoutException:
-            await reply.send(UpstreamFailed(UpstreamTimeout(self._timed_out(backend))))
-            return
+            return UpstreamTimeout(
+                f"{self._where(backend)} did not accept a connection within "
+                f"{self._settings.connect_timeout:g} s; check that it is up"
+            )
         except httpx.HTTPError as exc:
-            await reply.send(UpstreamFailed(UpstreamError(self._unreachable(backend, exc))))
-            return
+            return UpstreamError(
+                f"{self._where(backend)} could not be reached ({type(exc).__name__}); check "
+                "that it is running and that the URL is right"
+            )
+
+    def _worth_retrying(self, outcome: httpx.Response | SopyError, backend: str) -> bool:
+        """Record the backend's health from the outcome, then say whether to try again."""
+        if isinstance(outcome, httpx.Response) and not is_retryable_status(outcome.status_code):
+            self._picker.record_success(backend)
+            return False
+        retry_after = None
+        if isinstance(outcome, httpx.Response):
+            retry_after = retry_after_seconds(outcome.headers.get("retry-after"))
+        self._picker.record_failure(backend, retry_after)
+        if self._attempts > self._settings.retries:
+            return False
+        wait = self._picker.seconds_until_usable(self._urls)
+        return wait is not None and wait <= MAX_RETRY_AFTER_WAIT
+
+    async def _finish(self, outcome: httpx.Response | SopyError, backend: str) -> None:
+        if isinstance(outcome, SopyError):
+            await self._fail(outcome)
+        else:
+            await self._relay(outcome, backend)
+
+    async def _relay(self, response: httpx.Response, backend: str) -> None:
         try:
-            await self._relay(response, reply, backend)
+            await self._reply.send(
+                ResponseStart(
+                    response.status_code,
+                    client_response_headers(response.headers.raw),
+                    backend,
+                    self._attempts,
+                    retryable=is_retryable_status(response.status_code),
+                )
+            )
+            self._started = True
+            await self._relay_body(response, backend)
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
 
-    async def _relay(
-        self,
-        response: httpx.Response,
-        reply: trio.MemorySendChannel[UpstreamEvent],
-        backend: str,
-    ) -> None:
-        await reply.send(
-            ResponseStart(response.status_code, client_response_headers(response.headers.raw))
-        )
+    async def _relay_body(self, response: httpx.Response, backend: str) -> None:
+        idle = self._settings.idle_timeout
+        chunks = response.aiter_raw()
         try:
-            async for chunk in response.aiter_raw():
-                await reply.send(ResponseChunk(chunk))
+            while True:
+                with trio.move_on_after(idle) as silence:
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                if silence.cancelled_caught:
+                    self._picker.record_failure(backend)
+                    await self._reply.send(
+                        ResponseEnd(error=f"{self._where(backend)} sent nothing for {idle:g} s")
+                    )
+                    return
+                await self._reply.send(ResponseChunk(chunk))
         except httpx.HTTPError as exc:
-            await reply.send(
+            self._picker.record_failure(backend)
+            await self._reply.send(
                 ResponseEnd(
-                    error=f"provider '{self.provider}' backend {backend} broke off the "
-                    f"response ({type(exc).__name__}); retry the request"
+                    error=f"{self._where(backend)} broke off the response "
+                    f"({type(exc).__name__}); retry the request"
                 )
             )
             return
-        await reply.send(ResponseEnd())
+        await self._reply.send(ResponseEnd())
 
-    def _timed_out(self, backend: str) -> str:
-        return (
-            f"provider '{self.provider}' backend {backend} did not answer in time; retry, "
-            "or check the backend's health"
+    async def _fail(self, error: SopyError) -> None:
+        backend = self._tried[-1] if self._tried else None
+        await self._reply.send(UpstreamFailed(error, self._attempts, backend))
+
+    def _all_resting(self) -> NoBackendAvailable:
+        resting = self._picker.describe_unavailable(self._urls)
+        return NoBackendAvailable(
+            f"every backend of provider '{self._pool.provider}' is resting after failures: "
+            f"{resting}; retry shortly, or check the backends"
         )
 
-    def _unreachable(self, backend: str, exc: httpx.HTTPError) -> str:
-        return (
-            f"provider '{self.provider}' backend {backend} could not be reached "
-            f"({type(exc).__name__}); check that it is running and that the URL is right"
-        )
+    def _where(self, backend: str | None = None) -> str:
+        if backend is None:
+            return f"provider '{self._pool.provider}'"
+        return f"provider '{self._pool.provider}' backend {backend}"
 
 
 class UpstreamPools:
-    def __init__(self, feed: ChangeFeed) -> None:
+    def __init__(self, feed: ChangeFeed, settings: Settings) -> None:
         self._feed = feed
+        self._settings = settings
         self._inboxes: dict[str, trio.MemorySendChannel[ForwardRequest]] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -150,8 +289,8 @@ class UpstreamPools:
         if self._nursery is None:
             raise NoBackendAvailable("the upstream pools are restarting; retry in a moment")
         inbox, pool_inbox = trio.open_memory_channel[ForwardRequest](POOL_INBOX_SIZE)
-        pool = UpstreamPool(provider, pool_inbox)
-        self._nursery.start_soon(pool.run, name=f"upstream pool {provider}")
+        pool = UpstreamPool(provider, pool_inbox, self._settings)
+        self._nursery.start_soon(supervise, f"upstream pool {provider}", pool.run)
         self._inboxes[provider] = inbox
         log.info("upstream pool for provider '%s' started", provider)
         return inbox

@@ -1,0 +1,242 @@
+"""One proxied request, from the HTTP front's side: hand it to the model's provider pool, fall
+back to the mapping's next provider if that one cannot answer, relay the answer to the client as
+it arrives, cancel the upstream work if the client leaves, and log one line about it.
+
+A provider "cannot answer" when its pool reports `UpstreamFailed`, or relays a final 429/5xx
+(`ResponseStart.retryable`) while another provider is still left to try. Nothing has been sent
+to the client at that point, so falling back is invisible to it.
+"""
+
+import logging
+
+import attrs
+import orjson
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
+
+from sopy.actors.upstream_pool import UpstreamPools
+from sopy.asgi_responses import send_json
+from sopy.errors import NoBackendAvailable, UpstreamError
+from sopy.http_headers import is_event_stream, upstream_request_headers
+from sopy.messages import (
+    ForwardRequest,
+    ProviderRoute,
+    ResponseChunk,
+    ResponseEnd,
+    ResponseStart,
+    UpstreamEvent,
+    UpstreamFailed,
+)
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("sopy.access")
+
+RELAY_BUFFER = 32
+CLIENT_CLOSED_REQUEST = 499
+
+
+class UpstreamBrokeOff(Exception):
+    """Raised to make hypercorn drop a non-streaming response whose upstream body broke off, so
+    the client sees an incomplete response rather than a truncated body that looks whole."""
+
+
+@attrs.define
+class ProxiedRequest:
+    """What the relay knows about one request, for cancelling it and for its log line."""
+
+    rid: bytes
+    key_id: int | None
+    model: str
+    began: float = attrs.field(factory=trio.current_time)
+    forward: ForwardRequest | None = None
+    provider: str | None = None
+    backend: str | None = None
+    attempts: int = 0
+    status: int = 0
+    upstream_seconds: float = 0.0
+    finished: bool = False
+
+
+async def proxy(
+    pools: UpstreamPools,
+    routes: tuple[ProviderRoute, ...],
+    request: ProxiedRequest,
+    scope: HTTPScope,
+    body: bytes,
+    receive: ASGIReceiveCallable,
+    send: ASGISendCallable,
+) -> None:
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when_client_leaves, receive, request, nursery.cancel_scope)
+            first, events = await _first_answer(pools, routes, request, scope, body)
+            async with events:
+                await _pump(first, events, send, request)
+            nursery.cancel_scope.cancel()
+    finally:
+        _log_access(request)
+
+
+async def _first_answer(
+    pools: UpstreamPools,
+    routes: tuple[ProviderRoute, ...],
+    request: ProxiedRequest,
+    scope: HTTPScope,
+    body: bytes,
+) -> tuple[UpstreamEvent, trio.MemoryReceiveChannel[UpstreamEvent]]:
+    for index, route in enumerate(routes):
+        sent_at = trio.current_time()
+        events = await _forward(pools, route, request, scope, body)
+        first = await _next_event(events)
+        request.upstream_seconds = trio.current_time() - sent_at
+        _note_answer(request, route, first)
+        if index + 1 < len(routes) and _provider_could_not_answer(first):
+            log.info(
+                "request %s: provider '%s' could not answer; falling back to '%s'",
+                request.rid.decode(),
+                route.provider,
+                routes[index + 1].provider,
+            )
+            forward = request.forward
+            if forward is not None:
+                forward.cancel_scope.cancel()
+            await events.aclose()
+            continue
+        return first, events
+    raise AssertionError("routes_for never returns an empty tuple")
+
+
+async def _forward(
+    pools: UpstreamPools,
+    route: ProviderRoute,
+    request: ProxiedRequest,
+    scope: HTTPScope,
+    body: bytes,
+) -> trio.MemoryReceiveChannel[UpstreamEvent]:
+    events_send, events = trio.open_memory_channel[UpstreamEvent](RELAY_BUFFER)
+    forward = ForwardRequest(
+        request_id=request.rid.decode(),
+        method=scope["method"],
+        path=_upstream_path(scope),
+        headers=upstream_request_headers(list(scope["headers"])),
+        body=body,
+        route=route,
+        cancel_scope=trio.CancelScope(),
+        reply_to=events_send,
+    )
+    request.forward = forward
+    try:
+        await pools.inbox_for(route.provider).send(forward)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        error = NoBackendAvailable(
+            f"provider '{route.provider}' was just removed from the configuration"
+        )
+        events_send.send_nowait(UpstreamFailed(error))
+        events_send.close()
+    return events
+
+
+def _provider_could_not_answer(first: UpstreamEvent) -> bool:
+    return isinstance(first, UpstreamFailed) or (
+        isinstance(first, ResponseStart) and first.retryable
+    )
+
+
+def _note_answer(request: ProxiedRequest, route: ProviderRoute, first: UpstreamEvent) -> None:
+    request.provider = route.provider
+    if isinstance(first, ResponseStart):
+        request.status, request.backend, request.attempts = (
+            first.status,
+            first.backend,
+            first.attempts,
+        )
+    elif isinstance(first, UpstreamFailed):
+        request.status, request.backend, request.attempts = (
+            first.error.status,
+            first.backend,
+            first.attempts,
+        )
+
+
+async def _cancel_when_client_leaves(
+    receive: ASGIReceiveCallable, request: ProxiedRequest, relay_scope: trio.CancelScope
+) -> None:
+    # hypercorn never cancels the app when a client leaves; it only says so through receive().
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    if not request.finished:
+        log.info("request %s: client went away; cancelling upstream", request.rid.decode())
+        request.status = CLIENT_CLOSED_REQUEST
+        if request.forward is not None:
+            request.forward.cancel_scope.cancel()
+        relay_scope.cancel()
+
+
+async def _pump(
+    start: UpstreamEvent,
+    events: trio.MemoryReceiveChannel[UpstreamEvent],
+    send: ASGISendCallable,
+    request: ProxiedRequest,
+) -> None:
+    if isinstance(start, UpstreamFailed):
+        request.finished = True
+        await send_json(send, start.error.status, start.error.openai_body(), request.rid)
+        return
+    assert isinstance(start, ResponseStart), start
+    streaming = is_event_stream(start.headers)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": start.status,
+            "headers": [*start.headers, (b"x-request-id", request.rid)],
+            "trailers": False,
+        }
+    )
+    while True:
+        event = await _next_event(events)
+        if isinstance(event, ResponseChunk):
+            await send({"type": "http.response.body", "body": event.data, "more_body": True})
+            continue
+        error = event.error if isinstance(event, ResponseEnd) else "the upstream pool stopped"
+        if error is not None and not streaming:
+            raise UpstreamBrokeOff(error)
+        request.finished = True
+        final = b"" if error is None else _sse_error_event(error)
+        await send({"type": "http.response.body", "body": final, "more_body": False})
+        return
+
+
+async def _next_event(events: trio.MemoryReceiveChannel[UpstreamEvent]) -> UpstreamEvent:
+    try:
+        return await events.receive()
+    except trio.EndOfChannel:
+        return UpstreamFailed(
+            UpstreamError("the upstream pool stopped while handling this request; retry it")
+        )
+
+
+def _sse_error_event(message: str) -> bytes:
+    body = UpstreamError(message).openai_body()
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _upstream_path(scope: HTTPScope) -> str:
+    path = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
+    query = scope["query_string"].decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+def _log_access(request: ProxiedRequest) -> None:
+    access_log.info(
+        "request %s key=%s model=%s provider=%s backend=%s status=%d upstream_ms=%.1f "
+        "attempts=%d total_ms=%.1f",
+        request.rid.decode(),
+        request.key_id if request.key_id is not None else "-",
+        request.model,
+        request.provider or "-",
+        request.backend or "-",
+        request.status,
+        request.upstream_seconds * 1000,
+        request.attempts,
+        (trio.current_time() - request.began) * 1000,
+    )
