@@ -15,8 +15,8 @@ _FALSE = ("false", "0", "no")
 
 
 def field_value(command: type[AdminCommand] | None, field: str, text: str) -> Any:
-    """`text` as the type of `command`'s `field`; unknown fields stay text for the parser to
-    refuse by name."""
+    """`text` as the type of `command`'s `field` (a list field takes comma-separated names);
+    unknown fields stay text for the parser to refuse by name."""
     fields = attrs.fields_dict(command) if command is not None else {}
     field_type: Any = fields[field].type if field in fields else str
     if field_type is bool:
@@ -25,6 +25,8 @@ def field_value(command: type[AdminCommand] | None, field: str, text: str) -> An
         if text.lower() in _FALSE:
             return False
         raise InvalidField(f"field '{field}' takes true or false (got {text!r})", param=field)
+    if field_type == tuple[str, ...]:
+        return [item.strip() for item in text.split(",") if item.strip()]
     if field_type is int or int in typing.get_args(field_type):
         try:
             return int(text)

@@ -49,19 +49,39 @@ async def start_gateway(
 ) -> Gateway:
     """Start mock upstreams for each provider in `models` (model -> provider), register them,
     their credentials, the mappings and USER_KEY over the admin socket."""
+    upstreams = {
+        provider: [MockUpstream(f"{provider}-{i}") for i in range(upstreams_per_provider)]
+        for provider in sorted(set(models.values()))
+    }
+    return await start_gateway_with(sopy, nursery, upstreams, models)
+
+
+async def start_gateway_with(
+    sopy: SopyUnderTest,
+    nursery: trio.Nursery,
+    upstreams: dict[str, list[MockUpstream]],
+    models: dict[str, str],
+    fallbacks: dict[str, list[str]] | None = None,
+    weights: dict[str, list[int]] | None = None,
+) -> Gateway:
+    """Like `start_gateway`, with the given mock upstreams per provider, optional fallback
+    providers per model and optional backend weights per provider."""
     providers: dict[str, Provider] = {}
     async with await sopy.admin() as admin:
-        for provider in sorted(set(models.values())):
-            upstreams = tuple(
-                MockUpstream(f"{provider}-{i}") for i in range(upstreams_per_provider)
-            )
-            for upstream in upstreams:
+        for provider, mocks in upstreams.items():
+            provider_weights = (weights or {}).get(provider, [1] * len(mocks))
+            for upstream, weight in zip(mocks, provider_weights, strict=True):
                 url = await nursery.start(upstream.serve)
-                await admin.ok("add_backend", provider=provider, url=url)
+                await admin.ok("add_backend", provider=provider, url=url, weight=weight)
             credential = f"sk-{provider}-provider-credential"
             await admin.ok("add_admin_auth", name=provider, credentials=credential)
-            providers[provider] = Provider(provider, credential, upstreams)
+            providers[provider] = Provider(provider, credential, tuple(mocks))
         for model, provider in models.items():
-            await admin.ok("add_model_mapping", model_name=model, provider=provider)
+            await admin.ok(
+                "add_model_mapping",
+                model_name=model,
+                provider=provider,
+                fallbacks=(fallbacks or {}).get(model, []),
+            )
         await admin.ok("add_user_api_key", api_key=USER_KEY, description="tests")
     return Gateway(sopy, providers)

@@ -1,6 +1,7 @@
 """Running `python -m sopy serve` as a real child process, for tests that kill or signal it."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,21 @@ class ServeProcess:
                     raise RuntimeError(f"sopy serve exited early:\n{output.decode()}")
                 output += chunk
         return cls(process, output)
+
+    @property
+    def http_url(self) -> str:
+        match = re.search(rb"Server URL:\s+(\S+)", self.output)
+        assert match is not None, self.output.decode()
+        return match.group(1).decode()
+
+    async def wait_for_output(self, text: bytes, within: float = 10) -> None:
+        assert self.process.stdout is not None
+        with trio.fail_after(within):
+            while text not in self.output:
+                chunk = await self.process.stdout.receive_some(65536)
+                if not chunk:
+                    raise EOFError(f"sopy serve exited before printing {text!r}")
+                self.output += chunk
 
     async def read_rest(self) -> str:
         assert self.process.stdout is not None

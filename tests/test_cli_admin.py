@@ -74,3 +74,12 @@ def test_cli_fields_are_typed_by_the_command() -> None:
         "provider": "p",
         "replace": False,
     }
+
+
+def test_cli_list_fields_take_comma_separated_names() -> None:
+    payload = command_payload(
+        "add_model_mapping",
+        ["--model-name", "gpt-4.1", "--provider", "openai", "--fallbacks", "azure, backup"],
+    )
+    assert payload["fallbacks"] == ["azure", "backup"]
+    assert command_payload("add_backend", ["--weight", "3"])["weight"] == 3

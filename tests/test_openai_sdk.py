@@ -2,12 +2,20 @@
 
 from collections.abc import AsyncIterator
 
+import attrs
 import openai
 import pytest
 import trio
 
+from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
 from tests.gateway import USER_KEY, Gateway, start_gateway
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Relay upstream answers as they are: retries have their own tests."""
+    return attrs.evolve(settings, retries=0)
 
 
 @pytest.fixture

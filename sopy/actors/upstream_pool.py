@@ -5,8 +5,10 @@
 healthy backend, inject the provider credential, and retry connect failures, header timeouts,
 429 and 5xx on another backend while nothing has reached the client (see `sopy.retry_policy`).
 The answer goes back on the request's own channel as `ResponseStart`, `ResponseChunk`s and
-`ResponseEnd`, chunk by chunk as it arrives, or as one `UpstreamFailed`. Connect, first-byte,
-idle-between-chunks and total timeouts all apply. The front's client going away cancels the
+`ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk by chunk as they
+arrive; other bodies are read whole first, so one that breaks off is retried like any other
+failure instead of reaching the client truncated. Connect, first-byte, idle-between-chunks and
+total timeouts all apply. The front's client going away cancels the
 request's scope, which cancels the exchange and closes its upstream connection.
 
 `UpstreamPools` owns every pool: it starts a provider's pool, supervised on its own, the first
@@ -15,6 +17,7 @@ time a request needs it, and retires pools whose provider has no backend left.
 
 import logging
 
+import attrs
 import httpx
 import trio
 
@@ -88,6 +91,15 @@ class UpstreamPool:
                 log.debug("request %s: the client went away", request.request_id)
 
 
+@attrs.frozen
+class _Answer:
+    """A backend's response; `body` holds the whole body unless the response is an event
+    stream, which is relayed as it arrives."""
+
+    response: httpx.Response
+    body: bytes | None
+
+
 class _Exchange:
     """One client request's trip through a provider: attempts, retries, then the relay."""
 
@@ -131,11 +143,11 @@ class _Exchange:
                 if not self._worth_retrying(outcome, backend):
                     await self._finish(outcome, backend)
                     return
-                if isinstance(outcome, httpx.Response):
+                if isinstance(outcome, _Answer):
                     self._failure = UpstreamError(
-                        f"{self._where(backend)} answered {outcome.status_code}"
+                        f"{self._where(backend)} answered {outcome.response.status_code}"
                     )
-                    await outcome.aclose()
+                    await outcome.response.aclose()
                 else:
                     self._failure = outcome
             finally:
@@ -155,7 +167,7 @@ class _Exchange:
                 backend = self._picker.pick(self._urls, weights)
         return backend
 
-    async def _try(self, backend: str) -> httpx.Response | SopyError:
+    async def _try(self, backend: str) -> _Answer | SopyError:
         request = self._request
         headers = list(request.headers)
         if request.route.credential is not None:
@@ -166,7 +178,7 @@ class _Exchange:
         first_byte = self._settings.first_byte_timeout
         try:
             with trio.fail_after(first_byte):
-                return await self._client.send(outgoing, stream=True)
+                response = await self._client.send(outgoing, stream=True)
         except trio.TooSlowError:
             return UpstreamTimeout(
                 f"{self._where(backend)} sent no response within {first_byte:g} s"
@@ -181,28 +193,49 @@ class _Exchange:
                 f"{self._where(backend)} could not be reached ({type(exc).__name__}); check "
                 "that it is running and that the URL is right"
             )
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return _Answer(response, None)
+        try:
+            return _Answer(response, await self._whole_body(response))
+        except (httpx.HTTPError, trio.TooSlowError) as exc:
+            await response.aclose()
+            return UpstreamError(
+                f"{self._where(backend)} broke off its response ({type(exc).__name__})"
+            )
 
-    def _worth_retrying(self, outcome: httpx.Response | SopyError, backend: str) -> bool:
+    async def _whole_body(self, response: httpx.Response) -> bytes:
+        chunks = []
+        raw = response.aiter_raw()
+        while True:
+            with trio.fail_after(self._settings.idle_timeout):
+                try:
+                    chunks.append(await anext(raw))
+                except StopAsyncIteration:
+                    return b"".join(chunks)
+
+    def _worth_retrying(self, outcome: _Answer | SopyError, backend: str) -> bool:
         """Record the backend's health from the outcome, then say whether to try again."""
-        if isinstance(outcome, httpx.Response) and not is_retryable_status(outcome.status_code):
+        status = outcome.response.status_code if isinstance(outcome, _Answer) else None
+        if status is not None and not is_retryable_status(status):
             self._picker.record_success(backend)
             return False
         retry_after = None
-        if isinstance(outcome, httpx.Response):
-            retry_after = retry_after_seconds(outcome.headers.get("retry-after"))
+        if isinstance(outcome, _Answer):
+            retry_after = retry_after_seconds(outcome.response.headers.get("retry-after"))
         self._picker.record_failure(backend, retry_after)
         if self._attempts > self._settings.retries:
             return False
         wait = self._picker.seconds_until_usable(self._urls)
         return wait is not None and wait <= MAX_RETRY_AFTER_WAIT
 
-    async def _finish(self, outcome: httpx.Response | SopyError, backend: str) -> None:
+    async def _finish(self, outcome: _Answer | SopyError, backend: str) -> None:
         if isinstance(outcome, SopyError):
             await self._fail(outcome)
         else:
             await self._relay(outcome, backend)
 
-    async def _relay(self, response: httpx.Response, backend: str) -> None:
+    async def _relay(self, answer: _Answer, backend: str) -> None:
+        response = answer.response
         try:
             await self._reply.send(
                 ResponseStart(
@@ -214,12 +247,17 @@ class _Exchange:
                 )
             )
             self._started = True
-            await self._relay_body(response, backend)
+            if answer.body is None:
+                await self._relay_stream(response, backend)
+            else:
+                if answer.body:
+                    await self._reply.send(ResponseChunk(answer.body))
+                await self._reply.send(ResponseEnd())
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
 
-    async def _relay_body(self, response: httpx.Response, backend: str) -> None:
+    async def _relay_stream(self, response: httpx.Response, backend: str) -> None:
         idle = self._settings.idle_timeout
         chunks = response.aiter_raw()
         try:

@@ -1,0 +1,53 @@
+"""SIGTERM drains: no new connections, in-flight streams finish, exit 0, socket file removed."""
+
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from sopy.mock_upstream import MockUpstream
+from tests.admin_connection import AdminConnection
+from tests.serve_process import ServeProcess
+
+USER_KEY = "sk-user-drain-test-1"
+
+
+async def test_sigterm_lets_an_in_flight_stream_finish(
+    workdir: Path, nursery: trio.Nursery
+) -> None:
+    upstream_url = await nursery.start(MockUpstream("slow").serve)
+    server = await ServeProcess.start(workdir, "--drain-timeout", "10")
+    async with await AdminConnection.open(workdir / "sopy-admin.sock") as admin:
+        await admin.ok("add_backend", provider="openai", url=upstream_url)
+        await admin.ok("add_model_mapping", model_name="gpt-4.1", provider="openai")
+        await admin.ok("add_user_api_key", api_key=USER_KEY)
+    body = {
+        "model": "gpt-4.1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "mock": {"chunks": 10, "chunk_delay": 0.1},
+    }
+    headers = {"authorization": f"Bearer {USER_KEY}"}
+
+    async with (
+        httpx.AsyncClient(base_url=server.http_url, headers=headers) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        lines = response.aiter_lines()
+        assert (await anext(lines)).startswith("data: ")
+        server.process.send_signal(signal.SIGTERM)
+        await server.wait_for_output(b"shutting down")
+
+        async with httpx.AsyncClient(base_url=server.http_url) as newcomer:
+            with pytest.raises(httpx.ConnectError):
+                await newcomer.get("/healthz")
+
+        rest = [line async for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    assert len(rest) >= 10
+
+    with trio.fail_after(15):
+        assert await server.process.wait() == 0
+    assert not (workdir / "sopy-admin.sock").exists()

@@ -1,0 +1,74 @@
+"""A crashing upstream pool is restarted; its in-flight requests get a 502, others carry on."""
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import trio
+
+from sopy.actors import upstream_pool
+from tests.conftest import SopyUnderTest
+from tests.gateway import USER_KEY, Gateway, start_gateway
+
+CRASH_MARKER = "please-crash-the-pool"
+
+
+@pytest.fixture
+def crash_on_marker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the pool meets an unexpected exception for marked requests."""
+    original = upstream_pool._Exchange._try
+
+    async def crashing_try(
+        self: upstream_pool._Exchange, backend: str
+    ) -> upstream_pool._Answer | upstream_pool.SopyError:
+        if CRASH_MARKER.encode() in self._request.body:
+            raise RuntimeError("injected pool crash")
+        return await original(self, backend)
+
+    monkeypatch.setattr(upstream_pool._Exchange, "_try", crashing_try)
+
+
+@pytest.fixture
+async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
+    return await start_gateway(sopy, nursery, {"gpt-4.1": "openai", "claude-3": "anthropic"})
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"authorization": f"Bearer {USER_KEY}"}
+    async with httpx.AsyncClient(base_url=gateway.base_url, headers=headers) as client:
+        yield client
+
+
+def chat(model: str, content: str = "hi", **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+@pytest.mark.usefixtures("crash_on_marker")
+async def test_a_crashed_pool_restarts_while_other_providers_keep_serving(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="sopy.supervision")
+    other_stream: list[str] = []
+
+    async def stream_from_the_other_provider() -> None:
+        body = chat("claude-3", stream=True, mock={"chunks": 20, "chunk_delay": 0.03})
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            other_stream.extend([line async for line in response.aiter_lines() if line])
+
+    async with trio.open_nursery() as both:
+        both.start_soon(stream_from_the_other_provider)
+        crashed = await client.post("/chat/completions", json=chat("gpt-4.1", CRASH_MARKER))
+    assert crashed.status_code == 502
+    assert crashed.json()["error"]["code"] == "upstream_error"
+    assert other_stream[-1] == "data: [DONE]"
+
+    with trio.fail_after(5):
+        after = await client.post("/chat/completions", json=chat("gpt-4.1"))
+    assert after.status_code == 200
+
+    crashes = [r for r in caplog.records if "upstream pool openai crashed" in r.getMessage()]
+    assert len(crashes) == 1
+    assert crashes[0].exc_info is not None
+    assert "injected pool crash" in str(crashes[0].exc_info[1])
