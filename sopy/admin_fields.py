@@ -10,6 +10,7 @@ import urllib.parse
 from typing import Any
 
 import attrs
+from cryptography.fernet import Fernet
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
@@ -95,6 +96,21 @@ def fallback_providers(
         provider_name(instance, attribute, name)
     if len(set(value)) != len(value) or instance.provider in value:
         raise _fail(attribute, "must list distinct providers other than 'provider'")
+
+
+def optional_secret_key(
+    _instance: object, attribute: "attrs.Attribute[Any]", value: str | None
+) -> None:
+    if value is None:
+        return
+    try:
+        Fernet(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise _fail(
+            attribute,
+            "must be a Fernet key (44 characters of URL-safe base64); omit it and Sopy "
+            "generates one",
+        ) from None
 
 
 def positive_id(_instance: object, attribute: "attrs.Attribute[Any]", value: int | None) -> None:

@@ -31,6 +31,7 @@ from sopy.messages import (
     RemoveBackend,
     RemoveModelMapping,
     RemoveUserApiKey,
+    RotateSecretKey,
 )
 
 
@@ -95,6 +96,12 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
     AdminRoute("GET", "/admin/model_mapping", ListModelMappings, "List model mappings"),
     AdminRoute(
         "GET", "/admin/model_mapping/{model_name}", GetModelMapping, "Get a model's provider"
+    ),
+    AdminRoute(
+        "POST",
+        "/admin/secret_key/rotate",
+        RotateSecretKey,
+        "Re-encrypt stored credentials with a new secret key",
     ),
 )
 

@@ -24,6 +24,7 @@ from sopy.errors import InvalidField, StartupError, innermost
 from sopy.events_client import follow_events
 from sopy.messages import ADMIN_COMMANDS
 from sopy.mock_upstream import run_mock_upstream
+from sopy.secret_box import new_secret_key
 from sopy.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
 from sopy.supervisor import RunningSopy, run_sopy
 
@@ -90,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--admin-socket", default=None, help="default ./sopy-admin.sock")
     events.add_argument("--json", action="store_true", help="print the raw JSON messages")
     events.set_defaults(handler=_events)
+
+    secret_key = actions.add_parser(
+        "secret-key", help="print a new secret key for SOPY_SECRET_KEY or a key file"
+    )
+    secret_key.set_defaults(handler=_print_secret_key)
 
     mock = actions.add_parser("mock-upstream", help="run the bundled mock OpenAI upstream")
     mock.add_argument("--host", default="127.0.0.1")
@@ -207,6 +213,11 @@ def command_payload(command: str, tokens: Sequence[str]) -> dict[str, Any]:
         except InvalidField as error:
             raise UsageError(error.message) from None
     return payload
+
+
+def _print_secret_key(_args: argparse.Namespace, _rest: list[str]) -> int:
+    print(new_secret_key())
+    return 0
 
 
 def _events(args: argparse.Namespace, _rest: list[str]) -> int:

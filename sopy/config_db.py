@@ -8,15 +8,16 @@ journal, so a version is never reused, even across restarts, and a change is eit
 disk or not at all.
 """
 
+import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import orjson
 
-from sopy import keys
+from sopy import keys, secret_box
 from sopy.errors import Conflict, NotFound, StartupError
 from sopy.messages import (
     ActivateUserApiKey,
@@ -54,6 +55,9 @@ from sopy.messages import (
     RemoveBackend,
     RemoveModelMapping,
     RemoveUserApiKey,
+    RotateSecretKey,
+    SecretKeyRotated,
+    SecretKeyRotation,
     UserApiKeyActivated,
     UserApiKeyAdded,
     UserApiKeyDeactivated,
@@ -63,6 +67,7 @@ from sopy.messages import (
     config_event_json,
     parse_config_event,
 )
+from sopy.secret_box import SecretBox
 
 JOURNAL_LENGTH = 10_000
 
@@ -106,6 +111,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE backends ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE model_mappings ADD COLUMN fallbacks TEXT NOT NULL DEFAULT '[]';
     """,
+    """
+    CREATE TABLE store_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 
@@ -125,25 +133,48 @@ Outcome = tuple[AdminResult, ConfigEvent | None]
 class ConfigDatabase:
     """One open `sopy_admin.db`; every method runs on the config actor's worker thread."""
 
-    def __init__(self, connection: sqlite3.Connection, journal_length: int) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        box: SecretBox,
+        key_file: Path | None,
+        journal_length: int,
+    ) -> None:
         self._db = connection
+        self._box = box
+        self._key_file = key_file
         self._journal_length = journal_length
+        self._after_commit: list[Callable[[], None]] = []
         self.version = self._scalar("SELECT value FROM meta WHERE key = 'config_version'")
 
     @classmethod
-    def open(cls, path: Path, journal_length: int = JOURNAL_LENGTH) -> "ConfigDatabase":
+    def open(
+        cls,
+        path: Path,
+        box: SecretBox | None = None,
+        key_file: Path | None = None,
+        journal_length: int = JOURNAL_LENGTH,
+    ) -> "ConfigDatabase":
         try:
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
+            # Overwrite deleted content, so a replaced plain-text credential leaves no trace.
+            connection.execute("PRAGMA secure_delete = ON")
             _migrate(connection, path)
         except sqlite3.DatabaseError as exc:
             raise StartupError(
                 f"cannot open the config database {path}: {exc}. Check the file is a Sopy "
                 "database and writable, or pass another path with --db-path."
             ) from exc
-        return cls(connection, journal_length)
+        database = cls(connection, box or SecretBox(None), key_file, journal_length)
+        database._settle_secret_key(path)
+        return database
+
+    @property
+    def sealing(self) -> bool:
+        return self._box.sealing
 
     def close(self) -> None:
         self._db.close()
@@ -160,15 +191,18 @@ class ConfigDatabase:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._after_commit.clear()
             raise
         self.version = version
+        while self._after_commit:
+            self._after_commit.pop(0)()
         return Applied(result, change, None if change is None else self.load_snapshot())
 
     def load_snapshot(self) -> ConfigSnapshot:
         return ConfigSnapshot(
             version=self.version,
             credentials=tuple(
-                ProviderCredential(name, credentials)
+                ProviderCredential(name, self._box.open(credentials))
                 for name, credentials in self._rows(
                     "SELECT name, credentials FROM admin_auth ORDER BY name"
                 )
@@ -258,6 +292,8 @@ class ConfigDatabase:
                 return self._model_mappings(), None
             case GetModelMapping(model_name=model_name):
                 return self._model_mapping(model_name), None
+            case RotateSecretKey():
+                return self._rotate_secret_key(command)
 
     def _add_admin_auth(self, command: AddAdminAuth, now: int) -> Outcome:
         exists = self._exists("SELECT 1 FROM admin_auth WHERE name = ?", (command.name,))
@@ -270,7 +306,7 @@ class ConfigDatabase:
         self._db.execute(
             "INSERT INTO admin_auth (name, credentials, created_at) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials",
-            (command.name, command.credentials, now),
+            (command.name, self._box.seal(command.credentials), now),
         )
         view = AdminAuthView(command.name, keys.mask_credential(command.credentials))
         return view, AdminAuthAdded(command.name, replaced=exists)
@@ -281,7 +317,7 @@ class ConfigDatabase:
             raise NotFound(
                 f"no admin_auth named '{name}'; list them with list_admin_auth", param="name"
             )
-        credential: str = row[0]
+        credential = self._box.open(row[0])
         return AdminAuthView(name, credential if reveal else keys.mask_credential(credential))
 
     def _add_user_api_key(self, command: AddUserApiKey, now: int) -> Outcome:
@@ -441,6 +477,82 @@ class ConfigDatabase:
         )
         return tuple(_model_mapping(row) for row in rows)
 
+    def _rotate_secret_key(self, command: RotateSecretKey) -> Outcome:
+        """Reseal every credential under a new key. With a key file, the new key is written
+        beside it before the commit and moved into place after it, so a crash in between is
+        finished on the next start (`_settle_secret_key`)."""
+        new_key = command.new_key or secret_box.new_secret_key()
+        new_box = SecretBox(new_key)
+        if self._key_file is not None:
+            secret_box.write_key_file(_pending_key_path(self._key_file), new_key)
+        count = self._reseal(new_box)
+        fingerprint = new_box.fingerprint()
+        assert fingerprint is not None
+        self._after_commit.append(lambda: self._adopt_box(new_box))
+        shown = new_key if command.new_key is None and self._key_file is None else None
+        key_file = None if self._key_file is None else str(self._key_file)
+        rotation = SecretKeyRotation(fingerprint, count, key_file, shown)
+        return rotation, SecretKeyRotated(fingerprint)
+
+    def _adopt_box(self, box: SecretBox) -> None:
+        if self._key_file is not None:
+            os.replace(_pending_key_path(self._key_file), self._key_file)
+        self._box = box
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _reseal(self, box: SecretBox) -> int:
+        """Rewrite every credential sealed by `box`; the caller holds the transaction."""
+        rows = self._rows("SELECT name, credentials FROM admin_auth")
+        for name, stored in rows:
+            self._db.execute(
+                "UPDATE admin_auth SET credentials = ? WHERE name = ?",
+                (box.seal(self._box.open(stored)), name),
+            )
+        self._db.execute(
+            "INSERT INTO store_settings (name, value) VALUES ('key_fingerprint', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (box.fingerprint(),),
+        )
+        return len(rows)
+
+    def _settle_secret_key(self, path: Path) -> None:
+        """Make sure the configured key opens this database, finishing an interrupted rotation
+        and sealing credentials stored before a key was set."""
+        stored = self._row("SELECT value FROM store_settings WHERE name = 'key_fingerprint'", ())
+        fingerprint = None if stored is None else stored[0]
+        if fingerprint is not None and fingerprint != self._box.fingerprint():
+            self._finish_interrupted_rotation(path, fingerprint)
+        sealed = [row for (row,) in self._rows("SELECT credentials FROM admin_auth")]
+        if not self._box.sealing:
+            if fingerprint is not None or any(secret_box.is_sealed(v) for v in sealed):
+                raise StartupError(
+                    f"the credentials in {path} are encrypted, but no secret key is set; set "
+                    "SOPY_SECRET_KEY or --secret-key-file to the key they were sealed with"
+                )
+            return
+        if fingerprint is None or not all(secret_box.is_sealed(v) for v in sealed):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._reseal(self._box)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _finish_interrupted_rotation(self, path: Path, fingerprint: str) -> None:
+        pending = None if self._key_file is None else _pending_key_path(self._key_file)
+        if pending is not None and pending.exists():
+            pending_box = SecretBox(secret_box.read_key_file(pending))
+            if pending_box.fingerprint() == fingerprint:
+                self._box = pending_box
+                self._adopt_box(pending_box)
+                return
+        raise StartupError(
+            f"{path} was encrypted with a different secret key (fingerprint {fingerprint}); "
+            "set SOPY_SECRET_KEY or --secret-key-file to that key"
+        )
+
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         return self._db.execute(sql, params).fetchall()
 
@@ -464,6 +576,10 @@ def _provider_backends(provider: str, rows: list[Any]) -> ProviderBackends:
 def _model_mapping(row: Any) -> ModelMapping:
     model_name, provider, created_at, fallbacks = row
     return ModelMapping(model_name, provider, created_at, tuple(orjson.loads(fallbacks)))
+
+
+def _pending_key_path(key_file: Path) -> Path:
+    return key_file.with_name(key_file.name + ".next")
 
 
 def _inserted_id(cursor: sqlite3.Cursor) -> int:

@@ -90,6 +90,18 @@ class PayloadTooLarge(SopyError):
     code = "payload_too_large"
 
 
+class RequestTimeout(SopyError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class ServerBusy(SopyError):
+    status = 503
+    type = "server_error"
+    code = "server_busy"
+
+
 class InternalError(SopyError):
     pass
 

@@ -153,6 +153,18 @@ class GetModelMapping:
     model_name: str = attrs.field(validator=admin_fields.model_name)
 
 
+@attrs.frozen
+class RotateSecretKey:
+    """Re-encrypt every stored credential with a new key (generated when not given), in one
+    transaction. With a key file, the file is rewritten; otherwise the reply shows the new key
+    once, and SOPY_SECRET_KEY must be set to it before the next start."""
+
+    command: ClassVar[str] = "rotate_secret_key"
+    new_key: str | None = attrs.field(
+        default=None, validator=admin_fields.optional_secret_key, repr=False
+    )
+
+
 AdminCommand: TypeAlias = (
     AddAdminAuth
     | RemoveAdminAuth
@@ -172,6 +184,7 @@ AdminCommand: TypeAlias = (
     | RemoveModelMapping
     | ListModelMappings
     | GetModelMapping
+    | RotateSecretKey
 )
 
 ADMIN_COMMANDS: Mapping[str, type[AdminCommand]] = {
@@ -231,12 +244,23 @@ class ModelMapping:
     fallbacks: tuple[str, ...] = ()
 
 
+@attrs.frozen
+class SecretKeyRotation:
+    """`new_key` is set only when Sopy generated the key and has no key file to keep it in."""
+
+    fingerprint: str
+    credentials: int
+    key_file: str | None
+    new_key: str | None = attrs.field(default=None, repr=False)
+
+
 AdminResult: TypeAlias = (
     AdminAuthView
     | UserApiKeyView
     | NewUserApiKey
     | ProviderBackends
     | ModelMapping
+    | SecretKeyRotation
     | tuple[str, ...]
     | tuple[UserApiKeyView, ...]
     | tuple[ProviderBackends, ...]
@@ -350,6 +374,12 @@ class ModelMappingRemoved:
     provider: str
 
 
+@attrs.frozen
+class SecretKeyRotated:
+    kind: ClassVar[str] = "secret_key_rotated"
+    fingerprint: str
+
+
 ConfigEvent: TypeAlias = (
     AdminAuthAdded
     | AdminAuthRemoved
@@ -361,6 +391,7 @@ ConfigEvent: TypeAlias = (
     | BackendRemoved
     | ModelMappingAdded
     | ModelMappingRemoved
+    | SecretKeyRotated
 )
 
 CONFIG_EVENTS: Mapping[str, type[ConfigEvent]] = {cls.kind: cls for cls in ConfigEvent.__args__}

@@ -6,6 +6,7 @@ checks text from flags and the environment against them, and `sopy serve --help`
 """
 
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,31 @@ class Settings:
         default=1.0,
         metadata=_about("first cooldown in seconds; doubles on each relapse, up to 60", low=0.001),
     )
+    secret_key: str | None = attrs.field(
+        default=None,
+        repr=False,
+        metadata=_about("Fernet key sealing provider credentials at rest (`sopy secret-key`)"),
+    )
+    secret_key_file: Path | None = attrs.field(
+        default=None, metadata=_about("file holding the secret key; rotation rewrites it")
+    )
+    max_body_bytes: int = attrs.field(
+        default=10 * 1024 * 1024, metadata=_about("largest request body accepted", low=1)
+    )
+    header_timeout: float = attrs.field(
+        default=5.0,
+        metadata=_about(
+            "seconds a connection may take to send request headers, "
+            "and may stay idle between requests",
+            low=0.001,
+        ),
+    )
+    body_timeout: float = attrs.field(
+        default=60.0, metadata=_about("seconds a client may take to send its body", low=0.001)
+    )
+    max_concurrent_requests: int = attrs.field(
+        default=1000, metadata=_about("requests served at once; more get a 503", low=1)
+    )
     drain_timeout: float = attrs.field(
         default=30.0,
         metadata=_about("seconds in-flight requests may finish after SIGTERM", low=0.0),
@@ -105,7 +131,8 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.envi
 
 
 def _parsed(field: "attrs.Attribute[Any]", value: Any, source: str) -> Any:
-    kind = field.type
+    optional = [member for member in typing.get_args(field.type) if member is not type(None)]
+    kind = optional[0] if optional else field.type
     if kind is Path:
         return Path(value)
     if kind is bool:

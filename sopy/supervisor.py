@@ -45,7 +45,7 @@ async def run_sopy(
     """Run every actor until `shutdown` is set."""
     feed = ChangeFeed()
     config_send, config_receive = trio.open_memory_channel[ConfigRequest](CONFIG_INBOX_SIZE)
-    store = ConfigStore(settings.db_path, config_receive, feed)
+    store = ConfigStore(settings, config_receive, feed)
     pools = UpstreamPools(feed, settings)
     front = HttpFront(settings, feed, pools)
     admin = AdminSocket(settings.admin_socket, config_send, feed, settings.event_buffer)

@@ -11,7 +11,6 @@ publishes it before reporting ready, so the front never serves without configura
 import contextlib
 import logging
 import time
-from pathlib import Path
 
 import trio
 
@@ -29,6 +28,8 @@ from sopy.messages import (
     JournalEntry,
     JournalRequest,
 )
+from sopy.secret_box import secret_box_for
+from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,25 @@ log = logging.getLogger(__name__)
 class ConfigStore:
     def __init__(
         self,
-        db_path: Path,
+        settings: Settings,
         inbox: trio.MemoryReceiveChannel[ConfigRequest],
         feed: ChangeFeed,
     ) -> None:
-        self._db_path = db_path
+        self._settings = settings
+        self._db_path = settings.db_path
         self._inbox = inbox
         self._feed = feed
         self._thread = trio.CapacityLimiter(1)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        db = await trio.to_thread.run_sync(ConfigDatabase.open, self._db_path)
+        db = await trio.to_thread.run_sync(self._open_database)
+        if not db.sealing:
+            log.warning(
+                "no secret key is set: provider credentials are stored in plain text in %s. "
+                "Generate a key with `sopy secret-key` and set SOPY_SECRET_KEY, or pass "
+                "--secret-key-file PATH to have one created.",
+                self._db_path,
+            )
         try:
             snapshot = await trio.to_thread.run_sync(db.load_snapshot, limiter=self._thread)
             self._feed.publish(ConfigChanged(db.version, time.time(), None, snapshot))
@@ -60,6 +69,11 @@ class ConfigStore:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.close, limiter=self._thread)
+
+    def _open_database(self) -> ConfigDatabase:
+        settings = self._settings
+        box = secret_box_for(settings.secret_key, settings.secret_key_file)
+        return ConfigDatabase.open(settings.db_path, box, settings.secret_key_file)
 
     async def _read_journal(self, db: ConfigDatabase, request: JournalRequest) -> None:
         async with request.reply_to:

@@ -28,6 +28,8 @@ from sopy.errors import (
     NoBackendAvailable,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
+    ServerBusy,
     SopyError,
     StartupError,
     innermost,
@@ -42,8 +44,8 @@ from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 10 * 1024 * 1024
-RELAY_BUFFER = 32
+MAX_HEADER_BYTES = 32 * 1024
+
 
 Handler = Callable[[HTTPScope, ASGIReceiveCallable, ASGISendCallable, bytes], Awaitable[None]]
 
@@ -58,6 +60,7 @@ class HttpFront:
         self._feed = feed
         self._pools = pools
         self._draining = trio.Event()
+        self._request_slots = trio.CapacityLimiter(settings.max_concurrent_requests)
         self.stopped = trio.Event()
         self._table_source: ConfigChanged | None = None
         self._table: RouteTable | None = None
@@ -113,7 +116,17 @@ class HttpFront:
         request_id = os.urandom(8).hex().encode()
         try:
             handler = self._handler_for(scope["method"], scope["path"])
-            await handler(scope, receive, send, request_id)
+            try:
+                self._request_slots.acquire_nowait()
+            except trio.WouldBlock:
+                raise ServerBusy(
+                    f"the gateway is serving its limit of {self._settings.max_concurrent_requests} "
+                    "requests at once; retry shortly"
+                ) from None
+            try:
+                await handler(scope, receive, send, request_id)
+            finally:
+                self._request_slots.release()
         except SopyError as error:
             await send_json(send, error.status, error.openai_body(), request_id)
         except ClientGone:
@@ -197,7 +210,7 @@ class HttpFront:
     ) -> None:
         table = self._route_table()
         key_id = self._authenticate(table, scope)
-        body = await _read_body(scope, receive)
+        body = await _read_body(scope, receive, self._settings)
         model = _requested_model(body)
         routes = table.routes_for(model)
         request = ProxiedRequest(rid, key_id, model)
@@ -224,6 +237,10 @@ def _hypercorn_config(settings: Settings) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
     config.graceful_timeout = settings.drain_timeout
+    # hypercorn treats a connection as idle until a request head is complete, so this also
+    # bounds how long a client may take to send its headers (slow-loris).
+    config.keep_alive_timeout = settings.header_timeout
+    config.h11_max_incomplete_size = MAX_HEADER_BYTES
     return config
 
 
@@ -249,27 +266,35 @@ def _requested_model(body: bytes) -> str:
     return model
 
 
-async def _read_body(scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
+async def _read_body(scope: HTTPScope, receive: ASGIReceiveCallable, settings: Settings) -> bytes:
+    """The whole body, refused with a 413 as soon as it is known to be too large, and with a
+    408 if the client takes longer than `body_timeout` to send it."""
+    limit = settings.max_body_bytes
     declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGone
-        chunk = message["body"]
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    with trio.move_on_after(settings.body_timeout):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientGone
+            chunk = message["body"]
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    raise RequestTimeout(
+        f"The request body did not arrive within {settings.body_timeout:g} s; send it faster "
+        "or in one piece."
+    )
 
 
-def _too_large() -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the gateway's limit of {limit} bytes.")
 
 
 def _header(scope: HTTPScope, name: bytes) -> bytes | None:
