@@ -520,8 +520,6 @@ class ConfigDatabase:
         and sealing credentials stored before a key was set."""
         stored = self._row("SELECT value FROM store_settings WHERE name = 'key_fingerprint'", ())
         fingerprint = None if stored is None else stored[0]
-        if fingerprint is not None and fingerprint != self._box.fingerprint():
-            self._finish_interrupted_rotation(path, fingerprint)
         sealed = [row for (row,) in self._rows("SELECT credentials FROM admin_auth")]
         if not self._box.sealing:
             if fingerprint is not None or any(secret_box.is_sealed(v) for v in sealed):
@@ -530,6 +528,8 @@ class ConfigDatabase:
                     "SOPY_SECRET_KEY or --secret-key-file to the key they were sealed with"
                 )
             return
+        if fingerprint is not None and fingerprint != self._box.fingerprint():
+            self._finish_interrupted_rotation(path, fingerprint)
         if fingerprint is None or not all(secret_box.is_sealed(v) for v in sealed):
             self._db.execute("BEGIN IMMEDIATE")
             try:

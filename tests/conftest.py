@@ -9,6 +9,7 @@ import attrs
 import pytest
 import trio
 
+from sopy.errors import StartupError
 from sopy.settings import Settings
 from sopy.supervisor import RunningSopy, run_sopy
 from tests.admin_connection import AdminConnection
@@ -82,3 +83,19 @@ async def sopy(nursery: trio.Nursery, settings: Settings) -> AsyncIterator[SopyU
 async def admin(sopy: SopyUnderTest) -> AsyncIterator[AdminConnection]:
     async with await sopy.admin() as connection:
         yield connection
+
+
+async def startup_error(settings: Settings) -> StartupError:
+    """The StartupError that keeps Sopy from starting with these settings."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_sopy, settings, trio.Event())
+    except BaseExceptionGroup as group:
+        matched, _ = group.split(StartupError)
+        assert matched is not None, group
+        leaf: BaseException = matched
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        assert isinstance(leaf, StartupError)
+        return leaf
+    raise AssertionError("run_sopy started although it should not have")

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import trio
 
-from sopy.errors import StartupError
 from sopy.settings import Settings
-from sopy.supervisor import run_sopy
-from tests.conftest import SopyUnderTest
+from tests.conftest import SopyUnderTest, startup_error
 from tests.serve_process import ServeProcess
 
 
@@ -40,23 +38,8 @@ async def test_stale_socket_from_a_killed_run_is_replaced(
     await system.stop()
 
 
-async def _startup_error(settings: Settings) -> StartupError:
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run_sopy, settings, trio.Event())
-    except BaseExceptionGroup as group:
-        matched, _ = group.split(StartupError)
-        assert matched is not None, group
-        leaf: BaseException = matched
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        assert isinstance(leaf, StartupError)
-        return leaf
-    raise AssertionError("run_sopy started although it should not have")
-
-
 async def test_live_socket_is_refused_with_a_clear_message(sopy: SopyUnderTest) -> None:
-    error = await _startup_error(sopy.settings)
+    error = await startup_error(sopy.settings)
     assert "already serving" in str(error)
     async with await sopy.admin() as admin:
         assert await admin.ok("list_backends") == []
@@ -64,7 +47,7 @@ async def test_live_socket_is_refused_with_a_clear_message(sopy: SopyUnderTest) 
 
 async def test_a_path_that_is_not_a_socket_is_refused(settings: Settings) -> None:
     settings.admin_socket.write_text("precious")
-    error = await _startup_error(settings)
+    error = await startup_error(settings)
     assert "not a socket" in str(error)
     assert settings.admin_socket.read_text() == "precious"
 

@@ -1,0 +1,207 @@
+"""Hostile clients and hostile admin values: refused early, bounded in time, never a crash."""
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from sopy.settings import Settings
+from tests.admin_connection import AdminConnection
+from tests.conftest import SopyUnderTest, startup_error
+from tests.gateway import USER_KEY, Gateway, start_gateway
+
+AUTH = {"authorization": f"Bearer {USER_KEY}"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return attrs.evolve(
+        settings,
+        max_body_bytes=4096,
+        header_timeout=0.5,
+        body_timeout=0.5,
+        max_concurrent_requests=3,
+    )
+
+
+@pytest.fixture
+async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
+    return await start_gateway(sopy, nursery, {"gpt-4.1": "openai"})
+
+
+@pytest.fixture
+async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.root_url, headers=AUTH) as client:
+        yield client
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+async def raw_connection(gateway: Gateway) -> trio.SocketStream:
+    host, port = gateway.root_url.removeprefix("http://").rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def read_until_closed(stream: trio.SocketStream, within: float) -> bytes:
+    received = b""
+    with trio.fail_after(within):
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    return received
+
+
+async def test_a_body_over_the_limit_is_refused_with_413(http: httpx.AsyncClient) -> None:
+    too_big = await http.post("/v1/chat/completions", content=b"x" * 4097)
+    assert too_big.status_code == 413
+    assert "4096 bytes" in too_big.json()["error"]["message"]
+    just_fits = chat(padding="y" * 3000)
+    assert (await http.post("/v1/chat/completions", json=just_fits)).status_code == 200
+
+
+async def test_a_huge_announced_body_is_refused_before_it_is_sent(gateway: Gateway) -> None:
+    stream = await raw_connection(gateway)
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\n"
+        f"Authorization: Bearer {USER_KEY}\r\nContent-Length: 999999999\r\n\r\n"
+    )
+    await stream.send_all(head.encode())
+    answer = await read_until_closed(stream, within=3)
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000, b'{"model": ' * 50_000, b'{"model": "\xc3\x28"}', b"\x00\x01\x02"],
+)
+async def test_deeply_nested_or_broken_json_is_a_400(http: httpx.AsyncClient, body: bytes) -> None:
+    response = await http.post("/v1/chat/completions", content=body[:4000])
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_slow_loris_is_cut_off_after_the_header_timeout(gateway: Gateway) -> None:
+    stream = await raw_connection(gateway)
+    began = trio.current_time()
+
+    async def trickle_headers() -> None:
+        await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\n")
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await trio.sleep(0.1)
+                await stream.send_all(b"X-Slow: 1\r\n")
+
+    async with trio.open_nursery() as trickling:
+        trickling.start_soon(trickle_headers)
+        with contextlib.suppress(trio.BrokenResourceError, ConnectionResetError):
+            await read_until_closed(stream, within=3)
+        trickling.cancel_scope.cancel()
+    assert trio.current_time() - began < 2.0
+
+
+async def test_a_body_that_does_not_arrive_in_time_gets_408(gateway: Gateway) -> None:
+    stream = await raw_connection(gateway)
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\n"
+        f"Authorization: Bearer {USER_KEY}\r\nContent-Length: 100\r\n\r\n"
+    )
+    await stream.send_all(head.encode() + b'{"model": ')
+    answer = await read_until_closed(stream, within=3)
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
+async def test_requests_over_the_concurrency_limit_get_503(
+    http: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    slow = chat(mock={"headers_delay": 0.5})
+    statuses: list[int] = []
+
+    async def post(body: dict[str, Any]) -> None:
+        statuses.append((await http.post("/v1/chat/completions", json=body)).status_code)
+
+    async with trio.open_nursery() as burst:
+        for _ in range(3):
+            burst.start_soon(post, slow)
+        await trio.sleep(0.2)
+        busy = await http.post("/v1/chat/completions", json=chat())
+    assert busy.status_code == 503
+    assert busy.json()["error"]["code"] == "server_busy"
+    assert statuses == [200, 200, 200]
+    assert (await http.post("/v1/chat/completions", json=chat())).status_code == 200
+
+
+async def test_oversized_headers_are_refused_and_the_server_carries_on(
+    gateway: Gateway, http: httpx.AsyncClient
+) -> None:
+    stream = await raw_connection(gateway)
+    await stream.send_all(
+        b"GET / HTTP/1.1\r\nHost: sopy\r\nX-Huge: " + b"h" * 100_000 + b"\r\n\r\n"
+    )
+    with contextlib.suppress(trio.BrokenResourceError, ConnectionResetError):
+        answer = await read_until_closed(stream, within=3)
+        assert not answer.startswith(b"HTTP/1.1 200")
+    assert (await http.get("/")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("command", "fields", "field"),
+    [
+        ("add_admin_auth", {"name": "openai", "credentials": "sk-abc\r\nX-Evil: 1"}, "credentials"),
+        ("add_admin_auth", {"name": "open ai", "credentials": "sk-abcdef"}, "name"),
+        ("add_admin_auth", {"name": "openai", "credentials": "x" * 5000}, "credentials"),
+        ("add_backend", {"provider": "p", "url": "http://h/\r\nHost: evil"}, "url"),
+        ("add_backend", {"provider": "p", "url": "javascript:alert(1)"}, "url"),
+        ("add_backend", {"provider": "p", "url": "http://user:pw@h"}, "url"),
+        ("add_backend", {"provider": "p", "url": "http://h", "weight": 0}, "weight"),
+        ("add_model_mapping", {"model_name": "m\n", "provider": "p"}, "model_name"),
+        (
+            "add_model_mapping",
+            {"model_name": "m", "provider": "p", "fallbacks": ["p"]},
+            "fallbacks",
+        ),
+        ("add_user_api_key", {"api_key": "short"}, "api_key"),
+        ("add_user_api_key", {"api_key": "sk-has space-inside"}, "api_key"),
+        ("add_user_api_key", {"description": "line\nbreak"}, "description"),
+        ("get_user_api_key", {"id": -1}, "id"),
+        ("rotate_secret_key", {"new_key": "not-a-key"}, "new_key"),
+    ],
+)
+async def test_hostile_admin_values_are_refused_naming_the_field(
+    admin: AdminConnection, command: str, fields: dict[str, Any], field: str
+) -> None:
+    error = await admin.error(command, **fields)
+    assert error["code"] == "invalid_field"
+    assert error["field"] == field
+
+
+async def test_sql_metacharacters_are_only_data(admin: AdminConnection) -> None:
+    name = "x'); DROP TABLE backends; --"
+    await admin.ok("add_model_mapping", model_name="m", provider="p")
+    error = await admin.error("get_model_mapping", model_name=name)
+    assert error["code"] == "invalid_field"
+    added = await admin.ok("add_user_api_key", description=name)
+    assert (await admin.ok("get_user_api_key", id=added["id"]))["description"] == name
+    assert (await admin.ok("get_model_mapping", model_name="m"))["provider"] == "p"
+
+
+@pytest.mark.parametrize("problem", ["owned by another user", "writable by others"])
+async def test_the_admin_socket_directory_must_be_private(
+    settings: Settings, workdir: Path, problem: str
+) -> None:
+    shared = workdir / "shared"
+    shared.mkdir()
+    if problem == "owned by another user":
+        os.chown(shared, os.geteuid() + 4242, -1)
+    else:
+        os.chmod(shared, 0o777)
+    error = await startup_error(attrs.evolve(settings, admin_socket=shared / "s.sock"))
+    assert ("belongs to another user" if problem.startswith("owned") else "writable by other") in (
+        str(error)
+    )
