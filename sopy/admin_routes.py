@@ -128,7 +128,7 @@ def match_admin_route(method: str, raw_path: str) -> tuple[AdminRoute, dict[str,
             return route, params
     if matches:
         allowed = sorted({r.method for r, _ in matches if r.prefix == matches[0][0].prefix})
-        raise MethodNotAllowed(f"{path} accepts {', '.join(allowed)}, not {method}")
+        raise MethodNotAllowed(path, method, allowed)
     raise NotFound(
         f"no admin route {method} {path}; GET /openapi.json on the public port lists them"
     )

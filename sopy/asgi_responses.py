@@ -9,12 +9,23 @@ from hypercorn.typing import ASGISendCallable
 JSON = b"application/json"
 
 
-async def send_json(send: ASGISendCallable, status: int, payload: Any, rid: bytes) -> None:
-    await send_body(send, status, orjson.dumps(payload), rid)
+async def send_json(
+    send: ASGISendCallable,
+    status: int,
+    payload: Any,
+    rid: bytes,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    await send_body(send, status, orjson.dumps(payload), rid, extra_headers=extra_headers)
 
 
 async def send_body(
-    send: ASGISendCallable, status: int, body: bytes, rid: bytes, content_type: bytes = JSON
+    send: ASGISendCallable,
+    status: int,
+    body: bytes,
+    rid: bytes,
+    content_type: bytes = JSON,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     await send(
         {
@@ -24,6 +35,7 @@ async def send_body(
                 (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", rid),
+                *(extra_headers or ()),
             ],
             "trailers": False,
         }

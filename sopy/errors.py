@@ -21,6 +21,10 @@ class SopyError(Exception):
         self.message = message
         self.param = param
 
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers an HTTP response carrying this error must have besides the usual ones."""
+        return []
+
     def openai_body(self) -> dict[str, Any]:
         return {
             "error": {
@@ -76,6 +80,13 @@ class MethodNotAllowed(SopyError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+    def __init__(self, path: str, method: str, allowed: list[str]) -> None:
+        super().__init__(f"{path} accepts {', '.join(allowed)}, not {method}")
+        self.allowed = allowed
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", ", ".join(self.allowed).encode())]
 
 
 class Conflict(SopyError):

@@ -224,9 +224,11 @@ def _chat_completion_response() -> dict[str, Any]:
             "application/json": {"schema": _ref("ChatCompletion")},
             "text/event-stream": {
                 "schema": {
-                    "type": "string",
-                    "description": "`data: <chat.completion.chunk JSON>` events separated by "
-                    "blank lines, ending with `data: [DONE]`.",
+                    "type": "object",
+                    "description": "One server-sent event: `data` is a chat.completion.chunk "
+                    "JSON, a final error object, or `[DONE]`, which ends the stream.",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
                 },
             },
         },

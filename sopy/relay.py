@@ -1,6 +1,7 @@
 """One proxied request, from the HTTP front's side: hand it to the model's provider pool, fall
 back to the mapping's next provider if that one cannot answer, relay the answer to the client as
-it arrives, cancel the upstream work if the client leaves, and log one line about it.
+it arrives and cancel the upstream work if the client leaves. `log_access` writes the request's
+one log line.
 
 A provider "cannot answer" when its pool reports `UpstreamFailed`, or relays a final 429/5xx
 (`ResponseStart.retryable`) while another provider is still left to try. Nothing has been sent
@@ -45,8 +46,8 @@ class ProxiedRequest:
     """What the relay knows about one request, for cancelling it and for its log line."""
 
     rid: bytes
-    key_id: int | None
-    model: str
+    key_id: int | None = None
+    model: str = "-"
     began: float = attrs.field(factory=trio.current_time)
     forward: ForwardRequest | None = None
     provider: str | None = None
@@ -66,15 +67,12 @@ async def proxy(
     receive: ASGIReceiveCallable,
     send: ASGISendCallable,
 ) -> None:
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when_client_leaves, receive, request, nursery.cancel_scope)
-            first, events = await _first_answer(pools, routes, request, scope, body)
-            async with events:
-                await _pump(first, events, send, request)
-            nursery.cancel_scope.cancel()
-    finally:
-        _log_access(request)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_when_client_leaves, receive, request, nursery.cancel_scope)
+        first, events = await _first_answer(pools, routes, request, scope, body)
+        async with events:
+            await _pump(first, events, send, request)
+        nursery.cancel_scope.cancel()
 
 
 async def _first_answer(
@@ -226,7 +224,8 @@ def _upstream_path(scope: HTTPScope) -> str:
     return f"{path}?{query}" if query else path
 
 
-def _log_access(request: ProxiedRequest) -> None:
+def log_access(request: ProxiedRequest) -> None:
+    """The one `sopy.access` line for a /v1 request; never a key or a credential."""
     access_log.info(
         "request %s key=%s model=%s provider=%s backend=%s status=%d upstream_ms=%.1f "
         "attempts=%d total_ms=%.1f",

@@ -128,7 +128,9 @@ async def test_rest_and_json_socket_give_the_same_result(
 
 async def test_bad_requests_get_the_same_error_body(rest: httpx.AsyncClient) -> None:
     failed(await rest.get("/admin/nothing"), 404, "not_found")
-    failed(await rest.patch("/admin/backend"), 405, "method_not_allowed")
+    not_allowed = await rest.patch("/admin/backend")
+    failed(not_allowed, 405, "method_not_allowed")
+    assert not_allowed.headers["allow"] == "DELETE, GET, POST"
     failed(
         await rest.post("/admin/backend", content=b"{broken", headers={"content-type": "x"}),
         400,

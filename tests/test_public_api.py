@@ -51,6 +51,7 @@ async def test_unknown_route_and_wrong_method_are_openai_shaped(http: httpx.Asyn
     wrong = await http.get("/v1/chat/completions")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"
 
 
 async def test_requests_reach_the_right_provider_with_its_credential_and_rotate(

@@ -64,18 +64,19 @@ class AdminHttp:
                 request = await _next_request(connection, stream)
                 if request is None:
                     return
-                status, reply = await self._answer(request, connection, stream)
+                status, reply, headers = await self._answer(request, connection, stream)
             except h11.RemoteProtocolError as exc:
                 malformed = InvalidRequest(f"malformed HTTP request: {exc}")
                 status, reply = exc.error_status_hint, admin_reply_json(CommandFailed(malformed))
-            await _respond(connection, stream, status, reply)
+                headers = []
+            await _respond(connection, stream, status, reply, headers)
             if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
                 return
             connection.start_next_cycle()
 
     async def _answer(
         self, request: h11.Request, connection: h11.Connection, stream: ReplayStream
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
         try:
             body = await _read_body(connection, stream)
             method = request.method.decode("ascii")
@@ -92,10 +93,11 @@ class AdminHttp:
                 }
             )
         except SopyError as error:
-            return error.status, admin_reply_json(CommandFailed(error))
+            return error.status, admin_reply_json(CommandFailed(error)), error.response_headers()
         reply = await ask_config_store(self._config_inbox, command)
-        status = route.status if isinstance(reply, CommandSucceeded) else reply.error.status
-        return status, admin_reply_json(reply)
+        if isinstance(reply, CommandSucceeded):
+            return route.status, admin_reply_json(reply), []
+        return reply.error.status, admin_reply_json(reply), reply.error.response_headers()
 
     async def _serve_events(self, stream: ReplayStream) -> None:
         async with trio.open_nursery() as nursery:
@@ -195,10 +197,18 @@ def _since(query: str) -> int | None:
 
 
 async def _respond(
-    connection: h11.Connection, stream: ReplayStream, status: int, reply: dict[str, Any]
+    connection: h11.Connection,
+    stream: ReplayStream,
+    status: int,
+    reply: dict[str, Any],
+    extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
     body = orjson.dumps(reply)
-    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
     response = h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
     data = connection.send(response)
     data += connection.send(h11.Data(data=body))

@@ -38,7 +38,7 @@ from sopy.messages import (
     ConfigChanged,
 )
 from sopy.openapi import openapi_json
-from sopy.relay import ProxiedRequest, proxy
+from sopy.relay import CLIENT_CLOSED_REQUEST, ProxiedRequest, log_access, proxy
 from sopy.route_table import RouteTable
 from sopy.settings import Settings
 
@@ -128,7 +128,9 @@ class HttpFront:
             finally:
                 self._request_slots.release()
         except SopyError as error:
-            await send_json(send, error.status, error.openai_body(), request_id)
+            await send_json(
+                send, error.status, error.openai_body(), request_id, error.response_headers()
+            )
         except ClientGone:
             log.debug("client went away before sending its whole request")
 
@@ -139,14 +141,14 @@ class HttpFront:
         if path.startswith("/hello/") and len(path) > len("/hello/"):
             if method == "GET":
                 return self._hello_name
-            raise MethodNotAllowed(f"{path} only accepts GET")
+            raise MethodNotAllowed(path, method, ["GET"])
         if path == "/docs" or path.startswith("/docs/"):
             if method == "GET":
                 return self._docs
-            raise MethodNotAllowed(f"{path} only accepts GET")
+            raise MethodNotAllowed(path, method, ["GET"])
         allowed = sorted(m for m, p in self._routes if p == path)
         if allowed:
-            raise MethodNotAllowed(f"{path} only accepts {', '.join(allowed)}")
+            raise MethodNotAllowed(path, method, allowed)
         raise NotFound(
             f"Unknown request URL: {method} {path}. The gateway serves POST "
             "/v1/chat/completions and GET /v1/models."
@@ -208,13 +210,22 @@ class HttpFront:
     async def _proxy(
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
     ) -> None:
-        table = self._route_table()
-        key_id = self._authenticate(table, scope)
-        body = await _read_body(scope, receive, self._settings)
-        model = _requested_model(body)
-        routes = table.routes_for(model)
-        request = ProxiedRequest(rid, key_id, model)
-        await proxy(self._pools, routes, request, scope, body, receive, send)
+        request = ProxiedRequest(rid)
+        try:
+            table = self._route_table()
+            request.key_id = self._authenticate(table, scope)
+            body = await _read_body(scope, receive, self._settings)
+            request.model = _requested_model(body)
+            routes = table.routes_for(request.model)
+            await proxy(self._pools, routes, request, scope, body, receive, send)
+        except SopyError as error:
+            request.status = error.status
+            raise
+        except ClientGone:
+            request.status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            log_access(request)
 
 
 async def _serve(
