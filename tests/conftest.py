@@ -12,7 +12,16 @@ import trio
 from sopy.errors import StartupError
 from sopy.settings import Settings
 from sopy.supervisor import RunningSopy, run_sopy
+from tests import serve_process
 from tests.admin_connection import AdminConnection
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_servers() -> Iterator[None]:
+    """A `sopy serve` child that a failing test left running would outlive the test run."""
+    yield
+    while serve_process.started:
+        serve_process.started.pop().kill_if_running()
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import trio
 
 READY_LINE = b"Sopy is running"
 
+started: list["ServeProcess"] = []
+
 
 class ServeProcess:
     def __init__(self, process: trio.Process, output: bytearray) -> None:
@@ -29,6 +31,8 @@ class ServeProcess:
         )
         assert process.stdout is not None
         output = bytearray()
+        server = cls(process, output)
+        started.append(server)
         with trio.fail_after(20):
             while READY_LINE not in output:
                 chunk = await process.stdout.receive_some(65536)
@@ -36,7 +40,7 @@ class ServeProcess:
                     await process.wait()
                     raise RuntimeError(f"sopy serve exited early:\n{output.decode()}")
                 output += chunk
-        return cls(process, output)
+        return server
 
     @property
     def http_url(self) -> str:
@@ -59,6 +63,10 @@ class ServeProcess:
             while chunk := await self.process.stdout.receive_some(65536):
                 self.output += chunk
         return self.output.decode()
+
+    def kill_if_running(self) -> None:
+        if self.process.returncode is None:
+            self.kill()
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
