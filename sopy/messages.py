@@ -8,8 +8,8 @@ Messages are frozen, slotted attrs classes: data, no behaviour. Three families l
 - the request/reply envelope between transports and the config actor (`AdminRequest`,
   `CommandSucceeded`, `CommandFailed`);
 - the forwarding protocol between the HTTP front and an upstream pool: `ForwardRequest` in, then
-  `ResponseStart`, `ResponseChunk`s and `ResponseEnd` (or one `UpstreamFailed`) back on the
-  request's own channel.
+  back on the request's own channel either one complete `ResponseStart` (with its body), or a
+  streamed `ResponseStart`, `ResponseChunk`s and `ResponseEnd`, or one `UpstreamFailed`.
 
 `parse_admin_command` is the only way JSON becomes a command: unknown commands, unknown fields,
 missing fields and wrong types become `SopyError`s naming the field, never tracebacks.
@@ -469,13 +469,15 @@ class ProviderRoute:
 @attrs.frozen
 class ResponseStart:
     """The upstream answered. `retryable` marks a final 429/5xx that another provider might
-    answer better; `backend` and `attempts` say who answered after how many tries."""
+    answer better; `backend` and `attempts` say who answered after how many tries. `body` is the
+    whole body of an answer that is not a stream: then no ResponseChunk or ResponseEnd follows."""
 
     status: int
     headers: Headers
     backend: str
     attempts: int
     retryable: bool = False
+    body: bytes | None = None
 
 
 @attrs.frozen

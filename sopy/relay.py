@@ -181,6 +181,10 @@ async def _pump(
         await send_json(send, start.error.status, start.error.openai_body(), request.rid)
         return
     assert isinstance(start, ResponseStart), start
+    if start.body is not None:
+        request.finished = True
+        await _send_complete(start, start.body, send, request.rid)
+        return
     streaming = is_event_stream(start.headers)
     await send(
         {
@@ -202,6 +206,25 @@ async def _pump(
         final = b"" if error is None else _sse_error_event(error)
         await send({"type": "http.response.body", "body": final, "more_body": False})
         return
+
+
+async def _send_complete(
+    start: ResponseStart, body: bytes, send: ASGISendCallable, rid: bytes
+) -> None:
+    headers = [
+        *start.headers,
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", rid),
+    ]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": start.status,
+            "headers": headers,
+            "trailers": False,
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _next_event(events: trio.MemoryReceiveChannel[UpstreamEvent]) -> UpstreamEvent:

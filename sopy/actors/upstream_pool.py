@@ -204,14 +204,9 @@ class _Exchange:
             )
 
     async def _whole_body(self, response: httpx.Response) -> bytes:
-        chunks = []
-        raw = response.aiter_raw()
-        while True:
-            with trio.fail_after(self._settings.idle_timeout):
-                try:
-                    chunks.append(await anext(raw))
-                except StopAsyncIteration:
-                    return b"".join(chunks)
+        """The raw body (still content-encoded, as it is relayed), due within `idle_timeout`."""
+        with trio.fail_after(self._settings.idle_timeout):
+            return b"".join([chunk async for chunk in response.aiter_raw()])
 
     def _worth_retrying(self, outcome: _Answer | SopyError, backend: str) -> bool:
         """Record the backend's health from the outcome, then say whether to try again."""
@@ -244,15 +239,12 @@ class _Exchange:
                     backend,
                     self._attempts,
                     retryable=is_retryable_status(response.status_code),
+                    body=answer.body,
                 )
             )
             self._started = True
             if answer.body is None:
                 await self._relay_stream(response, backend)
-            else:
-                if answer.body:
-                    await self._reply.send(ResponseChunk(answer.body))
-                await self._reply.send(ResponseEnd())
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
