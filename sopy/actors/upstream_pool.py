@@ -1,6 +1,6 @@
 """Upstream pools: the actors that talk to providers.
 
-`UpstreamPool` is one provider's actor. It owns one pooled `httpx.AsyncClient` and a
+`UpstreamPool` is one provider's actor. It owns one pooled httpx transport and a
 `BackendPicker`, takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`: pick a
 healthy backend, inject the provider credential, and retry connect failures, header timeouts,
 429 and 5xx on another backend while nothing has reached the client (see `sopy.retry_policy`).
@@ -57,32 +57,34 @@ class UpstreamPool:
     ) -> None:
         self.provider = provider
         self.settings = settings
+        self.timeouts: dict[str, float | None] = {}
         self.picker = BackendPicker(
             settings.balance, CooldownPolicy(settings.cooldown_after, settings.cooldown)
         )
         self._inbox = inbox
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=self.settings.connect_timeout,
-                read=None,
-                write=self.settings.idle_timeout,
-                pool=None,
-            ),
+        # The transport, not an AsyncClient: the client's auth, redirect, cookie and default-header
+        # layers cost time on every request and Sopy uses none of them.
+        client = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(
                 max_connections=None, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
             ),
-            follow_redirects=False,
             trust_env=False,
         )
+        self.timeouts = httpx.Timeout(
+            connect=self.settings.connect_timeout,
+            read=None,
+            write=self.settings.idle_timeout,
+            pool=None,
+        ).as_dict()
         async with client, trio.open_nursery() as nursery:
             task_status.started()
             async for request in self._inbox:
                 nursery.start_soon(self._forward, client, request)
         log.info("upstream pool for provider '%s' stopped", self.provider)
 
-    async def _forward(self, client: httpx.AsyncClient, request: ForwardRequest) -> None:
+    async def _forward(self, client: httpx.AsyncHTTPTransport, request: ForwardRequest) -> None:
         async with request.reply_to:
             try:
                 with request.cancel_scope:
@@ -104,7 +106,7 @@ class _Exchange:
     """One client request's trip through a provider: attempts, retries, then the relay."""
 
     def __init__(
-        self, pool: UpstreamPool, client: httpx.AsyncClient, request: ForwardRequest
+        self, pool: UpstreamPool, client: httpx.AsyncHTTPTransport, request: ForwardRequest
     ) -> None:
         self._pool = pool
         self._settings = pool.settings
@@ -172,13 +174,17 @@ class _Exchange:
         headers = list(request.headers)
         if request.route.credential is not None:
             headers.append((b"authorization", f"Bearer {request.route.credential}".encode()))
-        outgoing = self._client.build_request(
-            request.method, backend + request.path, headers=headers, content=request.body
+        outgoing = httpx.Request(
+            request.method,
+            backend + request.path,
+            headers=headers,
+            content=request.body,
+            extensions={"timeout": self._pool.timeouts},
         )
         first_byte = self._settings.first_byte_timeout
         try:
             with trio.fail_after(first_byte):
-                response = await self._client.send(outgoing, stream=True)
+                response = await self._client.handle_async_request(outgoing)
         except trio.TooSlowError:
             return UpstreamTimeout(
                 f"{self._where(backend)} sent no response within {first_byte:g} s"
