@@ -1,6 +1,7 @@
 """Upstream pools: the actors that talk to providers.
 
-`UpstreamPool` is one provider's actor. It owns one pooled httpx transport and a
+`UpstreamPool` is one provider's actor. It owns its keep-alive connections
+(`sopy.upstream_http`) and a
 `BackendPicker`, takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`: pick a
 healthy backend, inject the provider credential, and retry connect failures, header timeouts,
 429 and 5xx on another backend while nothing has reached the client (see `sopy.retry_policy`).
@@ -18,7 +19,6 @@ time a request needs it, and retires pools whose provider has no backend left.
 import logging
 
 import attrs
-import httpx
 import trio
 
 from sopy.backend_health import BackendPicker, CooldownPolicy
@@ -41,6 +41,13 @@ from sopy.retry_policy import (
 )
 from sopy.settings import Settings
 from sopy.supervision import supervise
+from sopy.upstream_http import (
+    UpstreamBrokeOff,
+    UpstreamConnectError,
+    UpstreamConnections,
+    UpstreamConnectTimeout,
+    UpstreamResponse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +64,20 @@ class UpstreamPool:
     ) -> None:
         self.provider = provider
         self.settings = settings
-        self.timeouts: dict[str, float | None] = {}
         self.picker = BackendPicker(
             settings.balance, CooldownPolicy(settings.cooldown_after, settings.cooldown)
         )
         self._inbox = inbox
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # The transport, not an AsyncClient: the client's auth, redirect, cookie and default-header
-        # layers cost time on every request and Sopy uses none of them.
-        client = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
-            ),
-            trust_env=False,
-        )
-        self.timeouts = httpx.Timeout(
-            connect=self.settings.connect_timeout,
-            read=None,
-            write=self.settings.idle_timeout,
-            pool=None,
-        ).as_dict()
+        client = UpstreamConnections(self.settings.connect_timeout, MAX_KEEPALIVE_CONNECTIONS)
         async with client, trio.open_nursery() as nursery:
             task_status.started()
             async for request in self._inbox:
                 nursery.start_soon(self._forward, client, request)
         log.info("upstream pool for provider '%s' stopped", self.provider)
 
-    async def _forward(self, client: httpx.AsyncHTTPTransport, request: ForwardRequest) -> None:
+    async def _forward(self, client: UpstreamConnections, request: ForwardRequest) -> None:
         async with request.reply_to:
             try:
                 with request.cancel_scope:
@@ -98,7 +91,7 @@ class _Answer:
     """A backend's response; `body` holds the whole body unless the response is an event
     stream, which is relayed as it arrives."""
 
-    response: httpx.Response
+    response: UpstreamResponse
     body: bytes | None
 
 
@@ -106,7 +99,7 @@ class _Exchange:
     """One client request's trip through a provider: attempts, retries, then the relay."""
 
     def __init__(
-        self, pool: UpstreamPool, client: httpx.AsyncHTTPTransport, request: ForwardRequest
+        self, pool: UpstreamPool, client: UpstreamConnections, request: ForwardRequest
     ) -> None:
         self._pool = pool
         self._settings = pool.settings
@@ -147,7 +140,7 @@ class _Exchange:
                     return
                 if isinstance(outcome, _Answer):
                     self._failure = UpstreamError(
-                        f"{self._where(backend)} answered {outcome.response.status_code}"
+                        f"{self._where(backend)} answered {outcome.response.status}"
                     )
                     await outcome.response.aclose()
                 else:
@@ -174,55 +167,50 @@ class _Exchange:
         headers = list(request.headers)
         if request.route.credential is not None:
             headers.append((b"authorization", f"Bearer {request.route.credential}".encode()))
-        outgoing = httpx.Request(
-            request.method,
-            backend + request.path,
-            headers=headers,
-            content=request.body,
-            extensions={"timeout": self._pool.timeouts},
-        )
         first_byte = self._settings.first_byte_timeout
         try:
             with trio.fail_after(first_byte):
-                response = await self._client.handle_async_request(outgoing)
+                response = await self._client.send(
+                    request.method, backend + request.path, headers, request.body
+                )
         except trio.TooSlowError:
             return UpstreamTimeout(
                 f"{self._where(backend)} sent no response within {first_byte:g} s"
             )
-        except httpx.TimeoutException:
+        except UpstreamConnectTimeout:
             return UpstreamTimeout(
                 f"{self._where(backend)} did not accept a connection within "
                 f"{self._settings.connect_timeout:g} s; check that it is up"
             )
-        except httpx.HTTPError as exc:
+        except (UpstreamConnectError, UpstreamBrokeOff) as exc:
             return UpstreamError(
-                f"{self._where(backend)} could not be reached ({type(exc).__name__}); check "
-                "that it is running and that the URL is right"
+                f"{self._where(backend)} could not be reached ({exc}); check that it is "
+                "running and that the URL is right"
             )
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
+        if (response.header(b"content-type") or "").startswith("text/event-stream"):
             return _Answer(response, None)
         try:
             return _Answer(response, await self._whole_body(response))
-        except (httpx.HTTPError, trio.TooSlowError) as exc:
+        except (UpstreamBrokeOff, trio.TooSlowError) as exc:
             await response.aclose()
             return UpstreamError(
                 f"{self._where(backend)} broke off its response ({type(exc).__name__})"
             )
 
-    async def _whole_body(self, response: httpx.Response) -> bytes:
+    async def _whole_body(self, response: UpstreamResponse) -> bytes:
         """The raw body (still content-encoded, as it is relayed), due within `idle_timeout`."""
         with trio.fail_after(self._settings.idle_timeout):
-            return b"".join([chunk async for chunk in response.aiter_raw()])
+            return await response.read()
 
     def _worth_retrying(self, outcome: _Answer | SopyError, backend: str) -> bool:
         """Record the backend's health from the outcome, then say whether to try again."""
-        status = outcome.response.status_code if isinstance(outcome, _Answer) else None
+        status = outcome.response.status if isinstance(outcome, _Answer) else None
         if status is not None and not is_retryable_status(status):
             self._picker.record_success(backend)
             return False
         retry_after = None
         if isinstance(outcome, _Answer):
-            retry_after = retry_after_seconds(outcome.response.headers.get("retry-after"))
+            retry_after = retry_after_seconds(outcome.response.header(b"retry-after"))
         self._picker.record_failure(backend, retry_after)
         if self._attempts > self._settings.retries:
             return False
@@ -240,11 +228,11 @@ class _Exchange:
         try:
             await self._reply.send(
                 ResponseStart(
-                    response.status_code,
-                    client_response_headers(response.headers.raw),
+                    response.status,
+                    client_response_headers(response.headers),
                     backend,
                     self._attempts,
-                    retryable=is_retryable_status(response.status_code),
+                    retryable=is_retryable_status(response.status),
                     body=answer.body,
                 )
             )
@@ -255,7 +243,7 @@ class _Exchange:
             with trio.CancelScope(shield=True):
                 await response.aclose()
 
-    async def _relay_stream(self, response: httpx.Response, backend: str) -> None:
+    async def _relay_stream(self, response: UpstreamResponse, backend: str) -> None:
         idle = self._settings.idle_timeout
         chunks = response.aiter_raw()
         try:
@@ -272,7 +260,7 @@ class _Exchange:
                     )
                     return
                 await self._reply.send(ResponseChunk(chunk))
-        except httpx.HTTPError as exc:
+        except UpstreamBrokeOff as exc:
             self._picker.record_failure(backend)
             await self._reply.send(
                 ResponseEnd(

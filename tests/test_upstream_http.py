@@ -1,0 +1,118 @@
+"""The upstream pools' HTTP/1.1 client against real sockets: TLS, keep-alive reuse, a backend
+that drops kept-alive connections, and refused certificates."""
+
+import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import attrs
+import h11
+import pytest
+import trio
+import trustme
+
+from sopy.upstream_http import UpstreamConnectError, UpstreamConnections
+
+Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+@attrs.define
+class TinyBackend:
+    """Answers every request with `hello <n>`; `keep_alive=False` closes after each answer
+    without saying so, as a backend with a short keep-alive timeout does."""
+
+    keep_alive: bool = True
+    connections: int = 0
+    requests: int = 0
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
+        protocol = h11.Connection(h11.SERVER)
+        async with stream:
+            while True:
+                event = protocol.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    protocol.receive_data(data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self.requests += 1
+                    body = f"hello {self.requests}".encode()
+                    headers = [("content-length", str(len(body)))]
+                    reply = protocol.send(h11.Response(status_code=200, headers=headers))
+                    reply += protocol.send(h11.Data(data=body)) + protocol.send(h11.EndOfMessage())
+                    await stream.send_all(reply)
+                    if not self.keep_alive:
+                        return
+                    protocol.start_next_cycle()
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def serve_tls(nursery: trio.Nursery, backend: TinyBackend, ca: trustme.CA) -> int:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    listeners = await nursery.start(
+        partial(trio.serve_ssl_over_tcp, backend.handle, 0, context, host="127.0.0.1")
+    )
+    port: int = listeners[0].transport_listener.socket.getsockname()[1]
+    return port
+
+
+async def serve_plain(nursery: trio.Nursery, backend: TinyBackend) -> int:
+    listeners = await nursery.start(partial(trio.serve_tcp, backend.handle, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def ask(connections: UpstreamConnections, url: str) -> bytes:
+    response = await connections.send("POST", url, [(b"content-type", b"application/json")], b"{}")
+    assert response.status == 200
+    body = await response.read()
+    await response.aclose()
+    return body
+
+
+async def test_https_backends_are_reached_over_tls_on_one_kept_alive_connection(
+    nursery: trio.Nursery, ca: trustme.CA
+) -> None:
+    backend = TinyBackend()
+    port = await serve_tls(nursery, backend, ca)
+    trust = ssl.create_default_context()
+    ca.configure_trust(trust)
+    async with UpstreamConnections(5, tls=trust) as connections:
+        answers = [await ask(connections, f"https://localhost:{port}/v1/x") for _ in range(3)]
+    assert answers == [b"hello 1", b"hello 2", b"hello 3"]
+    assert backend.connections == 1
+
+
+async def test_an_untrusted_certificate_is_refused(nursery: trio.Nursery, ca: trustme.CA) -> None:
+    port = await serve_tls(nursery, TinyBackend(), ca)
+    async with UpstreamConnections(5) as connections:
+        with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await ask(connections, f"https://localhost:{port}/v1/x")
+
+
+async def test_a_kept_alive_connection_the_backend_dropped_is_replaced_transparently(
+    nursery: trio.Nursery,
+) -> None:
+    backend = TinyBackend(keep_alive=False)
+    port = await serve_plain(nursery, backend)
+    async with UpstreamConnections(5) as connections:
+        answers = [await ask(connections, f"http://127.0.0.1:{port}/v1/x") for _ in range(3)]
+    assert answers == [b"hello 1", b"hello 2", b"hello 3"]
+    assert backend.connections == 3
+
+
+async def test_a_response_closed_before_its_end_is_not_reused(nursery: trio.Nursery) -> None:
+    backend = TinyBackend()
+    port = await serve_plain(nursery, backend)
+    async with UpstreamConnections(5) as connections:
+        unread = await connections.send("GET", f"http://127.0.0.1:{port}/", [], b"")
+        await unread.aclose()
+        assert await ask(connections, f"http://127.0.0.1:{port}/") == b"hello 2"
+    assert backend.connections == 2
