@@ -249,6 +249,8 @@ def _upstream_path(scope: HTTPScope) -> str:
 
 def log_access(request: ProxiedRequest) -> None:
     """The one `sopy.access` line for a /v1 request; never a key or a credential."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
     access_log.info(
         "request %s key=%s model=%s provider=%s backend=%s status=%d upstream_ms=%.1f "
         "attempts=%d total_ms=%.1f",
