@@ -44,6 +44,17 @@ async def start(
     return await start_gateway_with(sopy, nursery, upstreams, models, **kw)
 
 
+async def stream_events(
+    client: httpx.AsyncClient, gateway: Gateway, body: dict[str, Any]
+) -> list[str]:
+    """The `data:` lines of a streamed completion, which must end within 3 s."""
+    with trio.fail_after(3):
+        async with client.stream(
+            "POST", f"{gateway.base_url}/chat/completions", json=body
+        ) as response:
+            return [line async for line in response.aiter_lines() if line.startswith("data:")]
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(headers=AUTH, timeout=30) as client:
@@ -125,11 +136,7 @@ async def test_an_idle_stream_ends_with_an_sse_error_event(
         nursery, attrs.evolve(settings, idle_timeout=0.3), {"openai": [MockUpstream("slow")]}
     )
     body = chat(stream=True, mock={"chunks": 5, "chunk_delay": 2})
-    with trio.fail_after(3):
-        async with client.stream(
-            "POST", f"{gateway.base_url}/chat/completions", json=body
-        ) as response:
-            events = [line async for line in response.aiter_lines() if line.startswith("data:")]
+    events = await stream_events(client, gateway, body)
     error = orjson.loads(events[-1].removeprefix("data: "))["error"]
     assert "sent nothing for 0.3 s" in error["message"]
 
@@ -141,11 +148,7 @@ async def test_a_stream_past_the_total_timeout_is_ended_cleanly(
         nursery, attrs.evolve(settings, total_timeout=0.5), {"openai": [MockUpstream("slow")]}
     )
     body = chat(stream=True, mock={"chunks": 50, "chunk_delay": 0.05})
-    with trio.fail_after(3):
-        async with client.stream(
-            "POST", f"{gateway.base_url}/chat/completions", json=body
-        ) as response:
-            events = [line async for line in response.aiter_lines() if line.startswith("data:")]
+    events = await stream_events(client, gateway, body)
     assert 3 < len(events) < 50
     assert "total timeout of 0.5 s" in events[-1]
 
