@@ -6,6 +6,8 @@ Upstream → client: everything but hop-by-hop headers and those hypercorn sets 
 `server`); `content-length` is dropped so a body that breaks off can never look complete.
 """
 
+from collections.abc import Iterable
+
 from sopy.messages import Headers
 
 _HOP_BY_HOP = frozenset(
@@ -56,7 +58,7 @@ def client_response_headers(upstream_headers: list[tuple[bytes, bytes]]) -> Head
     )
 
 
-def is_event_stream(headers: Headers) -> bool:
+def is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return any(
         name == b"content-type" and value.startswith(b"text/event-stream")
         for name, value in headers

@@ -18,7 +18,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 from sopy.actors.upstream_pool import UpstreamPools
 from sopy.asgi_responses import send_json
 from sopy.errors import NoBackendAvailable, UpstreamError
-from sopy.http_headers import is_event_stream, upstream_request_headers
+from sopy.http_headers import upstream_request_headers
 from sopy.messages import (
     ForwardRequest,
     ProviderRoute,
@@ -34,11 +34,6 @@ access_log = logging.getLogger("sopy.access")
 
 RELAY_BUFFER = 32
 CLIENT_CLOSED_REQUEST = 499
-
-
-class UpstreamBrokeOff(Exception):
-    """Raised to make hypercorn drop a non-streaming response whose upstream body broke off, so
-    the client sees an incomplete response rather than a truncated body that looks whole."""
 
 
 @attrs.define
@@ -185,7 +180,6 @@ async def _pump(
         request.finished = True
         await _send_complete(start, start.body, send, request.rid)
         return
-    streaming = is_event_stream(start.headers)
     await send(
         {
             "type": "http.response.start",
@@ -199,9 +193,8 @@ async def _pump(
         if isinstance(event, ResponseChunk):
             await send({"type": "http.response.body", "body": event.data, "more_body": True})
             continue
+        # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.
         error = event.error if isinstance(event, ResponseEnd) else "the upstream pool stopped"
-        if error is not None and not streaming:
-            raise UpstreamBrokeOff(error)
         request.finished = True
         final = b"" if error is None else _sse_error_event(error)
         await send({"type": "http.response.body", "body": final, "more_body": False})

@@ -24,7 +24,7 @@ import trio
 from sopy.backend_health import BackendPicker, CooldownPolicy
 from sopy.change_feed import ChangeFeed
 from sopy.errors import NoBackendAvailable, SopyError, UpstreamError, UpstreamTimeout
-from sopy.http_headers import client_response_headers
+from sopy.http_headers import client_response_headers, is_event_stream
 from sopy.messages import (
     ConfigSnapshot,
     ForwardRequest,
@@ -187,7 +187,7 @@ class _Exchange:
                 f"{self._where(backend)} could not be reached ({exc}); check that it is "
                 "running and that the URL is right"
             )
-        if (response.header(b"content-type") or "").startswith("text/event-stream"):
+        if is_event_stream(response.headers):
             return _Answer(response, None)
         try:
             return _Answer(response, await self._whole_body(response))
