@@ -8,9 +8,10 @@ journal, so a version is never reused, even across restarts, and a change is eit
 disk or not at all.
 """
 
+import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,22 +182,29 @@ class ConfigDatabase:
 
     def apply(self, command: AdminCommand, now: float) -> Applied:
         """Run one command in one transaction; a raised SopyError leaves the database as it was."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             result, change = self._dispatch(command, int(now))
             version = self.version
             if change is not None:
                 version += 1
                 self._record_change(version, now, change)
+        self.version = version
+        return Applied(result, change, None if change is None else self.load_snapshot())
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One `BEGIN IMMEDIATE` transaction: committed, then the work queued in
+        `_after_commit` runs; or rolled back, and that work is dropped."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             self._after_commit.clear()
             raise
-        self.version = version
         while self._after_commit:
             self._after_commit.pop(0)()
-        return Applied(result, change, None if change is None else self.load_snapshot())
 
     def load_snapshot(self) -> ConfigSnapshot:
         return ConfigSnapshot(
@@ -531,13 +539,8 @@ class ConfigDatabase:
         if fingerprint is not None and fingerprint != self._box.fingerprint():
             self._finish_interrupted_rotation(path, fingerprint)
         if fingerprint is None or not all(secret_box.is_sealed(v) for v in sealed):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 self._reseal(self._box)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _finish_interrupted_rotation(self, path: Path, fingerprint: str) -> None:

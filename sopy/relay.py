@@ -16,7 +16,7 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
 from sopy.actors.upstream_pool import UpstreamPools
-from sopy.asgi_responses import send_json
+from sopy.asgi_responses import send_complete, send_json
 from sopy.errors import NoBackendAvailable, UpstreamError
 from sopy.http_headers import upstream_request_headers
 from sopy.messages import (
@@ -178,7 +178,7 @@ async def _pump(
     assert isinstance(start, ResponseStart), start
     if start.body is not None:
         request.finished = True
-        await _send_complete(start, start.body, send, request.rid)
+        await send_complete(send, start.status, start.headers, start.body, request.rid)
         return
     await send(
         {
@@ -199,25 +199,6 @@ async def _pump(
         final = b"" if error is None else _sse_error_event(error)
         await send({"type": "http.response.body", "body": final, "more_body": False})
         return
-
-
-async def _send_complete(
-    start: ResponseStart, body: bytes, send: ASGISendCallable, rid: bytes
-) -> None:
-    headers = [
-        *start.headers,
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", rid),
-    ]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": start.status,
-            "headers": headers,
-            "trailers": False,
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _next_event(events: trio.MemoryReceiveChannel[UpstreamEvent]) -> UpstreamEvent:

@@ -2,9 +2,8 @@
 
 It authenticates and routes every request from an in-memory `RouteTable` derived from the
 config actor's latest snapshot (no disk and no await on the config actor on the request path),
-hands model requests to the provider's upstream pool as a `ForwardRequest`, and relays the
-pool's `ResponseStart` / `ResponseChunk` / `ResponseEnd` back to the client as they arrive.
-A client that goes away mid-request cancels the upstream exchange.
+and hands each model request to `sopy.relay`, which forwards it to the provider's upstream pool
+and relays the answer back as it arrives.
 """
 
 import logging

@@ -156,11 +156,16 @@ class _Exchange:
         backend = self._picker.pick(self._urls, weights, exclude=self._tried)
         backend = backend or self._picker.pick(self._urls, weights)
         if backend is None and self._attempts > 0:
-            wait = self._picker.seconds_until_usable(self._urls)
-            if wait is not None and wait <= MAX_RETRY_AFTER_WAIT:
+            wait = self._bearable_wait()
+            if wait is not None:
                 await trio.sleep(wait)
                 backend = self._picker.pick(self._urls, weights)
         return backend
+
+    def _bearable_wait(self) -> float | None:
+        """Seconds until some backend is usable again, if that is short enough to wait for."""
+        wait = self._picker.seconds_until_usable(self._urls)
+        return wait if wait is not None and wait <= MAX_RETRY_AFTER_WAIT else None
 
     async def _try(self, backend: str) -> _Answer | SopyError:
         request = self._request
@@ -212,10 +217,7 @@ class _Exchange:
         if isinstance(outcome, _Answer):
             retry_after = retry_after_seconds(outcome.response.header(b"retry-after"))
         self._picker.record_failure(backend, retry_after)
-        if self._attempts > self._settings.retries:
-            return False
-        wait = self._picker.seconds_until_usable(self._urls)
-        return wait is not None and wait <= MAX_RETRY_AFTER_WAIT
+        return self._attempts <= self._settings.retries and self._bearable_wait() is not None
 
     async def _finish(self, outcome: _Answer | SopyError, backend: str) -> None:
         if isinstance(outcome, SopyError):
@@ -264,8 +266,8 @@ class _Exchange:
             self._picker.record_failure(backend)
             await self._reply.send(
                 ResponseEnd(
-                    error=f"{self._where(backend)} broke off the response "
-                    f"({type(exc).__name__}); retry the request"
+                    error=f"{self._where(backend)} broke off the response ({exc}); "
+                    "retry the request"
                 )
             )
             return
