@@ -71,6 +71,9 @@ class Settings:
     total_timeout: float = attrs.field(
         default=900.0, metadata=_about("seconds a whole upstream exchange may take", low=0.001)
     )
+    upstream_idle_timeout: float = attrs.field(
+        default=30.0, metadata=_about("seconds an unused upstream connection stays open", low=0.001)
+    )
     cooldown_after: int = attrs.field(
         default=3, metadata=_about("consecutive failures that put a backend in cooldown", low=1)
     )

@@ -4,8 +4,9 @@ trio TCP streams (TLS for https), framed with h11, response bodies handed over a
 
 It does only what a pool needs, so a request costs a fraction of what a general-purpose client
 spends: httpx's layers and httpcore's pool, which rescans every connection on each request, were
-the largest library cost on the proxy path (see bench/README.md). Timeouts other than connecting
-are the caller's cancel scopes; a response that is cancelled or not read to its end closes its
+the largest library cost on the proxy path (see bench/README.md). Connections unused for
+`idle_timeout` are closed by `close_unused`. Timeouts other than connecting are the caller's
+cancel scopes; a response that is cancelled or not read to its end closes its
 connection instead of returning it to the pool.
 """
 
@@ -52,6 +53,7 @@ class _Connection:
     origin: Origin
     stream: trio.abc.Stream
     protocol: h11.Connection = attrs.field(factory=lambda: h11.Connection(h11.CLIENT))
+    idle_since: float = 0.0
 
     async def next_event(self) -> Any:
         while True:
@@ -128,9 +130,11 @@ class UpstreamConnections:
         connect_timeout: float,
         max_idle_per_origin: int = 256,
         tls: ssl.SSLContext | None = None,
+        idle_timeout: float = 30.0,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle_per_origin
+        self._idle_timeout = idle_timeout
         self._idle: dict[Origin, list[_Connection]] = {}
         self._tls = tls or ssl.create_default_context()
 
@@ -174,9 +178,23 @@ class UpstreamConnections:
     async def keep(self, connection: _Connection) -> None:
         idle = self._idle.setdefault(connection.origin, [])
         if len(idle) < self._max_idle:
+            connection.idle_since = trio.current_time()
             idle.append(connection)
         else:
             await connection.close()
+
+    async def close_unused(self) -> None:
+        """Forever: close connections nobody has used for `idle_timeout` seconds, so the number
+        kept open follows current traffic rather than its past peak."""
+        while True:
+            await trio.sleep(self._idle_timeout / 2)
+            cutoff = trio.current_time() - self._idle_timeout
+            for origin, idle in list(self._idle.items()):
+                # Kept connections are appended as they are freed, so the stale ones lead.
+                stale = [c for c in idle if c.idle_since <= cutoff]
+                self._idle[origin] = idle[len(stale) :]
+                for connection in stale:
+                    await connection.close()
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)

@@ -93,6 +93,7 @@ async def test_chaos_every_request_is_answered_or_cleanly_refused_and_nothing_le
         first_byte_timeout=0.5,
         idle_timeout=0.5,
         cooldown=0.2,
+        upstream_idle_timeout=1.0,
         log_level="warning",
     )
     sopy = SopyUnderTest(nursery, chaotic)
@@ -110,7 +111,8 @@ async def test_chaos_every_request_is_answered_or_cleanly_refused_and_nothing_le
         base_url=gateway.base_url, headers=headers, limits=limits, timeout=PER_REQUEST_LIMIT
     ) as client:
         await run_load(client, 0, WARM_UP)
-        await trio.sleep(2.5)  # let every warm-up hang on the mocks run out
+        # Let every warm-up hang on the mocks run out and unused upstream connections close.
+        await trio.sleep(2.5)
         fds_before, rss_before = open_fds(), rss_bytes()
 
         with trio.fail_after(180):

@@ -116,3 +116,14 @@ async def test_a_response_closed_before_its_end_is_not_reused(nursery: trio.Nurs
         await unread.aclose()
         assert await ask(connections, f"http://127.0.0.1:{port}/") == b"hello 2"
     assert backend.connections == 2
+
+
+async def test_connections_unused_for_the_idle_timeout_are_closed(nursery: trio.Nursery) -> None:
+    backend = TinyBackend()
+    port = await serve_plain(nursery, backend)
+    async with UpstreamConnections(5, idle_timeout=0.2) as connections:
+        nursery.start_soon(connections.close_unused)
+        assert await ask(connections, f"http://127.0.0.1:{port}/") == b"hello 1"
+        await trio.sleep(0.5)
+        assert await ask(connections, f"http://127.0.0.1:{port}/") == b"hello 2"
+    assert backend.connections == 2

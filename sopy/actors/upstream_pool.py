@@ -70,11 +70,22 @@ class UpstreamPool:
         self._inbox = inbox
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        client = UpstreamConnections(self.settings.connect_timeout, MAX_KEEPALIVE_CONNECTIONS)
-        async with client, trio.open_nursery() as nursery:
+        client = UpstreamConnections(
+            self.settings.connect_timeout,
+            MAX_KEEPALIVE_CONNECTIONS,
+            idle_timeout=self.settings.upstream_idle_timeout,
+        )
+        # In-flight requests finish after the inbox closes; the housekeeping stops at once.
+        async with (
+            client,
+            trio.open_nursery() as requests,
+            trio.open_nursery() as housekeeping,
+        ):
+            housekeeping.start_soon(client.close_unused)
             task_status.started()
             async for request in self._inbox:
-                nursery.start_soon(self._forward, client, request)
+                requests.start_soon(self._forward, client, request)
+            housekeeping.cancel_scope.cancel()
         log.info("upstream pool for provider '%s' stopped", self.provider)
 
     async def _forward(self, client: UpstreamConnections, request: ForwardRequest) -> None:
