@@ -2,11 +2,11 @@
 
 Client → upstream: everything but hop-by-hop headers, the client's own credentials and headers
 that the upstream connection sets itself; the provider credential is added by the pool.
-Upstream → client: everything but hop-by-hop headers and those hypercorn sets itself (`date`,
+Upstream → client: everything but hop-by-hop headers and those the HTTP server sets itself (`date`,
 `server`); `content-length` is dropped so a body that breaks off can never look complete.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sopy.messages import Headers
 
@@ -38,7 +38,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
 _NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
 
 
-def upstream_request_headers(client_headers: list[tuple[bytes, bytes]]) -> Headers:
+def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> Headers:
     """Headers to send upstream, before the pool adds the provider's credential.
 
     The client's accept-encoding is passed on as is (or `identity`), because the body is relayed

@@ -13,12 +13,11 @@ import logging
 import attrs
 import orjson
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
 from sopy.actors.upstream_pool import UpstreamPools
-from sopy.asgi_responses import send_complete, send_json
 from sopy.errors import NoBackendAvailable, UpstreamError
 from sopy.http_headers import upstream_request_headers
+from sopy.http_server import HttpExchange
 from sopy.messages import (
     ForwardRequest,
     ProviderRoute,
@@ -28,6 +27,7 @@ from sopy.messages import (
     UpstreamEvent,
     UpstreamFailed,
 )
+from sopy.responses import send_complete, send_json
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sopy.access")
@@ -57,16 +57,14 @@ async def proxy(
     pools: UpstreamPools,
     routes: tuple[ProviderRoute, ...],
     request: ProxiedRequest,
-    scope: HTTPScope,
+    exchange: HttpExchange,
     body: bytes,
-    receive: ASGIReceiveCallable,
-    send: ASGISendCallable,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_when_client_leaves, receive, request, nursery.cancel_scope)
-        first, events = await _first_answer(pools, routes, request, scope, body)
+        nursery.start_soon(_cancel_when_client_leaves, exchange, request, nursery.cancel_scope)
+        first, events = await _first_answer(pools, routes, request, exchange, body)
         async with events:
-            await _pump(first, events, send, request)
+            await _pump(first, events, exchange, request)
         nursery.cancel_scope.cancel()
 
 
@@ -74,12 +72,12 @@ async def _first_answer(
     pools: UpstreamPools,
     routes: tuple[ProviderRoute, ...],
     request: ProxiedRequest,
-    scope: HTTPScope,
+    exchange: HttpExchange,
     body: bytes,
 ) -> tuple[UpstreamEvent, trio.MemoryReceiveChannel[UpstreamEvent]]:
     for index, route in enumerate(routes):
         sent_at = trio.current_time()
-        events = await _forward(pools, route, request, scope, body)
+        events = await _forward(pools, route, request, exchange, body)
         first = await _next_event(events)
         request.upstream_seconds = trio.current_time() - sent_at
         _note_answer(request, route, first)
@@ -103,15 +101,15 @@ async def _forward(
     pools: UpstreamPools,
     route: ProviderRoute,
     request: ProxiedRequest,
-    scope: HTTPScope,
+    exchange: HttpExchange,
     body: bytes,
 ) -> trio.MemoryReceiveChannel[UpstreamEvent]:
     events_send, events = trio.open_memory_channel[UpstreamEvent](RELAY_BUFFER)
     forward = ForwardRequest(
         request_id=request.rid.decode(),
-        method=scope["method"],
-        path=_upstream_path(scope),
-        headers=upstream_request_headers(list(scope["headers"])),
+        method=exchange.method,
+        path=exchange.target,
+        headers=upstream_request_headers(exchange.headers),
         body=body,
         route=route,
         cancel_scope=trio.CancelScope(),
@@ -152,11 +150,9 @@ def _note_answer(request: ProxiedRequest, route: ProviderRoute, first: UpstreamE
 
 
 async def _cancel_when_client_leaves(
-    receive: ASGIReceiveCallable, request: ProxiedRequest, relay_scope: trio.CancelScope
+    exchange: HttpExchange, request: ProxiedRequest, relay_scope: trio.CancelScope
 ) -> None:
-    # hypercorn never cancels the app when a client leaves; it only says so through receive().
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    await exchange.wait_client_gone()
     if not request.finished:
         log.info("request %s: client went away; cancelling upstream", request.rid.decode())
         request.status = CLIENT_CLOSED_REQUEST
@@ -168,36 +164,28 @@ async def _cancel_when_client_leaves(
 async def _pump(
     start: UpstreamEvent,
     events: trio.MemoryReceiveChannel[UpstreamEvent],
-    send: ASGISendCallable,
+    exchange: HttpExchange,
     request: ProxiedRequest,
 ) -> None:
     if isinstance(start, UpstreamFailed):
         request.finished = True
-        await send_json(send, start.error.status, start.error.openai_body(), request.rid)
+        await send_json(exchange, start.error.status, start.error.openai_body(), request.rid)
         return
     assert isinstance(start, ResponseStart), start
     if start.body is not None:
         request.finished = True
-        await send_complete(send, start.status, start.headers, start.body, request.rid)
+        await send_complete(exchange, start.status, start.headers, start.body, request.rid)
         return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": start.status,
-            "headers": [*start.headers, (b"x-request-id", request.rid)],
-            "trailers": False,
-        }
-    )
+    await exchange.start_response(start.status, [*start.headers, (b"x-request-id", request.rid)])
     while True:
         event = await _next_event(events)
         if isinstance(event, ResponseChunk):
-            await send({"type": "http.response.body", "body": event.data, "more_body": True})
+            await exchange.send_chunk(event.data)
             continue
         # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.
         error = event.error if isinstance(event, ResponseEnd) else "the upstream pool stopped"
         request.finished = True
-        final = b"" if error is None else _sse_error_event(error)
-        await send({"type": "http.response.body", "body": final, "more_body": False})
+        await exchange.end_response(b"" if error is None else _sse_error_event(error))
         return
 
 
@@ -213,12 +201,6 @@ async def _next_event(events: trio.MemoryReceiveChannel[UpstreamEvent]) -> Upstr
 def _sse_error_event(message: str) -> bytes:
     body = UpstreamError(message).openai_body()
     return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
-def _upstream_path(scope: HTTPScope) -> str:
-    path = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
-    query = scope["query_string"].decode("latin-1")
-    return f"{path}?{query}" if query else path
 
 
 def log_access(request: ProxiedRequest) -> None:

@@ -40,6 +40,19 @@ class Gateway:
         async with await self.sopy.admin() as admin:
             return await admin.ok(command, **fields)
 
+    async def raw_connection(self) -> trio.SocketStream:
+        """A plain TCP connection to the public port, for speaking HTTP by hand."""
+        host, port = self.root_url.removeprefix("http://").rsplit(":", 1)
+        return await trio.open_tcp_stream(host, int(port))
+
+
+async def read_until_closed(stream: trio.SocketStream, within: float) -> bytes:
+    received = b""
+    with trio.fail_after(within):
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    return received
+
 
 async def start_gateway(
     sopy: SopyUnderTest,

@@ -15,7 +15,7 @@ import trio.testing
 from sopy.settings import Settings
 from tests.admin_connection import AdminConnection
 from tests.conftest import SopyUnderTest, startup_error
-from tests.gateway import USER_KEY, Gateway, start_gateway
+from tests.gateway import USER_KEY, Gateway, read_until_closed, start_gateway
 
 AUTH = {"authorization": f"Bearer {USER_KEY}"}
 
@@ -46,19 +46,6 @@ def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
-async def raw_connection(gateway: Gateway) -> trio.SocketStream:
-    host, port = gateway.root_url.removeprefix("http://").rsplit(":", 1)
-    return await trio.open_tcp_stream(host, int(port))
-
-
-async def read_until_closed(stream: trio.SocketStream, within: float) -> bytes:
-    received = b""
-    with trio.fail_after(within):
-        while chunk := await stream.receive_some(65536):
-            received += chunk
-    return received
-
-
 async def test_a_body_over_the_limit_is_refused_with_413(http: httpx.AsyncClient) -> None:
     too_big = await http.post("/v1/chat/completions", content=b"x" * 4097)
     assert too_big.status_code == 413
@@ -68,7 +55,7 @@ async def test_a_body_over_the_limit_is_refused_with_413(http: httpx.AsyncClient
 
 
 async def test_a_huge_announced_body_is_refused_before_it_is_sent(gateway: Gateway) -> None:
-    stream = await raw_connection(gateway)
+    stream = await gateway.raw_connection()
     head = (
         "POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\n"
         f"Authorization: Bearer {USER_KEY}\r\nContent-Length: 999999999\r\n\r\n"
@@ -89,7 +76,7 @@ async def test_deeply_nested_or_broken_json_is_a_400(http: httpx.AsyncClient, bo
 
 
 async def test_a_slow_loris_is_cut_off_after_the_header_timeout(gateway: Gateway) -> None:
-    stream = await raw_connection(gateway)
+    stream = await gateway.raw_connection()
     began = trio.current_time()
 
     async def trickle_headers() -> None:
@@ -108,7 +95,7 @@ async def test_a_slow_loris_is_cut_off_after_the_header_timeout(gateway: Gateway
 
 
 async def test_a_body_that_does_not_arrive_in_time_gets_408(gateway: Gateway) -> None:
-    stream = await raw_connection(gateway)
+    stream = await gateway.raw_connection()
     head = (
         "POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\n"
         f"Authorization: Bearer {USER_KEY}\r\nContent-Length: 100\r\n\r\n"
@@ -143,7 +130,7 @@ async def test_requests_over_the_concurrency_limit_get_503(
 async def test_oversized_headers_are_refused_and_the_server_carries_on(
     gateway: Gateway, http: httpx.AsyncClient
 ) -> None:
-    stream = await raw_connection(gateway)
+    stream = await gateway.raw_connection()
     await stream.send_all(
         b"GET / HTTP/1.1\r\nHost: sopy\r\nX-Huge: " + b"h" * 100_000 + b"\r\n\r\n"
     )

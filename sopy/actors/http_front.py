@@ -1,4 +1,4 @@
-"""The HTTP front actor: hypercorn serving Sopy's public, OpenAI-compatible ASGI app.
+"""The HTTP front actor: Sopy's public, OpenAI-compatible API, served by `sopy.http_server`.
 
 It authenticates and routes every request from an in-memory `RouteTable` derived from the
 config actor's latest snapshot (no disk and no await on the config actor on the request path),
@@ -10,14 +10,10 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-import hypercorn.trio
 import orjson
 import trio
-from hypercorn.config import Config
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from sopy.actors.upstream_pool import UpstreamPools
-from sopy.asgi_responses import send_body, send_json
 from sopy.change_feed import ChangeFeed
 from sopy.docs_page import docs_response
 from sopy.errors import (
@@ -33,11 +29,13 @@ from sopy.errors import (
     StartupError,
     innermost,
 )
+from sopy.http_server import ClientGone, HttpExchange, HttpServer, MalformedBody, ServerLimits
 from sopy.messages import (
     ConfigChanged,
 )
 from sopy.openapi import openapi_json
 from sopy.relay import CLIENT_CLOSED_REQUEST, ProxiedRequest, log_access, proxy
+from sopy.responses import send_body, send_json
 from sopy.route_table import RouteTable
 from sopy.settings import Settings
 
@@ -46,11 +44,7 @@ log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 32 * 1024
 
 
-Handler = Callable[[HTTPScope, ASGIReceiveCallable, ASGISendCallable, bytes], Awaitable[None]]
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body had arrived."""
+Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
 
 
 class HttpFront:
@@ -89,10 +83,13 @@ class HttpFront:
         self._draining.set()
 
     async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
+        settings = self._settings
+        limits = ServerLimits(settings.header_timeout, MAX_HEADER_BYTES, settings.drain_timeout)
+        server = HttpServer(self._serve_request, limits)
         async with trio.open_nursery() as nursery:
             try:
-                binds: list[str] = await nursery.start(
-                    _serve, self, _hypercorn_config(self._settings), self._draining.wait
+                url: str = await nursery.start(
+                    server.serve, settings.host, settings.port, self._draining.wait
                 )
             except* OSError as failures:
                 first = innermost(failures)
@@ -101,20 +98,13 @@ class HttpFront:
                     f"cannot listen on {self._settings.host}:{self._settings.port}: "
                     f"{reason or first}; stop whatever uses that port or pass --port"
                 ) from None
-            log.info("serving the OpenAI API on %s", binds[0])
-            task_status.started(binds[0])
+            log.info("serving the OpenAI API on %s", url)
+            task_status.started(url)
 
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        if scope["type"] == "lifespan":
-            await _answer_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def _serve_request(self, exchange: HttpExchange) -> None:
         request_id = os.urandom(8).hex().encode()
         try:
-            handler = self._handler_for(scope["method"], scope["path"])
+            handler = self._handler_for(exchange.method, exchange.path)
             try:
                 self._request_slots.acquire_nowait()
             except trio.WouldBlock:
@@ -123,12 +113,12 @@ class HttpFront:
                     "requests at once; retry shortly"
                 ) from None
             try:
-                await handler(scope, receive, send, request_id)
+                await handler(exchange, request_id)
             finally:
                 self._request_slots.release()
         except SopyError as error:
             await send_json(
-                send, error.status, error.openai_body(), request_id, error.response_headers()
+                exchange, error.status, error.openai_body(), request_id, error.response_headers()
             )
         except ClientGone:
             log.debug("client went away before sending its whole request")
@@ -162,61 +152,47 @@ class HttpFront:
             self._table_source = latest
         return self._table
 
-    async def _hello_world(
-        self, _scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
-    ) -> None:
-        await send_json(send, 200, {"message": "Hello World"}, rid)
+    async def _hello_world(self, exchange: HttpExchange, rid: bytes) -> None:
+        await send_json(exchange, 200, {"message": "Hello World"}, rid)
 
-    async def _hello_name(
-        self, scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
-    ) -> None:
-        name = scope["path"][len("/hello/") :]
-        await send_json(send, 200, {"message": f"Hello {name}"}, rid)
+    async def _hello_name(self, exchange: HttpExchange, rid: bytes) -> None:
+        name = exchange.path[len("/hello/") :]
+        await send_json(exchange, 200, {"message": f"Hello {name}"}, rid)
 
-    async def _openapi(
-        self, _scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
-    ) -> None:
-        await send_body(send, 200, openapi_json(), rid)
+    async def _openapi(self, exchange: HttpExchange, rid: bytes) -> None:
+        await send_body(exchange, 200, openapi_json(), rid)
 
-    async def _docs(
-        self, scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
-    ) -> None:
-        answer = docs_response(scope["path"])
+    async def _docs(self, exchange: HttpExchange, rid: bytes) -> None:
+        answer = docs_response(exchange.path)
         if answer is None:
-            raise NotFound(f"no documentation at {scope['path']}; the docs page is GET /docs")
+            raise NotFound(f"no documentation at {exchange.path}; the docs page is GET /docs")
         status, content_type, body = answer
-        await send_body(send, status, body, rid, content_type=content_type)
+        await send_body(exchange, status, body, rid, content_type=content_type)
 
-    async def _health(
-        self, _scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
-    ) -> None:
+    async def _health(self, exchange: HttpExchange, rid: bytes) -> None:
         table = self._route_table()
-        await send_json(send, 200, {"status": "ok", "config_version": table.version}, rid)
+        await send_json(exchange, 200, {"status": "ok", "config_version": table.version}, rid)
 
-    async def _models(
-        self, scope: HTTPScope, _receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
-    ) -> None:
+    async def _models(self, exchange: HttpExchange, rid: bytes) -> None:
         table = self._route_table()
-        self._authenticate(table, scope)
-        await send_body(send, 200, table.models_body, rid)
+        self._authenticate(table, exchange)
+        await send_body(exchange, 200, table.models_body, rid)
 
-    def _authenticate(self, table: RouteTable, scope: HTTPScope) -> int | None:
+    def _authenticate(self, table: RouteTable, exchange: HttpExchange) -> int | None:
         """The caller's user key id (None with --no-auth), or raise 401."""
         if self._settings.no_auth:
             return None
-        return table.authenticate(_header(scope, b"authorization"))
+        return table.authenticate(exchange.header(b"authorization"))
 
-    async def _proxy(
-        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, rid: bytes
-    ) -> None:
+    async def _proxy(self, exchange: HttpExchange, rid: bytes) -> None:
         request = ProxiedRequest(rid)
         try:
             table = self._route_table()
-            request.key_id = self._authenticate(table, scope)
-            body = await _read_body(scope, receive, self._settings)
+            request.key_id = self._authenticate(table, exchange)
+            body = await _read_body(exchange, self._settings)
             request.model = _requested_model(body)
             routes = table.routes_for(request.model)
-            await proxy(self._pools, routes, request, scope, body, receive, send)
+            await proxy(self._pools, routes, request, exchange, body)
         except SopyError as error:
             request.status = error.status
             raise
@@ -225,33 +201,6 @@ class HttpFront:
             raise
         finally:
             log_access(request)
-
-
-async def _serve(
-    app: HttpFront,
-    config: Config,
-    shutdown_trigger: Callable[[], Awaitable[None]],
-    *,
-    task_status: trio.TaskStatus[list[str]],
-) -> None:
-    await hypercorn.trio.serve(
-        app, config, mode="asgi", shutdown_trigger=shutdown_trigger, task_status=task_status
-    )
-
-
-def _hypercorn_config(settings: Settings) -> Config:
-    config = Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.include_server_header = False
-    config.graceful_timeout = settings.drain_timeout
-    # hypercorn treats a connection as idle until a request head is complete, so this also
-    # bounds how long a client may take to send its headers (slow-loris).
-    config.keep_alive_timeout = settings.header_timeout
-    config.h11_max_incomplete_size = MAX_HEADER_BYTES
-    return config
 
 
 def _requested_model(body: bytes) -> str:
@@ -276,27 +225,27 @@ def _requested_model(body: bytes) -> str:
     return model
 
 
-async def _read_body(scope: HTTPScope, receive: ASGIReceiveCallable, settings: Settings) -> bytes:
+async def _read_body(exchange: HttpExchange, settings: Settings) -> bytes:
     """The whole body, refused with a 413 as soon as it is known to be too large, and with a
     408 if the client takes longer than `body_timeout` to send it."""
     limit = settings.max_body_bytes
-    declared = _header(scope, b"content-length")
+    declared = exchange.header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     with trio.move_on_after(settings.body_timeout):
         while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise ClientGone
-            chunk = message["body"]
+            try:
+                chunk = await exchange.read_body_chunk()
+            except MalformedBody as exc:
+                raise InvalidRequest(f"The request body is malformed: {exc}.") from None
+            if chunk is None:
+                return b"".join(chunks)
             size += len(chunk)
             if size > limit:
                 raise _too_large(limit)
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
     raise RequestTimeout(
         f"The request body did not arrive within {settings.body_timeout:g} s; send it faster "
         "or in one piece."
@@ -305,20 +254,3 @@ async def _read_body(scope: HTTPScope, receive: ASGIReceiveCallable, settings: S
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than the gateway's limit of {limit} bytes.")
-
-
-def _header(scope: HTTPScope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
-
-
-async def _answer_lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -1,0 +1,139 @@
+"""The public port's HTTP/1.1 handling (sopy.http_server), spoken by hand over raw sockets:
+pipelining, malformed requests, chunked bodies, Expect: 100-continue, HEAD, early answers."""
+
+from collections.abc import AsyncIterator
+
+import attrs
+import httpx
+import orjson
+import pytest
+import trio
+
+from sopy.settings import Settings
+from tests.conftest import SopyUnderTest
+from tests.gateway import USER_KEY, Gateway, read_until_closed, start_gateway
+
+BODY = b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return attrs.evolve(settings, max_body_bytes=4096)
+
+
+@pytest.fixture
+async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
+    return await start_gateway(sopy, nursery, {"gpt-4.1": "openai"})
+
+
+def chat_head(length: int, *extra: str) -> bytes:
+    lines = [
+        "POST /v1/chat/completions HTTP/1.1",
+        "Host: sopy",
+        f"Authorization: Bearer {USER_KEY}",
+        "Content-Type: application/json",
+        f"Content-Length: {length}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def receive_until(stream: trio.SocketStream, marker: bytes, within: float = 5) -> bytes:
+    received = b""
+    with trio.fail_after(within):
+        while marker not in received:
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"connection closed before {marker!r}; got {received!r}"
+            received += chunk
+    return received
+
+
+async def test_pipelined_requests_are_answered_in_order(gateway: Gateway) -> None:
+    stream = await gateway.raw_connection()
+    await stream.send_all(
+        b"GET /hello/first HTTP/1.1\r\nHost: sopy\r\n\r\n"
+        + chat_head(len(BODY))
+        + BODY
+        + b"GET /hello/last HTTP/1.1\r\nHost: sopy\r\nConnection: close\r\n\r\n"
+    )
+    answer = await read_until_closed(stream, within=5)
+    assert answer.count(b"HTTP/1.1 200 ") == 3
+    first = answer.index(b'{"message":"Hello first"}')
+    chat = answer.index(b'"object":"chat.completion"')
+    last = answer.index(b'{"message":"Hello last"}')
+    assert first < chat < last
+    assert answer.lower().count(b"\r\ndate: ") == 3
+
+
+async def test_a_malformed_request_gets_an_openai_error_and_the_connection_closes(
+    gateway: Gateway,
+) -> None:
+    stream = await gateway.raw_connection()
+    await stream.send_all(b"THIS IS NOT HTTP\r\n\r\n")
+    answer = await read_until_closed(stream, within=5)
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close" in head.lower()
+    error = orjson.loads(body)["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "malformed HTTP request" in error["message"]
+
+
+async def test_a_broken_chunked_body_gets_a_400(gateway: Gateway) -> None:
+    stream = await gateway.raw_connection()
+    head = chat_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+    await stream.send_all(head + b"zz\r\n{}\r\n0\r\n\r\n")
+    answer = await read_until_closed(stream, within=5)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"malformed" in answer
+
+
+async def test_a_chunked_request_body_is_proxied(gateway: Gateway) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(BODY), 7):
+            yield BODY[start : start + 7]
+
+    async with httpx.AsyncClient(base_url=gateway.root_url) as http:
+        response = await http.post(
+            "/v1/chat/completions",
+            content=pieces(),
+            headers={"authorization": f"Bearer {USER_KEY}"},
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"
+    assert gateway.upstreams("openai")[0].requests[-1].body == BODY
+
+
+async def test_expect_100_continue_is_answered_when_the_body_is_wanted(gateway: Gateway) -> None:
+    stream = await gateway.raw_connection()
+    await stream.send_all(chat_head(len(BODY), "Expect: 100-continue"))
+    interim = await receive_until(stream, b"\r\n\r\n")
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    await stream.send_all(BODY)
+    answer = await receive_until(stream, b'"object":"chat.completion"')
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_too_large_body_is_refused_without_100_continue_and_the_connection_closes(
+    gateway: Gateway,
+) -> None:
+    stream = await gateway.raw_connection()
+    await stream.send_all(chat_head(1_000_000, "Expect: 100-continue"))
+    answer = await read_until_closed(stream, within=5)
+    head = answer.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in head.lower()
+
+
+async def test_head_gets_a_head_only_and_the_connection_stays_usable(gateway: Gateway) -> None:
+    stream = await gateway.raw_connection()
+    await stream.send_all(
+        b"HEAD / HTTP/1.1\r\nHost: sopy\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: sopy\r\nConnection: close\r\n\r\n"
+    )
+    answer = await read_until_closed(stream, within=5)
+    head, rest = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 405 ")
+    assert b"allow: GET" in head
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert rest.endswith(b'{"message":"Hello World"}')
