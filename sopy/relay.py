@@ -15,6 +15,7 @@ import orjson
 import trio
 
 from sopy.actors.upstream_pool import UpstreamPools
+from sopy.channel_send import deliver
 from sopy.errors import NoBackendAvailable, UpstreamError
 from sopy.http_headers import upstream_request_headers
 from sopy.http_server import HttpExchange
@@ -63,7 +64,7 @@ async def proxy(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_cancel_when_client_leaves, exchange, request, nursery.cancel_scope)
         first, events = await _first_answer(pools, routes, request, exchange, body)
-        async with events:
+        with events:
             await _pump(first, events, exchange, request)
         nursery.cancel_scope.cancel()
 
@@ -91,7 +92,7 @@ async def _first_answer(
             forward = request.forward
             if forward is not None:
                 forward.cancel_scope.cancel()
-            await events.aclose()
+            events.close()
             continue
         return first, events
     raise AssertionError("routes_for never returns an empty tuple")
@@ -117,7 +118,7 @@ async def _forward(
     )
     request.forward = forward
     try:
-        await pools.inbox_for(route.provider).send(forward)
+        await deliver(pools.inbox_for(route.provider), forward)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         error = NoBackendAvailable(
             f"provider '{route.provider}' was just removed from the configuration"

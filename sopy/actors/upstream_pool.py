@@ -23,6 +23,7 @@ import trio
 
 from sopy.backend_health import BackendPicker, CooldownPolicy
 from sopy.change_feed import ChangeFeed
+from sopy.channel_send import deliver
 from sopy.errors import NoBackendAvailable, SopyError, UpstreamError, UpstreamTimeout
 from sopy.http_headers import client_response_headers, is_event_stream
 from sopy.messages import (
@@ -89,10 +90,9 @@ class UpstreamPool:
         log.info("upstream pool for provider '%s' stopped", self.provider)
 
     async def _forward(self, client: UpstreamConnections, request: ForwardRequest) -> None:
-        async with request.reply_to:
+        with request.reply_to:
             try:
-                with request.cancel_scope:
-                    await _Exchange(self, client, request).run()
+                await _Exchange(self, client, request).run()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("request %s: the client went away", request.request_id)
 
@@ -125,14 +125,17 @@ class _Exchange:
         self._failure: SopyError | None = None
 
     async def run(self) -> None:
+        """Run under the request's cancel scope, which the relay cancels if its client leaves
+        and whose deadline is the total timeout."""
         total = self._settings.total_timeout
-        with trio.move_on_after(total) as budget:
+        with self._request.cancel_scope as budget:
+            budget.deadline = trio.current_time() + total
             await self._attempt_until_answered()
-        if not budget.cancelled_caught:
+        if not budget.cancelled_caught or trio.current_time() < budget.deadline:
             return
         message = f"{self._where()} did not finish within the total timeout of {total:g} s"
         if self._started:
-            await self._reply.send(ResponseEnd(error=message))
+            await deliver(self._reply, ResponseEnd(error=message))
         else:
             await self._fail(UpstreamTimeout(message))
 
@@ -184,39 +187,39 @@ class _Exchange:
         if request.route.credential is not None:
             headers.append((b"authorization", f"Bearer {request.route.credential}".encode()))
         first_byte = self._settings.first_byte_timeout
+        response: UpstreamResponse | None = None
         try:
-            with trio.fail_after(first_byte):
+            with trio.CancelScope(deadline=trio.current_time() + first_byte) as deadline:
                 response = await self._client.send(
                     request.method, backend + request.path, headers, request.body
                 )
-        except trio.TooSlowError:
-            return UpstreamTimeout(
-                f"{self._where(backend)} sent no response within {first_byte:g} s"
-            )
+                if is_event_stream(response.headers):
+                    return _Answer(response, None)
+                # The raw body (still content-encoded, as it is relayed), due within idle_timeout.
+                deadline.deadline = trio.current_time() + self._settings.idle_timeout
+                return _Answer(response, await response.read())
         except UpstreamConnectTimeout:
             return UpstreamTimeout(
                 f"{self._where(backend)} did not accept a connection within "
                 f"{self._settings.connect_timeout:g} s; check that it is up"
             )
         except (UpstreamConnectError, UpstreamBrokeOff) as exc:
-            return UpstreamError(
-                f"{self._where(backend)} could not be reached ({exc}); check that it is "
-                "running and that the URL is right"
-            )
-        if is_event_stream(response.headers):
-            return _Answer(response, None)
-        try:
-            return _Answer(response, await self._whole_body(response))
-        except (UpstreamBrokeOff, trio.TooSlowError) as exc:
+            if response is None:
+                return UpstreamError(
+                    f"{self._where(backend)} could not be reached ({exc}); check that it is "
+                    "running and that the URL is right"
+                )
             await response.aclose()
-            return UpstreamError(
-                f"{self._where(backend)} broke off its response ({type(exc).__name__})"
+            return UpstreamError(f"{self._where(backend)} broke off its response ({exc})")
+        if response is None:
+            return UpstreamTimeout(
+                f"{self._where(backend)} sent no response within {first_byte:g} s"
             )
-
-    async def _whole_body(self, response: UpstreamResponse) -> bytes:
-        """The raw body (still content-encoded, as it is relayed), due within `idle_timeout`."""
-        with trio.fail_after(self._settings.idle_timeout):
-            return await response.read()
+        await response.aclose()
+        return UpstreamError(
+            f"{self._where(backend)} sent no more of its response within "
+            f"{self._settings.idle_timeout:g} s"
+        )
 
     def _worth_retrying(self, outcome: _Answer | SopyError, backend: str) -> bool:
         """Record the backend's health from the outcome, then say whether to try again."""
@@ -239,7 +242,8 @@ class _Exchange:
     async def _relay(self, answer: _Answer, backend: str) -> None:
         response = answer.response
         try:
-            await self._reply.send(
+            await deliver(
+                self._reply,
                 ResponseStart(
                     response.status,
                     client_response_headers(response.headers),
@@ -247,14 +251,13 @@ class _Exchange:
                     self._attempts,
                     retryable=is_retryable_status(response.status),
                     body=answer.body,
-                )
+                ),
             )
             self._started = True
             if answer.body is None:
                 await self._relay_stream(response, backend)
         finally:
-            with trio.CancelScope(shield=True):
-                await response.aclose()
+            await response.aclose()
 
     async def _relay_stream(self, response: UpstreamResponse, backend: str) -> None:
         idle = self._settings.idle_timeout
@@ -268,25 +271,27 @@ class _Exchange:
                         break
                 if silence.cancelled_caught:
                     self._picker.record_failure(backend)
-                    await self._reply.send(
-                        ResponseEnd(error=f"{self._where(backend)} sent nothing for {idle:g} s")
+                    await deliver(
+                        self._reply,
+                        ResponseEnd(error=f"{self._where(backend)} sent nothing for {idle:g} s"),
                     )
                     return
-                await self._reply.send(ResponseChunk(chunk))
+                await deliver(self._reply, ResponseChunk(chunk))
         except UpstreamBrokeOff as exc:
             self._picker.record_failure(backend)
-            await self._reply.send(
+            await deliver(
+                self._reply,
                 ResponseEnd(
                     error=f"{self._where(backend)} broke off the response ({exc}); "
                     "retry the request"
-                )
+                ),
             )
             return
-        await self._reply.send(ResponseEnd())
+        await deliver(self._reply, ResponseEnd())
 
     async def _fail(self, error: SopyError) -> None:
         backend = self._tried[-1] if self._tried else None
-        await self._reply.send(UpstreamFailed(error, self._attempts, backend))
+        await deliver(self._reply, UpstreamFailed(error, self._attempts, backend))
 
     def _all_resting(self) -> NoBackendAvailable:
         resting = self._picker.describe_unavailable(self._urls)
