@@ -34,6 +34,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
     b"openai-organization",
     b"openai-project",
     b"accept-encoding",
+    b"expect",
 }
 _NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
 

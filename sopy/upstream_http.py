@@ -1,26 +1,29 @@
 """A lean HTTP/1.1 client for the upstream pools: keep-alive connections per backend origin over
-trio TCP streams (TLS for https), framed with h11, response bodies handed over as raw bytes
-(transfer framing removed, content encoding kept, as they are relayed).
+trio TCP streams (TLS for https); requests are written in one piece, responses parsed with
+httptools (llhttp), bodies handed over as raw bytes (transfer framing removed, content encoding
+kept, as they are relayed).
 
 It does only what a pool needs, so a request costs a fraction of what a general-purpose client
 spends: httpx's layers and httpcore's pool, which rescans every connection on each request, were
-the largest library cost on the proxy path (see bench/README.md). Connections unused for
+the largest library cost on the proxy path, and h11 spent ~50 us per exchange where httptools
+spends ~3 us (see bench/README.md). Connections unused for
 `idle_timeout` are closed by `close_unused`. Timeouts other than connecting are the caller's
 cancel scopes; a response that is cancelled or not read to its end closes its
 connection instead of returning it to the pool.
 """
 
+import re
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
 
 import attrs
-import h11
+import httptools
 import trio
 
 _RECEIVE_SIZE = 65536
+_UNSAFE = re.compile(rb"[\x00\r\n]")
 
 
 class UpstreamConnectError(Exception):
@@ -48,26 +51,69 @@ class Origin:
         return (host if self.port == default else f"{host}:{self.port}").encode()
 
 
+class _ResponseEvents:
+    """httptools' callbacks for one connection, collecting the current response; interim 1xx
+    answers are skipped."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_done = False
+        self.complete = False
+        self.unexpected = False
+        self.keep_alive = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+
+    def next_response(self) -> None:
+        self.head_done = self.complete = False
+        self.headers = []
+        self.body = []
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.unexpected = True  # bytes beyond the answer to our one request
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self.parser.get_status_code() >= 200:
+            self.head_done = True
+        else:
+            self.headers = []
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = self.head_done
+        # Asked now: once the message is over, the parser no longer knows.
+        self.keep_alive = self.parser.should_keep_alive()
+
+
 @attrs.define(eq=False)
 class _Connection:
     origin: Origin
     stream: trio.abc.Stream
-    protocol: h11.Connection = attrs.field(factory=lambda: h11.Connection(h11.CLIENT))
+    events: _ResponseEvents = attrs.field(factory=_ResponseEvents)
     idle_since: float = 0.0
+    closed_by_peer: bool = False
 
-    async def next_event(self) -> Any:
-        while True:
-            try:
-                event = self.protocol.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise UpstreamBrokeOff(f"the backend broke HTTP/1.1: {exc}") from exc
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise UpstreamBrokeOff(f"the connection failed: {exc}") from exc
-            self.protocol.receive_data(bytes(data))
+    async def receive(self) -> None:
+        """Feed the parser the next bytes from the backend."""
+        if self.closed_by_peer:
+            raise UpstreamBrokeOff("the backend closed the connection mid-response")
+        try:
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamBrokeOff(f"the connection failed: {exc}") from exc
+        if not data:
+            self.closed_by_peer = True
+            return
+        try:
+            self.events.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamBrokeOff(f"the backend broke HTTP/1.1: {exc}") from exc
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -77,14 +123,16 @@ class _Connection:
 class UpstreamResponse:
     """A response whose head has arrived; read its body, then `aclose()` it."""
 
-    def __init__(
-        self, connections: "UpstreamConnections", connection: _Connection, head: h11.Response
-    ) -> None:
-        self.status: int = head.status_code
-        self.headers: list[tuple[bytes, bytes]] = list(head.headers)
+    def __init__(self, connections: "UpstreamConnections", connection: _Connection) -> None:
+        self.status: int = connection.events.parser.get_status_code()
+        self.headers: list[tuple[bytes, bytes]] = connection.events.headers
         self._connections = connections
         self._connection: _Connection | None = connection
-        self._complete = False
+        self._read_to_end = False
+        # Without Content-Length or chunked framing, the body ends when the connection does.
+        self._ends_at_close = all(
+            name not in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        )
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.headers:
@@ -93,16 +141,18 @@ class UpstreamResponse:
         return None
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        assert self._connection is not None, "the response was closed"
+        connection = self._connection
+        assert connection is not None, "the response was closed"
+        events = connection.events
         while True:
-            event = await self._connection.next_event()
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                self._complete = True
+            if events.body:
+                data = b"".join(events.body)
+                events.body.clear()
+                yield data
+            if events.complete or (connection.closed_by_peer and self._ends_at_close):
+                self._read_to_end = True
                 return
-            else:
-                raise UpstreamBrokeOff("the backend closed the connection mid-response")
+            await connection.receive()
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.aiter_raw()])
@@ -111,12 +161,14 @@ class UpstreamResponse:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        protocol = connection.protocol
+        events = connection.events
         reusable = (
-            self._complete and protocol.our_state is h11.DONE and protocol.their_state is h11.DONE
+            self._read_to_end
+            and not events.unexpected
+            and not connection.closed_by_peer
+            and events.keep_alive
         )
         if reusable:
-            protocol.start_next_cycle()
             await self._connections.keep(connection)
         else:
             await connection.close()
@@ -157,23 +209,15 @@ class UpstreamConnections:
     ) -> UpstreamResponse:
         """Send a request and return once the response head has arrived."""
         origin, target = _split(url)
-        request = h11.Request(
-            method=method,
-            target=target,
-            headers=[
-                (b"host", origin.host_header),
-                *headers,
-                (b"content-length", str(len(body)).encode()),
-            ],
-        )
+        request = _request_bytes(method, target, origin, headers, body)
         reused = self._take_idle(origin)
         if reused is not None:
             try:
-                return await self._exchange(reused, request, body)
+                return await self._exchange(reused, request)
             except UpstreamBrokeOff:
                 # The backend closed the kept-alive connection before answering on it.
                 await reused.close()
-        return await self._exchange(await self._connect(origin), request, body)
+        return await self._exchange(await self._connect(origin), request)
 
     async def keep(self, connection: _Connection) -> None:
         idle = self._idle.setdefault(connection.origin, [])
@@ -200,24 +244,19 @@ class UpstreamConnections:
         idle = self._idle.get(origin)
         return idle.pop() if idle else None
 
-    async def _exchange(
-        self, connection: _Connection, request: h11.Request, body: bytes
-    ) -> UpstreamResponse:
-        protocol = connection.protocol
-        data = protocol.send(request) or b""
-        data += protocol.send(h11.Data(data=body)) or b""
-        data += protocol.send(h11.EndOfMessage()) or b""
+    async def _exchange(self, connection: _Connection, request: bytes) -> UpstreamResponse:
+        events = connection.events
+        events.next_response()
         try:
             try:
-                await connection.stream.send_all(data)
+                await connection.stream.send_all(request)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise UpstreamBrokeOff(f"the connection failed: {exc}") from exc
-            while True:
-                event = await connection.next_event()
-                if isinstance(event, h11.Response):
-                    return UpstreamResponse(self, connection, event)
-                if not isinstance(event, h11.InformationalResponse):
+            while not events.head_done:
+                await connection.receive()
+                if connection.closed_by_peer and not events.head_done:
                     raise UpstreamBrokeOff("the backend closed the connection without answering")
+            return UpstreamResponse(self, connection)
         except BaseException:
             await connection.close()
             raise
@@ -241,6 +280,20 @@ class UpstreamConnections:
             reason = exc.__cause__ or exc
             raise UpstreamConnectError(str(reason) or type(reason).__name__) from exc
         return _Connection(origin, stream)
+
+
+def _request_bytes(
+    method: str, target: str, origin: Origin, headers: list[tuple[bytes, bytes]], body: bytes
+) -> bytes:
+    """The whole request: head, Content-Length framing and body."""
+    lines = [f"{method} {target} HTTP/1.1\r\nhost: ".encode(), origin.host_header, b"\r\n"]
+    for name, value in headers:
+        if _UNSAFE.search(name) or _UNSAFE.search(value):
+            raise ValueError(f"header {name!r} holds a control character")
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"content-length: %d\r\n\r\n" % len(body))
+    lines.append(body)
+    return b"".join(lines)
 
 
 def _split(url: str) -> tuple[Origin, str]:

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trustme
 
-from sopy.upstream_http import UpstreamConnectError, UpstreamConnections
+from sopy.upstream_http import UpstreamBrokeOff, UpstreamConnectError, UpstreamConnections
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
@@ -127,3 +127,76 @@ async def test_connections_unused_for_the_idle_timeout_are_closed(nursery: trio.
         await trio.sleep(0.5)
         assert await ask(connections, f"http://127.0.0.1:{port}/") == b"hello 2"
     assert backend.connections == 2
+
+
+async def answer_once(reply: bytes, stream: trio.abc.Stream) -> None:
+    """A backend that reads one request (head and Content-Length body), writes `reply` in two
+    parts, and closes."""
+    received = b""
+    async with stream:
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive_some(65536)
+        head, body = received.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        middle = len(reply) // 2
+        await stream.send_all(reply[:middle])
+        await trio.sleep(0.01)
+        await stream.send_all(reply[middle:])
+
+
+@pytest.mark.parametrize(
+    ("reply", "body"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            b"hello world",
+        ),
+        (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"ok",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the connection closes",
+            b"until the connection closes",
+        ),
+    ],
+    ids=["chunked", "interim-1xx", "close-delimited"],
+)
+async def test_response_framings_are_read_to_their_end(
+    nursery: trio.Nursery, reply: bytes, body: bytes
+) -> None:
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, partial(answer_once, reply), 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    async with UpstreamConnections(5) as connections:
+        response = await connections.send("POST", f"http://127.0.0.1:{port}/", [], b"{}")
+        assert response.status == 200
+        assert b"link" not in dict(response.headers)
+        assert await response.read() == body
+        await response.aclose()
+
+
+async def test_a_body_cut_short_by_the_backend_is_an_error(nursery: trio.Nursery) -> None:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, partial(answer_once, reply), 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    async with UpstreamConnections(5) as connections:
+        response = await connections.send("POST", f"http://127.0.0.1:{port}/", [], b"{}")
+        with pytest.raises(UpstreamBrokeOff):
+            await response.read()
+        await response.aclose()
+
+
+async def test_a_header_with_a_line_break_is_never_written() -> None:
+    async with UpstreamConnections(5) as connections:
+        with pytest.raises(ValueError, match="control character"):
+            await connections.send(
+                "POST", "http://127.0.0.1:9/", [(b"x-evil", b"a\r\nInjected: 1")], b""
+            )
