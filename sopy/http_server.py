@@ -105,13 +105,20 @@ class HttpExchange:
             status, [*headers, *self._connection_headers()], body, with_body=self.method != "HEAD"
         )
 
-    async def start_response(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
-        """The head of a response whose body follows in pieces (chunked)."""
+    async def start_response(
+        self, status: int, headers: Sequence[tuple[bytes, bytes]], first: bytes = b""
+    ) -> None:
+        """The head of a response whose body follows in pieces (chunked), with the `first`
+        piece in the same write."""
         self.response_started = True
+        protocol = self._connection.protocol
         head = h11.Response(
             status_code=status, headers=[*headers, *self._connection_headers(), _date()]
         )
-        await self._connection.write(self._connection.protocol.send(head) or b"")
+        data = protocol.send(head) or b""
+        if first:
+            data += protocol.send(h11.Data(data=first)) or b""
+        await self._connection.write(data)
 
     async def send_chunk(self, data: bytes) -> None:
         if data:

@@ -35,6 +35,9 @@ access_log = logging.getLogger("sopy.access")
 
 RELAY_BUFFER = 32
 CLIENT_CLOSED_REQUEST = 499
+_POOL_STOPPED = UpstreamFailed(
+    UpstreamError("the upstream pool stopped while handling this request; retry it")
+)
 
 
 @attrs.define
@@ -177,26 +180,56 @@ async def _pump(
         request.finished = True
         await send_complete(exchange, start.status, start.headers, start.body, request.rid)
         return
-    await exchange.start_response(start.status, [*start.headers, (b"x-request-id", request.rid)])
-    while True:
+    await _relay_stream(start, events, exchange, request)
+
+
+async def _relay_stream(
+    start: ResponseStart,
+    events: trio.MemoryReceiveChannel[UpstreamEvent],
+    exchange: HttpExchange,
+    request: ProxiedRequest,
+) -> None:
+    """Relay an event stream; chunks already waiting go out in one write with what precedes
+    them (the head included), so a burst from the upstream costs one write, not one each."""
+    ready, end = _take_ready(events)
+    head = [*start.headers, (b"x-request-id", request.rid)]
+    await exchange.start_response(start.status, head, ready)
+    while end is None:
         event = await _next_event(events)
         if isinstance(event, ResponseChunk):
-            await exchange.send_chunk(event.data)
-            continue
-        # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.
-        error = event.error if isinstance(event, ResponseEnd) else "the upstream pool stopped"
-        request.finished = True
-        await exchange.end_response(b"" if error is None else _sse_error_event(error))
-        return
+            ready, end = _take_ready(events)
+            await exchange.send_chunk(event.data + ready)
+        else:
+            end = event
+    # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.
+    error = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
+    request.finished = True
+    await exchange.end_response(b"" if error is None else _sse_error_event(error))
+
+
+def _take_ready(
+    events: trio.MemoryReceiveChannel[UpstreamEvent],
+) -> tuple[bytes, UpstreamEvent | None]:
+    """The chunks already waiting in `events`, joined, and the event after them if it is
+    waiting too."""
+    pieces: list[bytes] = []
+    while True:
+        try:
+            event = events.receive_nowait()
+        except trio.WouldBlock:
+            return b"".join(pieces), None
+        except trio.EndOfChannel:
+            return b"".join(pieces), _POOL_STOPPED
+        if not isinstance(event, ResponseChunk):
+            return b"".join(pieces), event
+        pieces.append(event.data)
 
 
 async def _next_event(events: trio.MemoryReceiveChannel[UpstreamEvent]) -> UpstreamEvent:
     try:
         return await events.receive()
     except trio.EndOfChannel:
-        return UpstreamFailed(
-            UpstreamError("the upstream pool stopped while handling this request; retry it")
-        )
+        return _POOL_STOPPED
 
 
 def _sse_error_event(message: str) -> bytes:
