@@ -1,37 +1,47 @@
-"""Sopy's HTTP/1.1 server for the public API: h11 framing over trio sockets, one task per
-connection, its requests handled in that task one after another (keep-alive).
+"""Sopy's HTTP/1.1 server for the public API: one task per connection over trio sockets, its
+requests handled in that task one after another (keep-alive, pipelining); parsing and framing
+are `sopy.http_wire`'s.
 
 It owns the connection-level rules: a request head must arrive within `header_timeout` (which
 also bounds how long a connection may sit idle between requests) and within `max_head_bytes`; a
 malformed request gets an OpenAI-shaped 4xx and the connection is closed; `Expect: 100-continue`
 is answered only when the handler starts reading the body; a response sent before the request
-body was read closes the connection after it; and on `stop` the listeners close, idle
+body has arrived closes the connection after it; and on `stop` the listeners close, idle
 connections close, and busy ones finish their current request (for up to `drain_timeout`).
 
-Why not hypercorn: on the 2-core bench machine hypercorn alone spends ~0.5 ms of CPU per request
-for a no-op ASGI app (a per-request app task, a restarted idle-timer task, a lock and a separate
-socket write per ASGI message), against ~0.15 ms for h11 on trio; that floor alone was most of
-the added-latency budget (see bench/README.md).
+Why not hypercorn, or h11: on the 2-core bench machine hypercorn alone spends ~0.5 ms of CPU
+per request for a no-op ASGI app (a per-request app task, a restarted idle-timer task, a lock
+and a separate socket write per ASGI message), h11 on trio ~0.15 ms, of which ~50 us is h11's
+parsing and framing, which httptools does in ~3 us (see bench/README.md).
 """
 
-import email.utils
 import logging
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import attrs
-import h11
 import orjson
 import trio
 
 from sopy.errors import InvalidRequest, SopyError
+from sopy.http_wire import (
+    CONTINUE,
+    LAST_CHUNK,
+    Header,
+    MalformedRequest,
+    ParsedRequest,
+    RequestParser,
+    chunk,
+    complete_response,
+    streamed_response_head,
+)
 
 log = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 65536
 _LINGER_SECONDS = 1.0
+_CLOSE = (b"connection", b"close")
 
 
 class ClientGone(Exception):
@@ -56,14 +66,19 @@ class HttpExchange:
     """One request and the response to it. Send either `respond` once, or `start_response`,
     any number of `send_chunk` and one `end_response`."""
 
-    def __init__(self, connection: "_Connection", request: h11.Request) -> None:
+    def __init__(self, connection: "_Connection", request: ParsedRequest) -> None:
         self._connection = connection
+        self._request = request
         self.method = request.method.decode("ascii")
         target = request.target.decode("latin-1")
         self.raw_path, _, self.query = target.partition("?")
         self.path = urllib.parse.unquote(self.raw_path)
-        self.headers: Sequence[tuple[bytes, bytes]] = request.headers
+        self.headers: Sequence[Header] = request.headers
         self.response_started = False
+        self.response_finished = False
+        self.last_on_connection = False
+        self._body_allowed = self.method != "HEAD"
+        self._chunked = request.http_11
 
     @property
     def target(self) -> str:
@@ -72,133 +87,102 @@ class HttpExchange:
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return self._request.header(name)
 
     async def read_body_chunk(self) -> bytes | None:
         """The next piece of the request body; None once it is complete."""
-        connection = self._connection
-        if connection.protocol.they_are_waiting_for_100_continue:
-            await connection.write(
-                connection.protocol.send(h11.InformationalResponse(status_code=100, headers=[]))
-            )
-        try:
-            event = await connection.next_event()
-        except h11.RemoteProtocolError as exc:
+        request, connection = self._request, self._connection
+        while not request.body:
+            if request.complete:
+                return None
             if connection.gone:
-                raise ClientGone from None
-            raise MalformedBody(str(exc)) from None
-        if isinstance(event, h11.Data):
-            return bytes(event.data)
-        if isinstance(event, h11.EndOfMessage):
-            return None
-        raise ClientGone
+                raise ClientGone
+            if request.expects_continue:
+                request.expects_continue = False
+                await connection.write(CONTINUE)
+            try:
+                await connection.receive()
+            except MalformedRequest as exc:
+                raise MalformedBody(str(exc)) from None
+        return request.body.popleft()
 
-    async def respond(
-        self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes
-    ) -> None:
+    async def respond(self, status: int, headers: Sequence[Header], body: bytes) -> None:
         """A complete response: `headers`, Content-Length, then `body`."""
-        self.response_started = True
-        await self._connection.respond(
-            status, [*headers, *self._connection_headers()], body, with_body=self.method != "HEAD"
+        head = [*headers, *self._connection_headers()]
+        self.response_finished = True
+        await self._connection.write(
+            complete_response(status, head, body, include_body=self._body_allowed)
         )
 
     async def start_response(
-        self, status: int, headers: Sequence[tuple[bytes, bytes]], first: bytes = b""
+        self, status: int, headers: Sequence[Header], first: bytes = b""
     ) -> None:
-        """The head of a response whose body follows in pieces (chunked), with the `first`
-        piece in the same write."""
-        self.response_started = True
-        protocol = self._connection.protocol
-        head = h11.Response(
-            status_code=status, headers=[*headers, *self._connection_headers(), _date()]
-        )
-        data = protocol.send(head) or b""
-        if first:
-            data += protocol.send(h11.Data(data=first)) or b""
-        await self._connection.write(data)
+        """The head of a response whose body follows in pieces, with the `first` piece in the
+        same write."""
+        head = [*headers, *self._connection_headers()]
+        data = streamed_response_head(status, head, chunked=self._chunked)
+        await self._connection.write(data + self._framed(first))
 
     async def send_chunk(self, data: bytes) -> None:
         if data:
-            await self._connection.write(self._connection.protocol.send(h11.Data(data=data)) or b"")
+            await self._connection.write(self._framed(data))
 
     async def end_response(self, data: bytes = b"") -> None:
-        protocol = self._connection.protocol
-        out = (protocol.send(h11.Data(data=data)) or b"") if data else b""
-        out += protocol.send(h11.EndOfMessage()) or b""
-        await self._connection.write(out)
+        self.response_finished = True
+        last = LAST_CHUNK if self._chunked and self._body_allowed else b""
+        await self._connection.write(self._framed(data) + last)
 
     async def wait_client_gone(self) -> None:
         """Return when the client closes its connection (call once the body has been read).
         Bytes of a pipelined next request are kept for it."""
         await self._connection.wait_closed_by_client()
 
-    def _connection_headers(self) -> list[tuple[bytes, bytes]]:
-        connection = self._connection
-        if connection.server.draining or not connection.request_read():
-            # Draining, or the request body was not read: this is the connection's last answer.
-            return [_CLOSE]
-        return []
+    def _framed(self, data: bytes) -> bytes:
+        if not self._body_allowed:
+            return b""
+        return chunk(data) if self._chunked else data
+
+    def _connection_headers(self) -> list[Header]:
+        self.response_started = True
+        connection, request = self._connection, self._request
+        self.last_on_connection = (
+            connection.server.draining
+            or connection.keep_alive_lost
+            or not request.keep_alive
+            or not request.complete
+            or not self._chunked
+        )
+        # Draining, a request not read whole, or the client asked: the connection's last answer.
+        return [_CLOSE] if self.last_on_connection else []
 
 
 class _Connection:
-    """One client connection: its stream, its h11 state machine, and whether it is gone."""
+    """One client connection: its stream, its parser, and whether it is gone."""
 
     def __init__(self, server: "HttpServer", stream: trio.SocketStream) -> None:
         self.server = server
         self.stream = stream
-        self.protocol = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=server.limits.max_head_bytes
-        )
+        self.parser = RequestParser(server.limits.max_head_bytes)
         self.gone = False
+        self.keep_alive_lost = False
 
-    async def next_event(self) -> object:
-        protocol = self.protocol
-        while True:
-            event = protocol.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                self.gone = True
-            protocol.receive_data(bytes(data))
+    async def next_request(self) -> ParsedRequest | None:
+        """The next request whose head has arrived, or None if the client closed first."""
+        ready = self.parser.ready
+        while not ready:
+            if self.gone:
+                return None
+            await self.receive()
+        return ready.popleft()
 
-    def request_read(self) -> bool:
-        """Whether the request has arrived whole, after taking what is already buffered (the end
-        of a request without a body, or a body the handler did not ask for)."""
-        protocol = self.protocol
-        try:
-            while protocol.their_state is h11.SEND_BODY:
-                if protocol.next_event() is h11.NEED_DATA:
-                    return False
-        except h11.RemoteProtocolError:
-            return False
-        return protocol.their_state is h11.DONE
-
-    async def respond(
-        self,
-        status: int,
-        headers: Sequence[tuple[bytes, bytes]],
-        body: bytes,
-        *,
-        with_body: bool = True,
-    ) -> None:
-        """Head, Content-Length and body in one write (no body bytes for a HEAD request)."""
-        protocol = self.protocol
-        head = [*headers, (b"content-length", str(len(body)).encode()), _date()]
-        data = protocol.send(h11.Response(status_code=status, headers=head)) or b""
-        if with_body:
-            data += protocol.send(h11.Data(data=body)) or b""
-        data += protocol.send(h11.EndOfMessage()) or b""
-        await self.write(data)
+    async def receive(self) -> None:
+        """Feed the parser the client's next bytes (or note that it is gone)."""
+        data = await self._receive_some()
+        if data:
+            self.parser.feed(data)
 
     async def write(self, data: bytes) -> None:
-        if self.gone:
+        if self.gone or not data:
             return
         try:
             await self.stream.send_all(data)
@@ -206,17 +190,28 @@ class _Connection:
             self.gone = True
 
     async def wait_closed_by_client(self) -> None:
+        fed = 0
         while not self.gone:
+            data = await self._receive_some()
+            if not data or self.keep_alive_lost:
+                continue
+            fed += len(data)
             try:
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                self.gone = True
-            elif len(self.protocol.trailing_data[0]) < self.server.limits.max_head_bytes:
-                self.protocol.receive_data(bytes(data))
-            else:
-                await trio.sleep_forever()
+                if fed > self.server.limits.max_head_bytes:
+                    raise MalformedRequest(400, "too much pipelined ahead")
+                self.parser.feed(data)
+            except MalformedRequest:
+                # Bytes are being dropped from now on, so this connection's reply is its last.
+                self.keep_alive_lost = True
+
+    async def _receive_some(self) -> bytes:
+        try:
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            self.gone = True
+        return bytes(data)
 
     async def close(self) -> None:
         """Close without destroying an answer in flight: shut our side, let the client's
@@ -274,7 +269,7 @@ class HttpServer:
         connection = _Connection(self, stream)
         try:
             while await self._serve_one_request(connection):
-                connection.protocol.start_next_cycle()
+                pass
         finally:
             await connection.close()
 
@@ -285,13 +280,13 @@ class HttpServer:
             if self.draining:
                 waiting.cancel()
             try:
-                request = await connection.next_event()
-            except h11.RemoteProtocolError as exc:
+                request = await connection.next_request()
+            except MalformedRequest as exc:
                 await _refuse_malformed(connection, exc)
                 return False
             finally:
                 self._waiting_for_requests.discard(waiting)
-        if waiting.cancelled_caught or not isinstance(request, h11.Request):
+        if waiting.cancelled_caught or request is None:
             return False
         exchange = HttpExchange(connection, request)
         try:
@@ -303,21 +298,20 @@ class HttpServer:
             await _answer_error(
                 exchange, SopyError("the gateway failed on this request; see its log")
             )
-        protocol = connection.protocol
         return (
-            not connection.gone
+            exchange.response_finished
+            and not exchange.last_on_connection
+            and not connection.gone
             and not self.draining
-            and protocol.our_state is h11.DONE
-            and protocol.their_state is h11.DONE
         )
 
 
-async def _refuse_malformed(connection: _Connection, exc: h11.RemoteProtocolError) -> None:
-    if connection.protocol.our_state is not h11.IDLE or connection.gone:
-        return
-    error = InvalidRequest(f"malformed HTTP request: {exc}; send a valid HTTP/1.1 request")
+async def _refuse_malformed(connection: _Connection, exc: MalformedRequest) -> None:
+    error = InvalidRequest(f"{exc}; send a valid HTTP/1.1 request")
     headers = [(b"content-type", b"application/json"), _CLOSE]
-    await connection.respond(exc.error_status_hint, headers, orjson.dumps(error.openai_body()))
+    await connection.write(
+        complete_response(exc.status, headers, orjson.dumps(error.openai_body()))
+    )
 
 
 async def _answer_error(exchange: HttpExchange, error: SopyError) -> None:
@@ -328,21 +322,3 @@ async def _answer_error(exchange: HttpExchange, error: SopyError) -> None:
 def _url(listener: trio.SocketListener) -> str:
     host, port = listener.socket.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-_CLOSE = (b"connection", b"close")
-
-
-class _DateCache:
-    """The Date header, formatted at most once a second."""
-
-    second = -1
-    header = (b"date", b"")
-
-
-def _date() -> tuple[bytes, bytes]:
-    now = int(time.time())
-    if now != _DateCache.second:
-        _DateCache.header = (b"date", email.utils.formatdate(now, usegmt=True).encode())
-        _DateCache.second = now
-    return _DateCache.header
