@@ -128,12 +128,15 @@ async def test_a_too_large_body_is_refused_without_100_continue_and_the_connecti
 async def test_head_gets_a_head_only_and_the_connection_stays_usable(gateway: Gateway) -> None:
     stream = await gateway.raw_connection()
     await stream.send_all(
-        b"HEAD / HTTP/1.1\r\nHost: sopy\r\n\r\n"
+        b"HEAD /hello/sopy HTTP/1.1\r\nHost: sopy\r\n\r\n"
+        b"HEAD /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\n\r\n"
         b"GET / HTTP/1.1\r\nHost: sopy\r\nConnection: close\r\n\r\n"
     )
     answer = await read_until_closed(stream, within=5)
-    head, rest = answer.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 405 ")
-    assert b"allow: GET" in head
+    head, refused, rest = answer.split(b"\r\n\r\n", 2)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"content-length: 24\r\n" in head  # the length of {"message":"Hello sopy"}
+    assert refused.startswith(b"HTTP/1.1 405 ")
+    assert b"allow: POST" in refused
     assert rest.startswith(b"HTTP/1.1 200 ")
     assert rest.endswith(b'{"message":"Hello World"}')

@@ -124,15 +124,17 @@ class HttpFront:
             log.debug("client went away before sending its whole request")
 
     def _handler_for(self, method: str, path: str) -> Handler:
-        handler = self._routes.get((method, path))
+        """The route's handler; HEAD is served as GET (the server sends the head only)."""
+        as_get = method in ("GET", "HEAD")
+        handler = self._routes.get(("GET" if as_get else method, path))
         if handler is not None:
             return handler
         if path.startswith("/hello/") and len(path) > len("/hello/"):
-            if method == "GET":
+            if as_get:
                 return self._hello_name
             raise MethodNotAllowed(path, method, ["GET"])
         if path == "/docs" or path.startswith("/docs/"):
-            if method == "GET":
+            if as_get:
                 return self._docs
             raise MethodNotAllowed(path, method, ["GET"])
         allowed = sorted(m for m, p in self._routes if p == path)
