@@ -95,15 +95,14 @@ class HttpExchange:
         while not request.body:
             if request.complete:
                 return None
+            if connection.malformed is not None:
+                raise MalformedBody(str(connection.malformed))
             if connection.gone:
                 raise ClientGone
             if request.expects_continue:
                 request.expects_continue = False
                 await connection.write(CONTINUE)
-            try:
-                await connection.receive()
-            except MalformedRequest as exc:
-                raise MalformedBody(str(exc)) from None
+            await connection.receive()
         return request.body.popleft()
 
     async def respond(self, status: int, headers: Sequence[Header], body: bytes) -> None:
@@ -147,7 +146,6 @@ class HttpExchange:
         connection, request = self._connection, self._request
         self.last_on_connection = (
             connection.server.draining
-            or connection.keep_alive_lost
             or not request.keep_alive
             or not request.complete
             or not self._chunked
@@ -157,19 +155,22 @@ class HttpExchange:
 
 
 class _Connection:
-    """One client connection: its stream, its parser, and whether it is gone."""
+    """One client connection: its stream, its parser, whether it is gone, and the parse error
+    that ends it once the requests before the error are served."""
 
     def __init__(self, server: "HttpServer", stream: trio.SocketStream) -> None:
         self.server = server
         self.stream = stream
         self.parser = RequestParser(server.limits.max_head_bytes)
         self.gone = False
-        self.keep_alive_lost = False
+        self.malformed: MalformedRequest | None = None
 
     async def next_request(self) -> ParsedRequest | None:
         """The next request whose head has arrived, or None if the client closed first."""
         ready = self.parser.ready
         while not ready:
+            if self.malformed is not None:
+                raise self.malformed
             if self.gone:
                 return None
             await self.receive()
@@ -177,9 +178,14 @@ class _Connection:
 
     async def receive(self) -> None:
         """Feed the parser the client's next bytes (or note that it is gone)."""
-        data = await self._receive_some()
-        if data:
-            self.parser.feed(data)
+        self._feed(await self._receive_some())
+
+    def _feed(self, data: bytes) -> None:
+        if data and self.malformed is None:
+            try:
+                self.parser.feed(data)
+            except MalformedRequest as exc:
+                self.malformed = exc
 
     async def write(self, data: bytes) -> None:
         if self.gone or not data:
@@ -193,16 +199,13 @@ class _Connection:
         fed = 0
         while not self.gone:
             data = await self._receive_some()
-            if not data or self.keep_alive_lost:
-                continue
             fed += len(data)
-            try:
-                if fed > self.server.limits.max_head_bytes:
-                    raise MalformedRequest(400, "too much pipelined ahead")
-                self.parser.feed(data)
-            except MalformedRequest:
-                # Bytes are being dropped from now on, so this connection's reply is its last.
-                self.keep_alive_lost = True
+            if fed > self.server.limits.max_head_bytes and self.malformed is None:
+                # Bytes are dropped from here on: the requests queued so far are the last.
+                self.malformed = MalformedRequest(
+                    400, "more was pipelined than the gateway holds; wait for each answer"
+                )
+            self._feed(data)
 
     async def _receive_some(self) -> bytes:
         try:

@@ -79,6 +79,16 @@ async def test_a_malformed_request_gets_an_openai_error_and_the_connection_close
     assert "malformed HTTP request" in error["message"]
 
 
+async def test_requests_before_a_malformed_one_are_still_answered(gateway: Gateway) -> None:
+    stream = await gateway.raw_connection()
+    await stream.send_all(b"GET /hello/first HTTP/1.1\r\nHost: sopy\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+    answer = await read_until_closed(stream, within=5)
+    first, refused = answer.split(b"HTTP/1.1 400 ", 1)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert first.endswith(b'{"message":"Hello first"}')
+    assert b"malformed HTTP request" in refused
+
+
 async def test_a_broken_chunked_body_gets_a_400(gateway: Gateway) -> None:
     stream = await gateway.raw_connection()
     head = chat_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
