@@ -34,6 +34,7 @@ from sopy.http_wire import (
     RequestParser,
     chunk,
     complete_response,
+    has_body,
     streamed_response_head,
 )
 
@@ -57,6 +58,7 @@ class ServerLimits:
     header_timeout: float
     max_head_bytes: int
     drain_timeout: float
+    send_timeout: float
 
 
 Handler = Callable[["HttpExchange"], Awaitable[None]]
@@ -119,6 +121,7 @@ class HttpExchange:
         """The head of a response whose body follows in pieces, with the `first` piece in the
         same write."""
         head = [*headers, *self._connection_headers()]
+        self._body_allowed = self._body_allowed and has_body(status)
         data = streamed_response_head(status, head, chunked=self._chunked)
         await self._connection.write(data + self._framed(first))
 
@@ -188,12 +191,19 @@ class _Connection:
                 self.malformed = exc
 
     async def write(self, data: bytes) -> None:
+        """Send `data`; a client that leaves it unread for `send_timeout` is cut off (which also
+        wakes a task waiting in `wait_closed_by_client`)."""
         if self.gone or not data:
             return
-        try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        with trio.move_on_after(self.server.limits.send_timeout) as stalled:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.gone = True
+        if stalled.cancelled_caught:
+            log.info("a client left %d response bytes unread; disconnecting it", len(data))
             self.gone = True
+            await trio.aclose_forcefully(self.stream)
 
     async def wait_closed_by_client(self) -> None:
         fed = 0

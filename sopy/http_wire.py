@@ -67,15 +67,17 @@ class RequestParser:
     def __init__(self, max_head_bytes: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._max_head_bytes = max_head_bytes
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the current head, as httptools reports its parts
+        self._head_fed = 0  # bytes fed while the current head was incomplete
+        self._head_too_large = False
         self._current: ParsedRequest | None = None
         self._head_done = False
         self._upgraded = False
         self.ready: deque[ParsedRequest] = deque()
 
     def feed(self, data: bytes) -> None:
-        """Parse `data`; raise `MalformedRequest` if it breaks HTTP/1.1 or the head grows
-        beyond `max_head_bytes`."""
+        """Parse `data`; raise `MalformedRequest` if it breaks HTTP/1.1 or a head grows beyond
+        `max_head_bytes`."""
         if self._upgraded:
             self._feed_upgrade_body(data)
             return
@@ -84,19 +86,24 @@ class RequestParser:
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
+            if self._head_too_large:
+                raise self._too_large() from None
             raise MalformedRequest(400, f"malformed HTTP request: {exc}") from None
         if self._current is not None and not self._head_done:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._max_head_bytes:
-                raise MalformedRequest(
-                    431, f"the request head is larger than {self._max_head_bytes} bytes"
-                )
+            # Bounds what httptools buffers of a head that has not ended yet.
+            self._head_fed += len(data)
+            if self._head_fed > self._max_head_bytes:
+                raise self._too_large()
+
+    def _too_large(self) -> MalformedRequest:
+        return MalformedRequest(
+            431, f"the request head is larger than {self._max_head_bytes} bytes"
+        )
 
     def _upgrade(self, rest: bytes) -> None:
         """The request asked to switch protocols: serve it in HTTP/1.1, then close."""
-        request = self.ready[-1] if self.ready else None
-        if request is None:
-            raise MalformedRequest(400, "malformed HTTP request: upgrade before a request")
+        request = self._current
+        assert request is not None and self._head_done, "llhttp upgrades after a whole head"
         self._upgraded = True
         request.keep_alive = False
         if request.header(b"transfer-encoding") is not None:
@@ -107,7 +114,7 @@ class RequestParser:
         self._feed_upgrade_body(rest)
 
     def _feed_upgrade_body(self, data: bytes) -> None:
-        request = self.ready[-1] if self.ready else None
+        request = self._current
         if request is None or request.upgrade_body_left <= 0 or not data:
             return
         piece = data[: request.upgrade_body_left]
@@ -120,15 +127,24 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self._current = ParsedRequest()
         self._head_done = False
-        self._head_bytes = 0
+        self._head_bytes = self._head_fed = 0
 
     def on_url(self, url: bytes) -> None:
         assert self._current is not None
         self._current.target += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._current is not None
-        self._current.headers.append((name.lower(), value))
+        if not self._head_done:  # after the head: chunked trailers, not kept
+            self._current.headers.append((name.lower(), value))
+            self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._max_head_bytes:
+            self._head_too_large = True
+            raise self._too_large()  # httptools stops parsing; feed() reports it
 
     def on_headers_complete(self) -> None:
         request = self._current
@@ -153,11 +169,15 @@ class RequestParser:
         self._current.complete = True
 
 
+def has_body(status: int) -> bool:
+    return status not in _NO_BODY_STATUSES
+
+
 def complete_response(
     status: int, headers: list[Header], body: bytes, *, include_body: bool = True
 ) -> bytes:
     """A whole response with Content-Length (and no body bytes for a HEAD request)."""
-    if status in _NO_BODY_STATUSES:
+    if not has_body(status):
         return _head(status, headers)
     length = (b"content-length", b"%d" % len(body))
     head = _head(status, [*headers, length])
@@ -167,7 +187,7 @@ def complete_response(
 def streamed_response_head(status: int, headers: list[Header], *, chunked: bool) -> bytes:
     """The head of a response whose body follows in pieces: chunked for an HTTP/1.1 client,
     delimited by closing the connection for an HTTP/1.0 one."""
-    if chunked:
+    if chunked and has_body(status):
         headers = [*headers, (b"transfer-encoding", b"chunked")]
     return _head(status, headers)
 

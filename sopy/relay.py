@@ -16,7 +16,7 @@ import trio
 
 from sopy.actors.upstream_pool import UpstreamPools
 from sopy.channel_send import deliver
-from sopy.errors import NoBackendAvailable, UpstreamError
+from sopy.errors import NoBackendAvailable, SopyError, UpstreamError
 from sopy.http_headers import upstream_request_headers
 from sopy.http_server import HttpExchange
 from sopy.messages import (
@@ -123,12 +123,20 @@ async def _forward(
     try:
         await deliver(pools.inbox_for(route.provider), forward)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        error = NoBackendAvailable(
-            f"provider '{route.provider}' was just removed from the configuration"
+        _fail_now(
+            events_send,
+            NoBackendAvailable(
+                f"provider '{route.provider}' was just removed from the configuration"
+            ),
         )
-        events_send.send_nowait(UpstreamFailed(error))
-        events_send.close()
+    except NoBackendAvailable as error:  # the pools are restarting
+        _fail_now(events_send, error)
     return events
+
+
+def _fail_now(events: trio.MemorySendChannel[UpstreamEvent], error: SopyError) -> None:
+    events.send_nowait(UpstreamFailed(error))
+    events.close()
 
 
 def _provider_could_not_answer(first: UpstreamEvent) -> bool:

@@ -103,6 +103,13 @@ class Settings:
     body_timeout: float = attrs.field(
         default=60.0, metadata=_about("seconds a client may take to send its body", low=0.001)
     )
+    send_timeout: float = attrs.field(
+        default=30.0,
+        metadata=_about(
+            "seconds a client may leave response bytes unread before it is disconnected",
+            low=0.001,
+        ),
+    )
     max_concurrent_requests: int = attrs.field(
         default=1000, metadata=_about("requests served at once; more get a 503", low=1)
     )

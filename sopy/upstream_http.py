@@ -13,6 +13,7 @@ connection instead of returning it to the pool.
 """
 
 import re
+import select
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -32,6 +33,10 @@ class UpstreamConnectError(Exception):
 
 class UpstreamConnectTimeout(UpstreamConnectError):
     """The backend did not accept a connection within the connect timeout."""
+
+
+class UpstreamRequestRefused(Exception):
+    """The request cannot be written safely (a header holds a control character)."""
 
 
 class UpstreamBrokeOff(Exception):
@@ -74,7 +79,8 @@ class _ResponseEvents:
             self.unexpected = True  # bytes beyond the answer to our one request
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        if not self.head_done:  # after the head: chunked trailers, not relayed
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         if self.parser.get_status_code() >= 200:
@@ -83,9 +89,12 @@ class _ResponseEvents:
             self.headers = []
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.unexpected:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.unexpected:
+            return
         self.complete = self.head_done
         # Asked now: once the message is over, the parser no longer knows.
         self.keep_alive = self.parser.should_keep_alive()
@@ -95,9 +104,11 @@ class _ResponseEvents:
 class _Connection:
     origin: Origin
     stream: trio.abc.Stream
+    fileno: int | None  # of a plain TCP connection, for the staleness check
     events: _ResponseEvents = attrs.field(factory=_ResponseEvents)
     idle_since: float = 0.0
     closed_by_peer: bool = False
+    received_any: bool = False
 
     async def receive(self) -> None:
         """Feed the parser the next bytes from the backend."""
@@ -110,10 +121,23 @@ class _Connection:
         if not data:
             self.closed_by_peer = True
             return
+        self.received_any = True
+        events = self.events
         try:
-            self.events.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            raise UpstreamBrokeOff(f"the backend broke HTTP/1.1: {exc}") from exc
+            events.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if not events.complete:
+                raise UpstreamBrokeOff(f"the backend broke HTTP/1.1: {exc!r}") from exc
+            events.unexpected = True  # junk after a whole answer: answer kept, connection not
+
+    def looks_stale(self) -> bool:
+        """Whether an idle plain connection has something to read: the backend closed it, or
+        sent something unasked (e.g. a 408 on its own idle timeout). TLS connections may carry
+        session tickets, so they are not checked; a failed reuse is retried instead."""
+        if self.fileno is None:
+            return False
+        readable, _, _ = select.select([self.fileno], [], [], 0)
+        return bool(readable)
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -130,8 +154,9 @@ class UpstreamResponse:
         self._connection: _Connection | None = connection
         self._read_to_end = False
         # Without Content-Length or chunked framing, the body ends when the connection does.
-        self._ends_at_close = all(
-            name not in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        coding = (self.header(b"transfer-encoding") or "").rstrip().lower()
+        self._ends_at_close = self.header(b"content-length") is None and not coding.endswith(
+            "chunked"
         )
 
     def header(self, name: bytes) -> str | None:
@@ -210,13 +235,14 @@ class UpstreamConnections:
         """Send a request and return once the response head has arrived."""
         origin, target = _split(url)
         request = _request_bytes(method, target, origin, headers, body)
-        reused = self._take_idle(origin)
+        reused = await self._take_idle(origin)
         if reused is not None:
             try:
                 return await self._exchange(reused, request)
             except UpstreamBrokeOff:
-                # The backend closed the kept-alive connection before answering on it.
-                await reused.close()
+                if reused.received_any:
+                    raise
+                # The backend closed the kept-alive connection without a byte of answer.
         return await self._exchange(await self._connect(origin), request)
 
     async def keep(self, connection: _Connection) -> None:
@@ -240,13 +266,19 @@ class UpstreamConnections:
                 for connection in stale:
                     await connection.close()
 
-    def _take_idle(self, origin: Origin) -> _Connection | None:
+    async def _take_idle(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
-        return idle.pop() if idle else None
+        while idle:
+            connection = idle.pop()
+            if not connection.looks_stale():
+                return connection
+            await connection.close()
+        return None
 
     async def _exchange(self, connection: _Connection, request: bytes) -> UpstreamResponse:
         events = connection.events
         events.next_response()
+        connection.received_any = False
         try:
             try:
                 await connection.stream.send_all(request)
@@ -262,14 +294,22 @@ class UpstreamConnections:
             raise
 
     async def _connect(self, origin: Origin) -> _Connection:
+        fileno: int | None = None
         try:
             with trio.fail_after(self._connect_timeout):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(origin.host, origin.port)
-                if origin.scheme == "https":
+                tcp = await trio.open_tcp_stream(origin.host, origin.port)
+                stream: trio.abc.Stream = tcp
+                if origin.scheme == "http":
+                    fileno = tcp.socket.fileno()
+                else:
                     tls = trio.SSLStream(
                         stream, self._tls, server_hostname=origin.host, https_compatible=True
                     )
-                    await tls.do_handshake()
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(tcp)
+                        raise
                     stream = tls
         except trio.TooSlowError:
             raise UpstreamConnectTimeout(
@@ -279,7 +319,7 @@ class UpstreamConnections:
             # trio reports a failed TLS handshake as BrokenResourceError caused by the SSLError.
             reason = exc.__cause__ or exc
             raise UpstreamConnectError(str(reason) or type(reason).__name__) from exc
-        return _Connection(origin, stream)
+        return _Connection(origin, stream, fileno)
 
 
 def _request_bytes(
@@ -289,7 +329,7 @@ def _request_bytes(
     lines = [f"{method} {target} HTTP/1.1\r\nhost: ".encode(), origin.host_header, b"\r\n"]
     for name, value in headers:
         if _UNSAFE.search(name) or _UNSAFE.search(value):
-            raise ValueError(f"header {name!r} holds a control character")
+            raise UpstreamRequestRefused(f"header {name!r} holds a control character")
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"content-length: %d\r\n\r\n" % len(body))
     lines.append(body)

@@ -1,6 +1,8 @@
 """The public port's HTTP/1.1 handling (sopy.http_server), spoken by hand over raw sockets:
 pipelining, malformed requests, chunked bodies, Expect: 100-continue, HEAD, early answers."""
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import attrs
@@ -18,7 +20,7 @@ BODY = b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}'
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return attrs.evolve(settings, max_body_bytes=4096)
+    return attrs.evolve(settings, max_body_bytes=4096, send_timeout=0.3, header_timeout=30)
 
 
 @pytest.fixture
@@ -150,3 +152,17 @@ async def test_head_gets_a_head_only_and_the_connection_stays_usable(gateway: Ga
     assert b"allow: POST" in refused
     assert rest.startswith(b"HTTP/1.1 200 ")
     assert rest.endswith(b'{"message":"Hello World"}')
+
+
+async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.http_server")
+    stream = await gateway.raw_connection()
+    # ~20 MB of answers: more than the socket buffers hold, so the server's writes block.
+    await stream.send_all(b"GET /openapi.json HTTP/1.1\r\nHost: sopy\r\n\r\n" * 400)
+    await trio.sleep(1.5)
+    assert "response bytes unread; disconnecting it" in caplog.text
+    with contextlib.suppress(trio.BrokenResourceError, ConnectionResetError):
+        # The header timeout is 30 s here: only the send timeout can have ended the connection.
+        await read_until_closed(stream, within=5)

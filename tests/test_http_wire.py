@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sopy.http_wire import MalformedRequest, RequestParser, chunk, complete_response
+from sopy.http_wire import (
+    MalformedRequest,
+    RequestParser,
+    chunk,
+    complete_response,
+    streamed_response_head,
+)
 
 PIPELINED = (
     b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: sopy\r\nContent-Length: 5\r\n"
@@ -70,13 +76,35 @@ def test_http_10_requests_do_not_keep_the_connection() -> None:
 
 
 def test_an_upgrade_request_keeps_its_body_and_ends_the_connection() -> None:
-    head = (
+    parser = RequestParser(max_head_bytes=4096)
+    parser.feed(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\nConnection: Upgrade\r\n"
-        b"Upgrade: websocket\r\nContent-Length: 7\r\n\r\n"
+        b"Upgrade: h2c\r\nContent-Length: 7\r\n\r\n{}"
     )
-    assert parse([head + b"{}", b"{}{}!extra"]) == [
-        (b"POST", b"/v1/chat/completions", b"{}{}{}!", True, False, False)
-    ]
+    request = parser.ready.popleft()  # taken by the server before the rest arrives
+    parser.feed(b"{}{}!extra")
+    assert (b"".join(request.body), request.complete, request.keep_alive) == (
+        b"{}{}{}!",
+        True,
+        False,
+    )
+
+
+def test_a_head_over_the_limit_in_a_single_read_is_refused() -> None:
+    with pytest.raises(MalformedRequest) as refused:
+        RequestParser(max_head_bytes=1024).feed(
+            b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 2000 + b"\r\n\r\n"
+        )
+    assert refused.value.status == 431
+
+
+def test_trailers_are_not_taken_for_headers() -> None:
+    parser = RequestParser(max_head_bytes=4096)
+    parser.feed(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nAuthorization: Bearer sneaky\r\n\r\n"
+    )
+    assert parser.ready[0].header(b"authorization") is None
 
 
 def test_complete_and_chunked_framing() -> None:
@@ -87,5 +115,7 @@ def test_complete_and_chunked_framing() -> None:
     assert body == b"hi"
     assert complete_response(200, [], b"hi", include_body=False).endswith(b"\r\n\r\n")
     assert b"content-length" not in complete_response(204, [], b"")
+    assert b"transfer-encoding" not in streamed_response_head(204, [], chunked=True)
+    assert b"transfer-encoding: chunked" in streamed_response_head(200, [], chunked=True)
     assert chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
     assert chunk(b"") == b""

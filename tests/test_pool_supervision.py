@@ -1,4 +1,5 @@
-"""A crashing upstream pool is restarted; its in-flight requests get a 502, others carry on."""
+"""A crashing upstream pool is restarted; its in-flight requests get a 502, others carry on. A
+failure inside one request's attempt fails that request only."""
 
 import logging
 from collections.abc import AsyncIterator
@@ -16,17 +17,30 @@ CRASH_MARKER = "please-crash-the-pool"
 
 @pytest.fixture
 def crash_on_marker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fault injection: the pool meets an unexpected exception for marked requests."""
+    """Fault injection: the pool itself meets an unexpected exception for marked requests."""
+    original = upstream_pool._Exchange.run
+
+    async def crashing_run(self: upstream_pool._Exchange) -> None:
+        if CRASH_MARKER.encode() in self._request.body:
+            raise RuntimeError("injected pool crash")
+        await original(self)
+
+    monkeypatch.setattr(upstream_pool._Exchange, "run", crashing_run)
+
+
+@pytest.fixture
+def fail_attempt_on_marker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: one attempt of a marked request meets an unexpected exception."""
     original = upstream_pool._Exchange._try
 
-    async def crashing_try(
+    async def failing_try(
         self: upstream_pool._Exchange, backend: str
     ) -> upstream_pool._Answer | upstream_pool.SopyError:
         if CRASH_MARKER.encode() in self._request.body:
-            raise RuntimeError("injected pool crash")
+            raise RuntimeError("injected attempt failure")
         return await original(self, backend)
 
-    monkeypatch.setattr(upstream_pool._Exchange, "_try", crashing_try)
+    monkeypatch.setattr(upstream_pool._Exchange, "_try", failing_try)
 
 
 @pytest.fixture
@@ -72,3 +86,28 @@ async def test_a_crashed_pool_restarts_while_other_providers_keep_serving(
     assert len(crashes) == 1
     assert crashes[0].exc_info is not None
     assert "injected pool crash" in str(crashes[0].exc_info[1])
+
+
+@pytest.mark.usefixtures("fail_attempt_on_marker")
+async def test_a_failing_attempt_fails_its_request_and_not_the_pool(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    other_stream: list[str] = []
+
+    async def stream_from_the_same_provider() -> None:
+        body = chat("gpt-4.1", stream=True, mock={"chunks": 10, "chunk_delay": 0.03})
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            other_stream.extend([line async for line in response.aiter_lines() if line])
+
+    async with trio.open_nursery() as both:
+        both.start_soon(stream_from_the_same_provider)
+        await trio.sleep(0.05)
+        failed = await client.post("/chat/completions", json=chat("gpt-4.1", CRASH_MARKER))
+    assert failed.status_code == 502
+    assert other_stream[-1] == "data: [DONE]"
+    failures = [r for r in caplog.records if "unexpected failure" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert "injected attempt failure" in str(failures[0].exc_info[1])
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]

@@ -11,7 +11,12 @@ import pytest
 import trio
 import trustme
 
-from sopy.upstream_http import UpstreamBrokeOff, UpstreamConnectError, UpstreamConnections
+from sopy.upstream_http import (
+    UpstreamBrokeOff,
+    UpstreamConnectError,
+    UpstreamConnections,
+    UpstreamRequestRefused,
+)
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
@@ -163,8 +168,14 @@ async def answer_once(reply: bytes, stream: trio.abc.Stream) -> None:
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the connection closes",
             b"until the connection closes",
         ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nLink: </trailer>\r\n\r\n",
+            b"ok",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw bytes", b"raw bytes"),
     ],
-    ids=["chunked", "interim-1xx", "close-delimited"],
+    ids=["chunked", "interim-1xx", "close-delimited", "trailer", "gzip-until-close"],
 )
 async def test_response_framings_are_read_to_their_end(
     nursery: trio.Nursery, reply: bytes, body: bytes
@@ -196,7 +207,50 @@ async def test_a_body_cut_short_by_the_backend_is_an_error(nursery: trio.Nursery
 
 async def test_a_header_with_a_line_break_is_never_written() -> None:
     async with UpstreamConnections(5) as connections:
-        with pytest.raises(ValueError, match="control character"):
+        with pytest.raises(UpstreamRequestRefused, match="control character"):
             await connections.send(
                 "POST", "http://127.0.0.1:9/", [(b"x-evil", b"a\r\nInjected: 1")], b""
             )
+
+
+async def test_a_switching_protocols_answer_is_a_broken_response(nursery: trio.Nursery) -> None:
+    reply = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, partial(answer_once, reply), 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    async with UpstreamConnections(5) as connections:
+        with pytest.raises(UpstreamBrokeOff):
+            await connections.send("POST", f"http://127.0.0.1:{port}/", [], b"{}")
+
+
+async def answer_then_time_out(backend: TinyBackend, stream: trio.abc.Stream) -> None:
+    """Answer one request keeping the connection, then, idle, send an unasked 408 and close,
+    as some servers do when their keep-alive timeout ends."""
+    backend.connections += 1
+    async with stream:
+        received = b""
+        while not received.endswith(b"{}"):
+            received += await stream.receive_some(65536)
+        backend.requests += 1
+        body = f"hello {backend.requests}".encode()
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await trio.sleep(0.05)
+        await stream.send_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
+
+
+async def test_an_unasked_answer_on_an_idle_connection_is_not_taken_for_the_next(
+    nursery: trio.Nursery,
+) -> None:
+    backend = TinyBackend()
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, partial(answer_then_time_out, backend), 0, host="127.0.0.1")
+    )
+    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/"
+    async with UpstreamConnections(5) as connections:
+        assert await ask(connections, url) == b"hello 1"
+        await trio.sleep(0.2)
+        assert await ask(connections, url) == b"hello 2"
+    assert backend.connections == 2

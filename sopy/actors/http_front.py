@@ -84,7 +84,9 @@ class HttpFront:
 
     async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
         settings = self._settings
-        limits = ServerLimits(settings.header_timeout, MAX_HEADER_BYTES, settings.drain_timeout)
+        limits = ServerLimits(
+            settings.header_timeout, MAX_HEADER_BYTES, settings.drain_timeout, settings.send_timeout
+        )
         server = HttpServer(self._serve_request, limits)
         async with trio.open_nursery() as nursery:
             try:

@@ -47,6 +47,7 @@ from sopy.upstream_http import (
     UpstreamConnectError,
     UpstreamConnections,
     UpstreamConnectTimeout,
+    UpstreamRequestRefused,
     UpstreamResponse,
 )
 
@@ -130,14 +131,26 @@ class _Exchange:
         total = self._settings.total_timeout
         with self._request.cancel_scope as budget:
             budget.deadline = trio.current_time() + total
-            await self._attempt_until_answered()
-        if not budget.cancelled_caught or trio.current_time() < budget.deadline:
-            return
-        message = f"{self._where()} did not finish within the total timeout of {total:g} s"
+            try:
+                await self._attempt_until_answered()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise
+            except Exception:
+                # One request's bug must not take the provider's other requests down.
+                log.exception("request %s: unexpected failure", self._request.request_id)
+                await self._give_up(UpstreamError("the gateway failed on this request"))
+                return
+        if budget.cancelled_caught and trio.current_time() >= budget.deadline:
+            message = f"{self._where()} did not finish within the total timeout of {total:g} s"
+            await self._give_up(UpstreamTimeout(message))
+
+    async def _give_up(self, error: SopyError) -> None:
+        """End the answer with `error`: as its status if nothing was relayed yet, else as the
+        stream's final event."""
         if self._started:
-            await deliver(self._reply, ResponseEnd(error=message))
+            await deliver(self._reply, ResponseEnd(error=error.message))
         else:
-            await self._fail(UpstreamTimeout(message))
+            await self._fail(error)
 
     async def _attempt_until_answered(self) -> None:
         while True:
@@ -203,6 +216,8 @@ class _Exchange:
                 f"{self._where(backend)} did not accept a connection within "
                 f"{self._settings.connect_timeout:g} s; check that it is up"
             )
+        except UpstreamRequestRefused as exc:
+            return UpstreamError(f"the request for {self._where(backend)} was refused: {exc}")
         except (UpstreamConnectError, UpstreamBrokeOff) as exc:
             if response is None:
                 return UpstreamError(
