@@ -4,6 +4,7 @@ are `sopy.http_wire`'s.
 
 It owns the connection-level rules: a request head must arrive within `header_timeout` (which
 also bounds how long a connection may sit idle between requests) and within `max_head_bytes`; a
+client that leaves a response write blocked for `send_timeout` is disconnected; a
 malformed request gets an OpenAI-shaped 4xx and the connection is closed; `Expect: 100-continue`
 is answered only when the handler starts reading the body; a response sent before the request
 body has arrived closes the connection after it; and on `stop` the listeners close, idle
@@ -167,6 +168,7 @@ class _Connection:
         self.parser = RequestParser(server.limits.max_head_bytes)
         self.gone = False
         self.malformed: MalformedRequest | None = None
+        self.writing_since: float | None = None
 
     async def next_request(self) -> ParsedRequest | None:
         """The next request whose head has arrived, or None if the client closed first."""
@@ -191,19 +193,23 @@ class _Connection:
                 self.malformed = exc
 
     async def write(self, data: bytes) -> None:
-        """Send `data`; a client that leaves it unread for `send_timeout` is cut off (which also
-        wakes a task waiting in `wait_closed_by_client`)."""
+        """Send `data`. A write that stays blocked is cut off by the server's watchdog (see
+        `HttpServer._cut_off_stalled_clients`), not by a cancel scope per write."""
         if self.gone or not data:
             return
-        with trio.move_on_after(self.server.limits.send_timeout) as stalled:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.gone = True
-        if stalled.cancelled_caught:
-            log.info("a client left %d response bytes unread; disconnecting it", len(data))
+        self.writing_since = trio.current_time()
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.gone = True
-            await trio.aclose_forcefully(self.stream)
+        finally:
+            self.writing_since = None
+
+    async def cut_off(self) -> None:
+        """Disconnect a client that is not reading: a blocked `write` and a task waiting in
+        `wait_closed_by_client` both end at once."""
+        self.gone = True
+        await trio.aclose_forcefully(self.stream)
 
     async def wait_closed_by_client(self) -> None:
         fed = 0
@@ -249,6 +255,7 @@ class HttpServer:
         self.limits = limits
         self.draining = False
         self._waiting_for_requests: set[trio.CancelScope] = set()
+        self._connections: set[_Connection] = set()
 
     async def serve(
         self,
@@ -260,30 +267,50 @@ class HttpServer:
     ) -> None:
         """Listen on host:port (OSError if that fails); `task_status` gets the server's URL."""
         listeners = await trio.open_tcp_listeners(port, host=host)
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as accepting:
-                accepting.start_soon(
-                    partial(
-                        trio.serve_listeners,
-                        self._serve_connection,
-                        listeners,
-                        handler_nursery=connections,
+        async with trio.open_nursery() as watchdog:
+            watchdog.start_soon(self._cut_off_stalled_clients)
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            self._serve_connection,
+                            listeners,
+                            handler_nursery=connections,
+                        )
                     )
-                )
-                task_status.started(_url(listeners[0]))
-                await stop()
-                accepting.cancel_scope.cancel()
-            self.draining = True
-            for waiting in self._waiting_for_requests:
-                waiting.cancel()
-            connections.cancel_scope.deadline = trio.current_time() + self.limits.drain_timeout
+                    task_status.started(_url(listeners[0]))
+                    await stop()
+                    accepting.cancel_scope.cancel()
+                self.draining = True
+                for waiting in self._waiting_for_requests:
+                    waiting.cancel()
+                connections.cancel_scope.deadline = trio.current_time() + self.limits.drain_timeout
+            watchdog.cancel_scope.cancel()
+
+    async def _cut_off_stalled_clients(self) -> None:
+        """Forever: disconnect clients that left a response write blocked for `send_timeout`
+        (checked four times per timeout, so the cut comes within 1.25 x `send_timeout`)."""
+        timeout = self.limits.send_timeout
+        while True:
+            await trio.sleep(timeout / 4)
+            cutoff = trio.current_time() - timeout
+            for connection in list(self._connections):
+                since = connection.writing_since
+                if since is not None and since <= cutoff and not connection.gone:
+                    log.info(
+                        "a client left its response unread for %g s; disconnecting it", timeout
+                    )
+                    await connection.cut_off()
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         connection = _Connection(self, stream)
+        self._connections.add(connection)
         try:
             while await self._serve_one_request(connection):
                 pass
         finally:
+            self._connections.discard(connection)
             await connection.close()
 
     async def _serve_one_request(self, connection: _Connection) -> bool:

@@ -162,7 +162,7 @@ async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeou
     # ~20 MB of answers: more than the socket buffers hold, so the server's writes block.
     await stream.send_all(b"GET /openapi.json HTTP/1.1\r\nHost: sopy\r\n\r\n" * 400)
     await trio.sleep(1.5)
-    assert "response bytes unread; disconnecting it" in caplog.text
+    assert "left its response unread" in caplog.text
     with contextlib.suppress(trio.BrokenResourceError, ConnectionResetError):
         # The header timeout is 30 s here: only the send timeout can have ended the connection.
         await read_until_closed(stream, within=5)
