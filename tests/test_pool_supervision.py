@@ -59,21 +59,31 @@ def chat(model: str, content: str = "hi", **extra: object) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
+async def post_marked_while_streaming(
+    client: httpx.AsyncClient, stream_model: str
+) -> tuple[httpx.Response, list[str]]:
+    """Post a marked gpt-4.1 request while a stream from `stream_model` is under way; the
+    marked answer and the stream's lines."""
+    lines: list[str] = []
+
+    async def stream() -> None:
+        body = chat(stream_model, stream=True, mock={"chunks": 20, "chunk_delay": 0.03})
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            lines.extend([line async for line in response.aiter_lines() if line])
+
+    async with trio.open_nursery() as both:
+        both.start_soon(stream)
+        await trio.sleep(0.05)
+        marked = await client.post("/chat/completions", json=chat("gpt-4.1", CRASH_MARKER))
+    return marked, lines
+
+
 @pytest.mark.usefixtures("crash_on_marker")
 async def test_a_crashed_pool_restarts_while_other_providers_keep_serving(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="sopy.supervision")
-    other_stream: list[str] = []
-
-    async def stream_from_the_other_provider() -> None:
-        body = chat("claude-3", stream=True, mock={"chunks": 20, "chunk_delay": 0.03})
-        async with client.stream("POST", "/chat/completions", json=body) as response:
-            other_stream.extend([line async for line in response.aiter_lines() if line])
-
-    async with trio.open_nursery() as both:
-        both.start_soon(stream_from_the_other_provider)
-        crashed = await client.post("/chat/completions", json=chat("gpt-4.1", CRASH_MARKER))
+    crashed, other_stream = await post_marked_while_streaming(client, "claude-3")
     assert crashed.status_code == 502
     assert crashed.json()["error"]["code"] == "upstream_error"
     assert other_stream[-1] == "data: [DONE]"
@@ -93,17 +103,7 @@ async def test_a_failing_attempt_fails_its_request_and_not_the_pool(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
-    other_stream: list[str] = []
-
-    async def stream_from_the_same_provider() -> None:
-        body = chat("gpt-4.1", stream=True, mock={"chunks": 10, "chunk_delay": 0.03})
-        async with client.stream("POST", "/chat/completions", json=body) as response:
-            other_stream.extend([line async for line in response.aiter_lines() if line])
-
-    async with trio.open_nursery() as both:
-        both.start_soon(stream_from_the_same_provider)
-        await trio.sleep(0.05)
-        failed = await client.post("/chat/completions", json=chat("gpt-4.1", CRASH_MARKER))
+    failed, other_stream = await post_marked_while_streaming(client, "gpt-4.1")
     assert failed.status_code == 502
     assert other_stream[-1] == "data: [DONE]"
     failures = [r for r in caplog.records if "unexpected failure" in r.getMessage()]

@@ -151,6 +151,14 @@ async def answer_once(reply: bytes, stream: trio.abc.Stream) -> None:
         await stream.send_all(reply[middle:])
 
 
+async def serve_reply(nursery: trio.Nursery, reply: bytes) -> str:
+    """Start an `answer_once` backend for `reply`; its URL."""
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, partial(answer_once, reply), 0, host="127.0.0.1")
+    )
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/"
+
+
 @pytest.mark.parametrize(
     ("reply", "body"),
     [
@@ -180,12 +188,9 @@ async def answer_once(reply: bytes, stream: trio.abc.Stream) -> None:
 async def test_response_framings_are_read_to_their_end(
     nursery: trio.Nursery, reply: bytes, body: bytes
 ) -> None:
-    listeners = await nursery.start(
-        partial(trio.serve_tcp, partial(answer_once, reply), 0, host="127.0.0.1")
-    )
-    port = listeners[0].socket.getsockname()[1]
+    url = await serve_reply(nursery, reply)
     async with UpstreamConnections(5) as connections:
-        response = await connections.send("POST", f"http://127.0.0.1:{port}/", [], b"{}")
+        response = await connections.send("POST", url, [], b"{}")
         assert response.status == 200
         assert b"link" not in dict(response.headers)
         assert await response.read() == body
@@ -194,12 +199,9 @@ async def test_response_framings_are_read_to_their_end(
 
 async def test_a_body_cut_short_by_the_backend_is_an_error(nursery: trio.Nursery) -> None:
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
-    listeners = await nursery.start(
-        partial(trio.serve_tcp, partial(answer_once, reply), 0, host="127.0.0.1")
-    )
-    port = listeners[0].socket.getsockname()[1]
+    url = await serve_reply(nursery, reply)
     async with UpstreamConnections(5) as connections:
-        response = await connections.send("POST", f"http://127.0.0.1:{port}/", [], b"{}")
+        response = await connections.send("POST", url, [], b"{}")
         with pytest.raises(UpstreamBrokeOff):
             await response.read()
         await response.aclose()
@@ -215,13 +217,10 @@ async def test_a_header_with_a_line_break_is_never_written() -> None:
 
 async def test_a_switching_protocols_answer_is_a_broken_response(nursery: trio.Nursery) -> None:
     reply = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
-    listeners = await nursery.start(
-        partial(trio.serve_tcp, partial(answer_once, reply), 0, host="127.0.0.1")
-    )
-    port = listeners[0].socket.getsockname()[1]
+    url = await serve_reply(nursery, reply)
     async with UpstreamConnections(5) as connections:
         with pytest.raises(UpstreamBrokeOff):
-            await connections.send("POST", f"http://127.0.0.1:{port}/", [], b"{}")
+            await connections.send("POST", url, [], b"{}")
 
 
 async def answer_then_time_out(backend: TinyBackend, stream: trio.abc.Stream) -> None:
