@@ -39,6 +39,14 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
 _NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
 
 
+def first_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case, as parsed), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
 def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> Headers:
     """Headers to send upstream, before the pool adds the provider's credential.
 

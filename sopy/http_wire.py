@@ -14,6 +14,8 @@ from http import HTTPStatus
 
 import httptools
 
+from sopy.http_headers import first_value
+
 Header = tuple[bytes, bytes]
 LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -57,10 +59,7 @@ class ParsedRequest:
         self.upgrade_body_left = 0
 
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return first_value(self.headers, name)
 
 
 class RequestParser:

@@ -23,6 +23,8 @@ import attrs
 import httptools
 import trio
 
+from sopy.http_headers import first_value
+
 _RECEIVE_SIZE = 65536
 _UNSAFE = re.compile(rb"[\x00\r\n]")
 
@@ -160,10 +162,8 @@ class UpstreamResponse:
         )
 
     def header(self, name: bytes) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("latin-1")
-        return None
+        value = first_value(self.headers, name)
+        return None if value is None else value.decode("latin-1")
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         connection = self._connection
