@@ -110,7 +110,7 @@ class HttpExchange:
 
     async def respond(self, status: int, headers: Sequence[Header], body: bytes) -> None:
         """A complete response: `headers`, Content-Length, then `body`."""
-        head = [*headers, *self._connection_headers()]
+        head = [*headers, *self._begin_response()]
         self.response_finished = True
         await self._connection.write(
             complete_response(status, head, body, include_body=self._body_allowed)
@@ -121,7 +121,7 @@ class HttpExchange:
     ) -> None:
         """The head of a response whose body follows in pieces, with the `first` piece in the
         same write."""
-        head = [*headers, *self._connection_headers()]
+        head = [*headers, *self._begin_response()]
         self._body_allowed = self._body_allowed and has_body(status)
         data = streamed_response_head(status, head, chunked=self._chunked)
         await self._connection.write(data + self._framed(first))
@@ -145,7 +145,8 @@ class HttpExchange:
             return b""
         return chunk(data) if self._chunked else data
 
-    def _connection_headers(self) -> list[Header]:
+    def _begin_response(self) -> list[Header]:
+        """Note that the response has started; the connection headers it must carry."""
         self.response_started = True
         connection, request = self._connection, self._request
         self.last_on_connection = (
@@ -169,6 +170,7 @@ class _Connection:
         self.gone = False
         self.malformed: MalformedRequest | None = None
         self.writing_since: float | None = None
+        self.waiting_for_request: trio.CancelScope | None = None  # idle: drain may close it
 
     async def next_request(self) -> ParsedRequest | None:
         """The next request whose head has arrived, or None if the client closed first."""
@@ -254,7 +256,6 @@ class HttpServer:
         self.handler = handler
         self.limits = limits
         self.draining = False
-        self._waiting_for_requests: set[trio.CancelScope] = set()
         self._connections: set[_Connection] = set()
 
     async def serve(
@@ -283,8 +284,9 @@ class HttpServer:
                     await stop()
                     accepting.cancel_scope.cancel()
                 self.draining = True
-                for waiting in self._waiting_for_requests:
-                    waiting.cancel()
+                for connection in self._connections:
+                    if connection.waiting_for_request is not None:
+                        connection.waiting_for_request.cancel()
                 connections.cancel_scope.deadline = trio.current_time() + self.limits.drain_timeout
             watchdog.cancel_scope.cancel()
 
@@ -316,7 +318,7 @@ class HttpServer:
     async def _serve_one_request(self, connection: _Connection) -> bool:
         """Serve the connection's next request; False when the connection should close."""
         with trio.CancelScope(deadline=trio.current_time() + self.limits.header_timeout) as waiting:
-            self._waiting_for_requests.add(waiting)
+            connection.waiting_for_request = waiting
             if self.draining:
                 waiting.cancel()
             try:
@@ -325,7 +327,7 @@ class HttpServer:
                 await _refuse_malformed(connection, exc)
                 return False
             finally:
-                self._waiting_for_requests.discard(waiting)
+                connection.waiting_for_request = None
         if waiting.cancelled_caught or request is None:
             return False
         exchange = HttpExchange(connection, request)

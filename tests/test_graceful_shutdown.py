@@ -51,3 +51,21 @@ async def test_sigterm_lets_an_in_flight_stream_finish(
     with trio.fail_after(15):
         assert await server.process.wait() == 0
     assert not (workdir / "sopy-admin.sock").exists()
+
+
+async def test_sigterm_closes_idle_keep_alive_connections_at_once(workdir: Path) -> None:
+    server = await ServeProcess.start(workdir, "--drain-timeout", "30", "--header-timeout", "60")
+    host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
+    idle = await trio.open_tcp_stream(host, int(port))
+    await idle.send_all(b"GET / HTTP/1.1\r\nHost: sopy\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b'{"message":"Hello World"}'):
+        answer += await idle.receive_some(65536)
+    assert b"connection: close" not in answer.lower()  # kept alive, now idle
+
+    began = trio.current_time()
+    server.process.send_signal(signal.SIGTERM)
+    with trio.fail_after(5):
+        assert await idle.receive_some(65536) == b""  # closed by the server, not timed out
+        assert await server.process.wait() == 0
+    assert trio.current_time() - began < 5
