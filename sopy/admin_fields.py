@@ -10,7 +10,8 @@ import urllib.parse
 from typing import Any
 
 import attrs
-from cryptography.fernet import Fernet
+
+from sopy.secret_box import fernet_for
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
@@ -101,16 +102,12 @@ def fallback_providers(
 def optional_secret_key(
     _instance: object, attribute: "attrs.Attribute[Any]", value: str | None
 ) -> None:
-    if value is None:
-        return
-    try:
-        Fernet(value.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
+    if value is not None and fernet_for(value) is None:
         raise _fail(
             attribute,
             "must be a Fernet key (44 characters of URL-safe base64); omit it and Sopy "
             "generates one",
-        ) from None
+        )
 
 
 def positive_id(_instance: object, attribute: "attrs.Attribute[Any]", value: int | None) -> None:

@@ -17,7 +17,7 @@ _FALSE = ("false", "0", "no")
 def field_value(command: type[AdminCommand] | None, field: str, text: str) -> Any:
     """`text` as the type of `command`'s `field` (a list field takes comma-separated names);
     unknown fields stay text for the parser to refuse by name."""
-    fields = attrs.fields_dict(command) if command is not None else {}
+    fields = _fields_of(command)
     field_type: Any = fields[field].type if field in fields else str
     if field_type is bool:
         if text.lower() in _TRUE:
@@ -39,5 +39,9 @@ def field_value(command: type[AdminCommand] | None, field: str, text: str) -> An
 
 def is_flag(command: type[AdminCommand] | None, field: str) -> bool:
     """Whether `field` is a boolean that a bare `--field` switches on."""
-    fields = attrs.fields_dict(command) if command is not None else {}
+    fields = _fields_of(command)
     return field in fields and fields[field].type is bool
+
+
+def _fields_of(command: type[AdminCommand] | None) -> dict[str, "attrs.Attribute[Any]"]:
+    return attrs.fields_dict(command) if command is not None else {}

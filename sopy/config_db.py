@@ -413,10 +413,7 @@ class ConfigDatabase:
                 f"provider '{provider}' has no backend {url}; see get_backend for its URLs",
                 param="url",
             )
-        remaining = self._rows(
-            "SELECT url, weight FROM backends WHERE provider = ? ORDER BY id", (provider,)
-        )
-        return _provider_backends(provider, remaining), BackendRemoved(provider, url)
+        return self._stored_backends(provider), BackendRemoved(provider, url)
 
     def _all_provider_backends(self) -> tuple[ProviderBackends, ...]:
         grouped: dict[str, list[tuple[str, int]]] = {}
@@ -429,14 +426,19 @@ class ConfigDatabase:
         )
 
     def _backends_of(self, provider: str) -> ProviderBackends:
-        rows = self._rows(
-            "SELECT url, weight FROM backends WHERE provider = ? ORDER BY id", (provider,)
-        )
-        if not rows:
+        backends = self._stored_backends(provider)
+        if not backends.urls:
             raise NotFound(
                 f"provider '{provider}' has no backends; add one with add_backend",
                 param="provider",
             )
+        return backends
+
+    def _stored_backends(self, provider: str) -> ProviderBackends:
+        """The provider's backends, possibly none."""
+        rows = self._rows(
+            "SELECT url, weight FROM backends WHERE provider = ? ORDER BY id", (provider,)
+        )
         return _provider_backends(provider, rows)
 
     def _add_model_mapping(self, command: AddModelMapping, now: int) -> Outcome:
@@ -528,9 +530,9 @@ class ConfigDatabase:
         and sealing credentials stored before a key was set."""
         stored = self._row("SELECT value FROM store_settings WHERE name = 'key_fingerprint'", ())
         fingerprint = None if stored is None else stored[0]
-        sealed = [row for (row,) in self._rows("SELECT credentials FROM admin_auth")]
+        stored_credentials = [row for (row,) in self._rows("SELECT credentials FROM admin_auth")]
         if not self._box.sealing:
-            if fingerprint is not None or any(secret_box.is_sealed(v) for v in sealed):
+            if fingerprint is not None or any(map(secret_box.is_sealed, stored_credentials)):
                 raise StartupError(
                     f"the credentials in {path} are encrypted, but no secret key is set; set "
                     "SOPY_SECRET_KEY or --secret-key-file to the key they were sealed with"
@@ -538,7 +540,7 @@ class ConfigDatabase:
             return
         if fingerprint is not None and fingerprint != self._box.fingerprint():
             self._finish_interrupted_rotation(path, fingerprint)
-        if fingerprint is None or not all(secret_box.is_sealed(v) for v in sealed):
+        if fingerprint is None or not all(map(secret_box.is_sealed, stored_credentials)):
             with self._transaction():
                 self._reseal(self._box)
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -548,7 +550,6 @@ class ConfigDatabase:
         if pending is not None and pending.exists():
             pending_box = SecretBox(secret_box.read_key_file(pending))
             if pending_box.fingerprint() == fingerprint:
-                self._box = pending_box
                 self._adopt_box(pending_box)
                 return
         raise StartupError(

@@ -54,8 +54,8 @@ def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> H
     byte for byte: the client must be able to decode whatever the upstream chose.
     """
     kept = [(name, value) for name, value in client_headers if name not in _NOT_FORWARDED]
-    encoding = next((v for n, v in client_headers if n == b"accept-encoding"), b"identity")
-    kept.append((b"accept-encoding", encoding))
+    encoding = first_value(client_headers, b"accept-encoding")
+    kept.append((b"accept-encoding", b"identity" if encoding is None else encoding))
     return tuple(kept)
 
 

@@ -147,18 +147,9 @@ def _provider_could_not_answer(first: UpstreamEvent) -> bool:
 
 def _note_answer(request: ProxiedRequest, route: ProviderRoute, first: UpstreamEvent) -> None:
     request.provider = route.provider
-    if isinstance(first, ResponseStart):
-        request.status, request.backend, request.attempts = (
-            first.status,
-            first.backend,
-            first.attempts,
-        )
-    elif isinstance(first, UpstreamFailed):
-        request.status, request.backend, request.attempts = (
-            first.error.status,
-            first.backend,
-            first.attempts,
-        )
+    if isinstance(first, ResponseStart | UpstreamFailed):
+        request.status = first.status if isinstance(first, ResponseStart) else first.error.status
+        request.backend, request.attempts = first.backend, first.attempts
 
 
 async def _cancel_when_client_leaves(

@@ -26,21 +26,13 @@ class WrongSecretKey(Exception):
 
 class SecretBox:
     def __init__(self, key: str | None) -> None:
-        if key is not None:
-            try:
-                self._fernet: Fernet | None = Fernet(key.encode("ascii"))
-            except (ValueError, UnicodeEncodeError):
-                raise StartupError(
-                    "the secret key is not a Fernet key (44 characters of URL-safe base64); "
-                    "generate one with `sopy secret-key`"
-                ) from None
-        else:
-            self._fernet = None
+        self._fernet = None if key is None else fernet_for(key)
+        if key is not None and self._fernet is None:
+            raise StartupError(
+                "the secret key is not a Fernet key (44 characters of URL-safe base64); "
+                "generate one with `sopy secret-key`"
+            )
         self._key = key
-
-    @property
-    def key(self) -> str | None:
-        return self._key
 
     @property
     def sealing(self) -> bool:
@@ -66,6 +58,14 @@ class SecretBox:
             return self._fernet.decrypt(stored[len(SEALED_PREFIX) :].encode("ascii")).decode()
         except InvalidToken:
             raise WrongSecretKey("a credential does not decrypt with the secret key") from None
+
+
+def fernet_for(key: str) -> Fernet | None:
+    """The cipher for `key`, or None if `key` is not a Fernet key."""
+    try:
+        return Fernet(key.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return None
 
 
 def is_sealed(stored: str) -> bool:

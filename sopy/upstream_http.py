@@ -6,10 +6,9 @@ kept, as they are relayed).
 It does only what a pool needs, so a request costs a fraction of what a general-purpose client
 spends: httpx's layers and httpcore's pool, which rescans every connection on each request, were
 the largest library cost on the proxy path, and h11 spent ~50 us per exchange where httptools
-spends ~3 us (see bench/README.md). Connections unused for
-`idle_timeout` are closed by `close_unused`. Timeouts other than connecting are the caller's
-cancel scopes; a response that is cancelled or not read to its end closes its
-connection instead of returning it to the pool.
+spends ~3 us (see bench/README.md). Connections unused for `idle_timeout` are closed by
+`close_unused`. Timeouts other than connecting are the caller's cancel scopes; a response that
+is cancelled or not read to its end closes its connection instead of returning it to the pool.
 """
 
 import re

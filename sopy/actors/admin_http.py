@@ -80,11 +80,12 @@ class AdminHttp:
         try:
             body = await _read_body(connection, stream)
             method = request.method.decode("ascii")
-            route, path_fields = match_admin_route(method, request.target.decode("latin-1"))
+            target = request.target.decode("latin-1")
+            route, path_fields = match_admin_route(method, target)
             command = parse_admin_command(
                 {
                     **_body_fields(route, body),
-                    **_query_fields(route, request.target.decode("latin-1")),
+                    **_query_fields(route, target),
                     **{
                         name: field_value(route.command, name, text)
                         for name, text in path_fields.items()

@@ -42,7 +42,6 @@ class ConfigStore:
         feed: ChangeFeed,
     ) -> None:
         self._settings = settings
-        self._db_path = settings.db_path
         self._inbox = inbox
         self._feed = feed
         self._thread = trio.CapacityLimiter(1)
@@ -54,12 +53,12 @@ class ConfigStore:
                 "no secret key is set: provider credentials are stored in plain text in %s. "
                 "Generate a key with `sopy secret-key` and set SOPY_SECRET_KEY, or pass "
                 "--secret-key-file PATH to have one created.",
-                self._db_path,
+                self._settings.db_path,
             )
         try:
             snapshot = await trio.to_thread.run_sync(db.load_snapshot, limiter=self._thread)
             self._feed.publish(ConfigChanged(db.version, time.time(), None, snapshot))
-            log.info("config loaded from %s at version %d", self._db_path, db.version)
+            log.info("config loaded from %s at version %d", self._settings.db_path, db.version)
             task_status.started()
             async for request in self._inbox:
                 if isinstance(request, JournalRequest):

@@ -30,9 +30,7 @@ from sopy.errors import (
     innermost,
 )
 from sopy.http_server import ClientGone, HttpExchange, HttpServer, MalformedBody, ServerLimits
-from sopy.messages import (
-    ConfigChanged,
-)
+from sopy.messages import ConfigChanged
 from sopy.openapi import openapi_json
 from sopy.relay import CLIENT_CLOSED_REQUEST, ProxiedRequest, log_access, proxy
 from sopy.responses import send_body, send_json

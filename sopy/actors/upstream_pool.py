@@ -1,15 +1,14 @@
 """Upstream pools: the actors that talk to providers.
 
-`UpstreamPool` is one provider's actor. It owns its keep-alive connections
-(`sopy.upstream_http`) and a
-`BackendPicker`, takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`: pick a
-healthy backend, inject the provider credential, and retry connect failures, header timeouts,
-429 and 5xx on another backend while nothing has reached the client (see `sopy.retry_policy`).
-The answer goes back on the request's own channel as `ResponseStart`, `ResponseChunk`s and
-`ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk by chunk as they
-arrive; other bodies are read whole first, so one that breaks off is retried like any other
-failure instead of reaching the client truncated. Connect, first-byte, idle-between-chunks and
-total timeouts all apply. The front's client going away cancels the
+`UpstreamPool` is one provider's actor. It owns its keep-alive connections (`sopy.upstream_http`)
+and a `BackendPicker`, takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`:
+pick a healthy backend, inject the provider credential, and retry connect failures, header
+timeouts, 429 and 5xx on another backend while nothing has reached the client (see
+`sopy.retry_policy`). The answer goes back on the request's own channel as `ResponseStart`,
+`ResponseChunk`s and `ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk
+by chunk as they arrive; other bodies are read whole first, so one that breaks off is retried
+like any other failure instead of reaching the client truncated. Connect, first-byte,
+idle-between-chunks and total timeouts all apply. The front's client going away cancels the
 request's scope, which cancels the exchange and closes its upstream connection.
 
 `UpstreamPools` owns every pool: it starts a provider's pool, supervised on its own, the first
@@ -275,6 +274,13 @@ class _Exchange:
             await response.aclose()
 
     async def _relay_stream(self, response: UpstreamResponse, backend: str) -> None:
+        failure = await self._relay_chunks(response, backend)
+        if failure is not None:
+            self._picker.record_failure(backend)
+        await deliver(self._reply, ResponseEnd(error=failure))
+
+    async def _relay_chunks(self, response: UpstreamResponse, backend: str) -> str | None:
+        """Relay the body's chunks as they arrive; None once it is whole, else why it broke off."""
         idle = self._settings.idle_timeout
         chunks = response.aiter_raw()
         try:
@@ -283,26 +289,12 @@ class _Exchange:
                     try:
                         chunk = await anext(chunks)
                     except StopAsyncIteration:
-                        break
+                        return None
                 if silence.cancelled_caught:
-                    self._picker.record_failure(backend)
-                    await deliver(
-                        self._reply,
-                        ResponseEnd(error=f"{self._where(backend)} sent nothing for {idle:g} s"),
-                    )
-                    return
+                    return f"{self._where(backend)} sent nothing for {idle:g} s"
                 await deliver(self._reply, ResponseChunk(chunk))
         except UpstreamBrokeOff as exc:
-            self._picker.record_failure(backend)
-            await deliver(
-                self._reply,
-                ResponseEnd(
-                    error=f"{self._where(backend)} broke off the response ({exc}); "
-                    "retry the request"
-                ),
-            )
-            return
-        await deliver(self._reply, ResponseEnd())
+            return f"{self._where(backend)} broke off the response ({exc}); retry the request"
 
     async def _fail(self, error: SopyError) -> None:
         backend = self._tried[-1] if self._tried else None
