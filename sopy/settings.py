@@ -163,7 +163,8 @@ def _number(kind: type, metadata: Mapping[str, Any], value: Any, source: str) ->
         number = kind(value)
     except ValueError:
         raise StartupError(f"{source} must be {described} {bounds} (got {value!r})") from None
-    if (low is not None and number < low) or (high is not None and number > high):
+    # Written so that NaN, which compares false with everything, is out of bounds too.
+    if not ((low is None or number >= low) and (high is None or number <= high)):
         raise StartupError(f"{source} must be {described} {bounds} (got {value!r})")
     return number  # type: ignore[no-any-return]
 

@@ -36,6 +36,7 @@ def test_environment_overrides_defaults_and_flags_override_environment() -> None
         ({"SOPY_PORT": "70000"}, "SOPY_PORT must be a whole number from 0 to 65535"),
         ({"SOPY_RETRIES": "-1"}, "SOPY_RETRIES must be a whole number from 0"),
         ({"SOPY_IDLE_TIMEOUT": "soon"}, "SOPY_IDLE_TIMEOUT must be a number"),
+        ({"SOPY_CONNECT_TIMEOUT": "nan"}, "SOPY_CONNECT_TIMEOUT must be a number from 0.001"),
         ({"SOPY_BALANCE": "random"}, "SOPY_BALANCE must be one of least_in_flight, round_robin"),
         ({"SOPY_NO_AUTH": "maybe"}, "SOPY_NO_AUTH must be true or false"),
         ({"SOPY_LOG_LEVEL": "loud"}, "SOPY_LOG_LEVEL must be one of"),
