@@ -18,9 +18,11 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from load import StreamMeasurement, percentile
+from load import StreamMeasurement, percentile, wrk_path
+from targets import nginx_path
 
 _ORDER = {"direct": 0, "sopy": 1, "litellm": 2}
+_IDLE = "idle (epoll wait)"
 
 
 def machine_info() -> dict[str, Any]:
@@ -41,16 +43,18 @@ def machine_info() -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "nginx": _version(["nginx", "-v"]),
-        "wrk": _version(["wrk", "-v"]),
+        "nginx": _version(nginx_path(), "-v"),
+        "wrk": _version(wrk_path(), "-v"),
     }
 
 
-def _version(argv: list[str]) -> str | None:
-    if shutil.which(argv[0]) is None:
+def _version(executable: str | None, flag: str) -> str | None:
+    if executable is None:
         return None
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(
+            [executable, flag], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = (done.stdout + done.stderr).strip().splitlines()
@@ -67,7 +71,7 @@ def summarize_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (target, concurrency), group in groups.items():
         requests = sum(r["requests"] for r in group)
         duration = sum(r["duration_s"] for r in group)
-        cpu = [r["cpu_s"] for r in group if r["cpu_s"] is not None]
+        cpu = sum(r["cpu_s"] for r in group)
         rows.append(
             {
                 "target": target,
@@ -79,9 +83,7 @@ def summarize_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "p50_ms": round(fmean(r["p50_ms"] for r in group), 3),
                 "p90_ms": round(fmean(r["p90_ms"] for r in group), 3),
                 "p99_ms": round(fmean(r["p99_ms"] for r in group), 3),
-                "cpu_ms_per_request": round(sum(cpu) / requests * 1e3, 4)
-                if cpu and requests
-                else None,
+                "cpu_ms_per_request": round(cpu / requests * 1e3, 4) if requests else None,
             }
         )
     rows.sort(key=lambda r: (r["concurrency"], _ORDER.get(r["target"], 9)))
@@ -329,20 +331,19 @@ def _time_by_package(stats: pstats.Stats) -> str:
     totals: dict[str, float] = {}
     raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
     for (filename, _line, function), (_cc, _nc, own, _cum, _callers) in raw.items():
-        totals[_package_of(filename, function)] = (
-            totals.get(_package_of(filename, function), 0.0) + own
-        )
-    busy = sum(t for name, t in totals.items() if name != "idle (epoll wait)")
+        package = _package_of(filename, function)
+        totals[package] = totals.get(package, 0.0) + own
+    busy = sum(t for name, t in totals.items() if name != _IDLE)
     lines = [f"=== Sopy's own CPU-ish time by package ({busy:.2f} s busy under cProfile) ==="]
     for name, seconds in sorted(totals.items(), key=lambda item: -item[1]):
-        share = f"{seconds / busy * 100:5.1f}%" if busy and name != "idle (epoll wait)" else "     "
+        share = f"{seconds / busy * 100:5.1f}%" if busy and name != _IDLE else "     "
         lines.append(f"{seconds:9.3f} s  {share}  {name}")
     return "\n".join(lines) + "\n\n"
 
 
 def _package_of(filename: str, function: str) -> str:
     if "epoll" in function and "poll" in function:
-        return "idle (epoll wait)"
+        return _IDLE
     parts = Path(filename).parts
     if "site-packages" in parts:
         return parts[parts.index("site-packages") + 1].removesuffix(".py")

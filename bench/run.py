@@ -229,6 +229,8 @@ def _run(args: argparse.Namespace, children: Children) -> int:
     sopy = targets.start_sopy(children, direct.base_url, profile_path)
     progress(f"sopy (pid {sopy.pid}) at {sopy.base_url}, configured over its admin socket")
     all_targets = [direct, sopy]
+    for target in all_targets:
+        _sanity_check(target)
     if args.with_litellm:
         if args.soak is not None:
             notes.append("LiteLLM skipped: the soak drives Sopy alone")
@@ -238,25 +240,16 @@ def _run(args: argparse.Namespace, children: Children) -> int:
             print(f"WARNING: {notes[-1]}", flush=True)
         else:
             try:
-                all_targets.append(targets.start_litellm(children, direct.base_url, progress))
+                litellm = targets.start_litellm(children, direct.base_url, progress)
+                _sanity_check(litellm)
             except BenchError as error:
                 children.stop("litellm")
                 children.keep_logs = True
                 message = f"LiteLLM could not be benchmarked, continuing without it: {error}"
                 print(f"WARNING: {message}", flush=True)
                 notes.append(message.splitlines()[0])
-    for target in list(all_targets):
-        try:
-            _sanity_check(target)
-        except BenchError as error:
-            if target.name != "litellm":
-                raise
-            children.stop("litellm")
-            children.keep_logs = True
-            message = f"LiteLLM answered wrongly, continuing without it: {error}"
-            print(f"WARNING: {message}", flush=True)
-            notes.append(message)
-            all_targets.remove(target)
+            else:
+                all_targets.append(litellm)
 
     soak_result: dict[str, Any] | None = None
     runs: list[dict[str, Any]] = []

@@ -26,6 +26,9 @@ from pathlib import Path
 import httpx
 from load import BENCH_DIR, BenchError, RequestSpec
 
+from sopy.admin_client import AdminUnreachable, send_admin_command
+from sopy.background import READY_LINE
+
 PROVIDER = "bench"
 PROVIDER_CREDENTIAL = "sk-bench-provider-credential"
 MODEL = "bench-model"
@@ -269,7 +272,7 @@ def start_sopy(children: Children, upstream_url: str, profile_to: Path | None = 
     ]
     child = children.spawn("sopy", argv)
     wait_until(
-        lambda: _log_contains(child, "Sopy is running") and admin_socket.exists(),
+        lambda: _log_contains(child, READY_LINE) and admin_socket.exists(),
         child,
         "sopy serve",
         30,
@@ -287,23 +290,10 @@ def start_sopy(children: Children, upstream_url: str, profile_to: Path | None = 
 
 def admin_command(path: Path, command: str, **fields: object) -> dict[str, object]:
     """Send one JSON-lines command to Sopy's admin socket and return its result."""
-    payload = json.dumps({"command": command, **fields}).encode() + b"\n"
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(30)
-            conn.connect(str(path))
-            conn.sendall(payload)
-            received = bytearray()
-            while b"\n" not in received:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    raise OSError("the admin socket closed the connection before replying")
-                received += chunk
-    except OSError as error:
-        raise BenchError(
-            f"Sopy's admin socket {path} failed on {command}: {error}; see the sopy log"
-        ) from None
-    reply = json.loads(received.split(b"\n", 1)[0])
+        reply = send_admin_command(path, {"command": command, **fields})
+    except AdminUnreachable as error:
+        raise BenchError(f"{error} (on {command}); see the sopy log") from None
     if not reply.get("ok"):
         raise BenchError(
             f"Sopy refused admin command {command}: {reply.get('error')}; the admin protocol "
