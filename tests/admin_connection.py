@@ -1,4 +1,5 @@
-"""A test client for the admin socket: one connection, one JSON line out, one JSON line in."""
+"""Test clients for the admin socket: `AdminConnection` (one connection, one JSON line out, one
+JSON line in) and `open_events` (the `/admin/events` websocket)."""
 
 from pathlib import Path
 from types import TracebackType
@@ -6,6 +7,7 @@ from typing import Any
 
 import orjson
 import trio
+import trio_websocket
 
 
 class AdminConnection:
@@ -58,3 +60,12 @@ class AdminConnection:
         assert reply["ok"] is False, reply
         error: dict[str, Any] = reply["error"]
         return error
+
+
+async def open_events(
+    nursery: trio.Nursery, socket_path: Path, since: int | None = None
+) -> trio_websocket.WebSocketConnection:
+    """A websocket subscribed to `/admin/events` (resuming after `since`, if given)."""
+    stream = await trio.open_unix_socket(str(socket_path))
+    resource = "/admin/events" if since is None else f"/admin/events?since={since}"
+    return await trio_websocket.wrap_client_stream(nursery, stream, "sopy", resource)

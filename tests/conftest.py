@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import attrs
+import httpx
 import pytest
 import trio
 
@@ -75,9 +76,20 @@ class SopyUnderTest:
         await self.stop()
         return await self.start()
 
+    @property
+    def http_url(self) -> str:
+        """The public port's URL; Sopy must be running."""
+        assert self.running is not None, "start() first"
+        return self.running.http_url
+
     async def admin(self) -> AdminConnection:
         assert self.running is not None, "start() first"
         return await AdminConnection.open(self.running.admin_socket)
+
+    def admin_rest(self) -> httpx.AsyncClient:
+        """An httpx client for the admin REST routes, over the admin Unix socket."""
+        transport = httpx.AsyncHTTPTransport(uds=str(self.settings.admin_socket))
+        return httpx.AsyncClient(transport=transport, base_url="http://sopy")
 
 
 @pytest.fixture

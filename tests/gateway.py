@@ -3,12 +3,19 @@
 from typing import Any
 
 import attrs
+import httpx
 import trio
 
 from sopy.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
 
 USER_KEY = "sk-user-test-key-0001"
+AUTH = {"authorization": f"Bearer {USER_KEY}"}
+
+
+def chat(model: str = "gpt-4.1", content: str = "hi", **extra: Any) -> dict[str, Any]:
+    """A chat completion request body with one user message."""
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
 @attrs.frozen
@@ -25,16 +32,18 @@ class Gateway:
 
     @property
     def base_url(self) -> str:
-        assert self.sopy.running is not None
-        return self.sopy.running.http_url + "/v1"
+        return self.sopy.http_url + "/v1"
 
     @property
     def root_url(self) -> str:
-        assert self.sopy.running is not None
-        return self.sopy.running.http_url
+        return self.sopy.http_url
 
     def upstreams(self, provider: str) -> tuple[MockUpstream, ...]:
         return self.providers[provider].upstreams
+
+    def client(self, base_url: str | None = None) -> httpx.AsyncClient:
+        """An httpx client for the public port (or `base_url` on it) that sends USER_KEY."""
+        return httpx.AsyncClient(base_url=base_url or self.root_url, headers=AUTH)
 
     async def admin_ok(self, command: str, **fields: Any) -> Any:
         async with await self.sopy.admin() as admin:
@@ -42,8 +51,23 @@ class Gateway:
 
     async def raw_connection(self) -> trio.SocketStream:
         """A plain TCP connection to the public port, for speaking HTTP by hand."""
-        host, port = self.root_url.removeprefix("http://").rsplit(":", 1)
-        return await trio.open_tcp_stream(host, int(port))
+        return await open_raw_connection(self.root_url)
+
+
+async def open_raw_connection(http_url: str) -> trio.SocketStream:
+    """A plain TCP connection to the host and port of `http_url`."""
+    host, port = http_url.removeprefix("http://").rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def receive_until(stream: trio.SocketStream, marker: bytes, within: float = 5) -> bytes:
+    received = b""
+    with trio.fail_after(within):
+        while marker not in received:
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"connection closed before {marker!r}; got {received!r}"
+            received += chunk
+    return received
 
 
 async def read_until_closed(stream: trio.SocketStream, within: float) -> bytes:

@@ -29,17 +29,9 @@ class ServeProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        assert process.stdout is not None
-        output = bytearray()
-        server = cls(process, output)
+        server = cls(process, bytearray())
         started.append(server)
-        with trio.fail_after(20):
-            while READY_LINE not in output:
-                chunk = await process.stdout.receive_some(65536)
-                if not chunk:
-                    await process.wait()
-                    raise RuntimeError(f"sopy serve exited early:\n{output.decode()}")
-                output += chunk
+        await server.wait_for_output(READY_LINE, within=20)
         return server
 
     @property
@@ -54,7 +46,9 @@ class ServeProcess:
             while text not in self.output:
                 chunk = await self.process.stdout.receive_some(65536)
                 if not chunk:
-                    raise EOFError(f"sopy serve exited before printing {text!r}")
+                    raise EOFError(
+                        f"sopy serve exited before printing {text!r}:\n{self.output.decode()}"
+                    )
                 self.output += chunk
 
     async def read_rest(self) -> str:

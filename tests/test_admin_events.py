@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import orjson
 import pytest
 import trio
@@ -15,29 +14,17 @@ import trio_websocket
 
 from sopy.errors import innermost
 from sopy.settings import Settings
+from tests.admin_connection import open_events
 from tests.conftest import SopyUnderTest
 
 CREDENTIAL = "sk-provider-secret-do-not-leak-0001"
 USER_KEY = "sk-user-secret-do-not-leak-0002"
 
 
-async def open_events(
-    nursery: trio.Nursery, socket_path: Path, since: int | None = None
-) -> trio_websocket.WebSocketConnection:
-    stream = await trio.open_unix_socket(str(socket_path))
-    resource = "/admin/events" if since is None else f"/admin/events?since={since}"
-    return await trio_websocket.wrap_client_stream(nursery, stream, "sopy", resource)
-
-
 async def next_message(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
     with trio.fail_after(5):
         message: dict[str, Any] = orjson.loads(await ws.get_message())
     return message
-
-
-def rest_client(sopy: SopyUnderTest) -> httpx.AsyncClient:
-    transport = httpx.AsyncHTTPTransport(uds=str(sopy.settings.admin_socket))
-    return httpx.AsyncClient(transport=transport, base_url="http://sopy")
 
 
 async def test_subscriber_gets_the_snapshot_then_every_change_in_order_without_secrets(
@@ -52,7 +39,7 @@ async def test_subscriber_gets_the_snapshot_then_every_change_in_order_without_s
     assert snapshot["snapshot"]["admin_auth"] == [{"name": "openai", "credentials": "sk-...0001"}]
     start = snapshot["version"]
 
-    async with await sopy.admin() as admin, rest_client(sopy) as rest:
+    async with await sopy.admin() as admin, sopy.admin_rest() as rest:
         await admin.ok("add_backend", provider="openai", url="http://a")
         await rest.post("/admin/backend", json={"provider": "openai", "url": "http://b"})
         await admin.ok("add_user_api_key", api_key=USER_KEY, description="k")

@@ -16,8 +16,7 @@ from tests.conftest import SopyUnderTest
 
 @pytest.fixture
 async def rest(sopy: SopyUnderTest) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.AsyncHTTPTransport(uds=str(sopy.settings.admin_socket))
-    async with httpx.AsyncClient(transport=transport, base_url="http://sopy") as client:
+    async with sopy.admin_rest() as client:
         yield client
 
 

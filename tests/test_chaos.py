@@ -16,7 +16,7 @@ import trio
 from sopy.mock_upstream import MockUpstream, RandomFault
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, start_gateway_with
+from tests.gateway import AUTH, start_gateway_with
 
 REQUESTS = 2000
 WARM_UP = 200
@@ -111,9 +111,8 @@ async def test_chaos_every_request_is_answered_or_cleanly_refused_and_nothing_le
         sopy, nursery, {"openai": [*steady, *flaky]}, {"gpt-4.1": "openai"}
     )
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    headers = {"authorization": f"Bearer {USER_KEY}"}
     async with httpx.AsyncClient(
-        base_url=gateway.base_url, headers=headers, limits=limits, timeout=PER_REQUEST_LIMIT
+        base_url=gateway.base_url, headers=AUTH, limits=limits, timeout=PER_REQUEST_LIMIT
     ) as client:
         await run_load(client, 0, WARM_UP)
         # Let every warm-up hang on the mocks run out and unused upstream connections close.

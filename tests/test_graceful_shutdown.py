@@ -9,9 +9,8 @@ import trio
 
 from sopy.mock_upstream import MockUpstream
 from tests.admin_connection import AdminConnection
+from tests.gateway import AUTH, USER_KEY, chat, open_raw_connection, receive_until
 from tests.serve_process import ServeProcess
-
-USER_KEY = "sk-user-drain-test-1"
 
 
 async def test_sigterm_lets_an_in_flight_stream_finish(
@@ -23,16 +22,10 @@ async def test_sigterm_lets_an_in_flight_stream_finish(
         await admin.ok("add_backend", provider="openai", url=upstream_url)
         await admin.ok("add_model_mapping", model_name="gpt-4.1", provider="openai")
         await admin.ok("add_user_api_key", api_key=USER_KEY)
-    body = {
-        "model": "gpt-4.1",
-        "messages": [{"role": "user", "content": "hi"}],
-        "stream": True,
-        "mock": {"chunks": 10, "chunk_delay": 0.1},
-    }
-    headers = {"authorization": f"Bearer {USER_KEY}"}
+    body = chat(stream=True, mock={"chunks": 10, "chunk_delay": 0.1})
 
     async with (
-        httpx.AsyncClient(base_url=server.http_url, headers=headers) as client,
+        httpx.AsyncClient(base_url=server.http_url, headers=AUTH) as client,
         client.stream("POST", "/v1/chat/completions", json=body) as response,
     ):
         lines = response.aiter_lines()
@@ -55,12 +48,9 @@ async def test_sigterm_lets_an_in_flight_stream_finish(
 
 async def test_sigterm_closes_idle_keep_alive_connections_at_once(workdir: Path) -> None:
     server = await ServeProcess.start(workdir, "--drain-timeout", "30", "--header-timeout", "60")
-    host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
-    idle = await trio.open_tcp_stream(host, int(port))
+    idle = await open_raw_connection(server.http_url)
     await idle.send_all(b"GET / HTTP/1.1\r\nHost: sopy\r\n\r\n")
-    answer = b""
-    while not answer.endswith(b'{"message":"Hello World"}'):
-        answer += await idle.receive_some(65536)
+    answer = await receive_until(idle, b'{"message":"Hello World"}')
     assert b"connection: close" not in answer.lower()  # kept alive, now idle
 
     began = trio.current_time()

@@ -15,9 +15,7 @@ import trio.testing
 from sopy.settings import Settings
 from tests.admin_connection import AdminConnection
 from tests.conftest import SopyUnderTest, startup_error
-from tests.gateway import USER_KEY, Gateway, read_until_closed, start_gateway
-
-AUTH = {"authorization": f"Bearer {USER_KEY}"}
+from tests.gateway import USER_KEY, Gateway, chat, read_until_closed, start_gateway
 
 
 @pytest.fixture
@@ -38,12 +36,8 @@ async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
 
 @pytest.fixture
 async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gateway.root_url, headers=AUTH) as client:
+    async with gateway.client() as client:
         yield client
-
-
-def chat(**extra: Any) -> dict[str, Any]:
-    return {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
 async def test_a_body_over_the_limit_is_refused_with_413(http: httpx.AsyncClient) -> None:
@@ -105,9 +99,7 @@ async def test_a_body_that_does_not_arrive_in_time_gets_408(gateway: Gateway) ->
     assert answer.startswith(b"HTTP/1.1 408")
 
 
-async def test_requests_over_the_concurrency_limit_get_503(
-    http: httpx.AsyncClient, gateway: Gateway
-) -> None:
+async def test_requests_over_the_concurrency_limit_get_503(http: httpx.AsyncClient) -> None:
     slow = chat(mock={"headers_delay": 0.5})
     statuses: list[int] = []
 

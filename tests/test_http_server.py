@@ -13,7 +13,14 @@ import trio
 
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, read_until_closed, start_gateway
+from tests.gateway import (
+    AUTH,
+    USER_KEY,
+    Gateway,
+    read_until_closed,
+    receive_until,
+    start_gateway,
+)
 
 BODY = b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -38,16 +45,6 @@ def chat_head(length: int, *extra: str) -> bytes:
         *extra,
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-async def receive_until(stream: trio.SocketStream, marker: bytes, within: float = 5) -> bytes:
-    received = b""
-    with trio.fail_after(within):
-        while marker not in received:
-            chunk = await stream.receive_some(65536)
-            assert chunk, f"connection closed before {marker!r}; got {received!r}"
-            received += chunk
-    return received
 
 
 async def test_pipelined_requests_are_answered_in_order(gateway: Gateway) -> None:
@@ -109,7 +106,7 @@ async def test_a_chunked_request_body_is_proxied(gateway: Gateway) -> None:
         response = await http.post(
             "/v1/chat/completions",
             content=pieces(),
-            headers={"authorization": f"Bearer {USER_KEY}"},
+            headers=AUTH,
         )
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "chat.completion"

@@ -314,13 +314,8 @@ def rendered_operations(dom: str) -> set[tuple[str, str]]:
     return set(blocks)
 
 
-def live_url(sopy: SopyUnderTest) -> str:
-    assert sopy.running is not None
-    return sopy.running.http_url
-
-
 async def test_live_openapi_json_is_served_and_valid(sopy: SopyUnderTest) -> None:
-    async with httpx.AsyncClient(base_url=live_url(sopy)) as http:
+    async with httpx.AsyncClient(base_url=sopy.http_url) as http:
         response = await http.get("/openapi.json")
 
     assert response.status_code == 200
@@ -330,7 +325,7 @@ async def test_live_openapi_json_is_served_and_valid(sopy: SopyUnderTest) -> Non
 
 
 async def test_live_docs_page_and_its_assets_are_served(sopy: SopyUnderTest) -> None:
-    async with httpx.AsyncClient(base_url=live_url(sopy)) as http:
+    async with httpx.AsyncClient(base_url=sopy.http_url) as http:
         page = await http.get("/docs")
         assets = [url for url in referenced_urls(page.content) if url.startswith("/docs/")]
         statuses = {url: (await http.get(url)).status_code for url in assets}
@@ -348,13 +343,13 @@ async def test_live_docs_render_every_operation_in_headless_chromium(
     sopy: SopyUnderTest, tmp_path: Path
 ) -> None:
     chromium = chromium_or_skip()
-    docs_url = live_url(sopy) + "/docs"
+    docs_url = sopy.http_url + "/docs"
     screenshot = tmp_path / "docs.png"
 
-    dom = await run_chromium(chromium, tmp_path / "profile-dom", "--dump-dom", docs_url)
-    await run_chromium(
+    dom = await run_chromium(
         chromium,
-        tmp_path / "profile-shot",
+        tmp_path / "profile",
+        "--dump-dom",
         f"--screenshot={screenshot}",
         "--window-size=1280,2000",
         docs_url,

@@ -10,7 +10,7 @@ import trio
 
 from sopy.actors import upstream_pool
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, start_gateway
+from tests.gateway import Gateway, chat, start_gateway
 
 CRASH_MARKER = "please-crash-the-pool"
 
@@ -50,13 +50,8 @@ async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
 
 @pytest.fixture
 async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"authorization": f"Bearer {USER_KEY}"}
-    async with httpx.AsyncClient(base_url=gateway.base_url, headers=headers) as client:
+    async with gateway.client(gateway.base_url) as client:
         yield client
-
-
-def chat(model: str, content: str = "hi", **extra: object) -> dict[str, object]:
-    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
 async def post_marked_while_streaming(

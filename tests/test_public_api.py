@@ -2,7 +2,6 @@
 
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 import attrs
 import httpx
@@ -12,14 +11,8 @@ import trio
 
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, start_gateway
+from tests.gateway import USER_KEY, Gateway, chat, start_gateway
 from tests.polling import eventually
-
-AUTH = {"authorization": f"Bearer {USER_KEY}"}
-
-
-def chat(model: str = "gpt-4.1", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
 @pytest.fixture
@@ -31,7 +24,7 @@ async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
 
 @pytest.fixture
 async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gateway.root_url, headers=AUTH) as client:
+    async with gateway.client() as client:
         yield client
 
 

@@ -10,10 +10,9 @@ from typing import Any
 import httpx
 import orjson
 import trio
-import trio_websocket
 
 from sopy.mock_upstream import MockUpstream, RandomFault
-from tests.admin_connection import AdminConnection
+from tests.admin_connection import AdminConnection, open_events
 from tests.serve_process import ServeProcess
 
 CREDENTIALS = ["sk-openai-secret-credential-AAAA1111", "sk-azure-secret-credential-BBBB2222"]
@@ -71,8 +70,7 @@ async def _follow_events(
     nursery: trio.Nursery, socket_path: Path, seen: list[Any]
 ) -> trio.CancelScope:
     scope = trio.CancelScope()
-    stream = await trio.open_unix_socket(str(socket_path))
-    ws = await trio_websocket.wrap_client_stream(nursery, stream, "sopy", "/admin/events")
+    ws = await open_events(nursery, socket_path)
 
     async def collect() -> None:
         with scope:

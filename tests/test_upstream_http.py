@@ -68,8 +68,9 @@ async def serve_tls(nursery: trio.Nursery, backend: TinyBackend, ca: trustme.CA)
     return port
 
 
-async def serve_plain(nursery: trio.Nursery, backend: TinyBackend) -> int:
-    listeners = await nursery.start(partial(trio.serve_tcp, backend.handle, 0, host="127.0.0.1"))
+async def serve_plain(nursery: trio.Nursery, handler: Handler) -> int:
+    """Serve `handler` over plain TCP on a free loopback port; the port."""
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     port: int = listeners[0].socket.getsockname()[1]
     return port
 
@@ -106,7 +107,7 @@ async def test_a_kept_alive_connection_the_backend_dropped_is_replaced_transpare
     nursery: trio.Nursery,
 ) -> None:
     backend = TinyBackend(keep_alive=False)
-    port = await serve_plain(nursery, backend)
+    port = await serve_plain(nursery, backend.handle)
     async with UpstreamConnections(5) as connections:
         answers = [await ask(connections, f"http://127.0.0.1:{port}/v1/x") for _ in range(3)]
     assert answers == [b"hello 1", b"hello 2", b"hello 3"]
@@ -115,7 +116,7 @@ async def test_a_kept_alive_connection_the_backend_dropped_is_replaced_transpare
 
 async def test_a_response_closed_before_its_end_is_not_reused(nursery: trio.Nursery) -> None:
     backend = TinyBackend()
-    port = await serve_plain(nursery, backend)
+    port = await serve_plain(nursery, backend.handle)
     async with UpstreamConnections(5) as connections:
         unread = await connections.send("GET", f"http://127.0.0.1:{port}/", [], b"")
         await unread.aclose()
@@ -125,7 +126,7 @@ async def test_a_response_closed_before_its_end_is_not_reused(nursery: trio.Nurs
 
 async def test_connections_unused_for_the_idle_timeout_are_closed(nursery: trio.Nursery) -> None:
     backend = TinyBackend()
-    port = await serve_plain(nursery, backend)
+    port = await serve_plain(nursery, backend.handle)
     async with UpstreamConnections(5, idle_timeout=0.2) as connections:
         nursery.start_soon(connections.close_unused)
         assert await ask(connections, f"http://127.0.0.1:{port}/") == b"hello 1"
@@ -153,10 +154,7 @@ async def answer_once(reply: bytes, stream: trio.abc.Stream) -> None:
 
 async def serve_reply(nursery: trio.Nursery, reply: bytes) -> str:
     """Start an `answer_once` backend for `reply`; its URL."""
-    listeners = await nursery.start(
-        partial(trio.serve_tcp, partial(answer_once, reply), 0, host="127.0.0.1")
-    )
-    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/"
+    return f"http://127.0.0.1:{await serve_plain(nursery, partial(answer_once, reply))}/"
 
 
 @pytest.mark.parametrize(
@@ -244,10 +242,7 @@ async def test_an_unasked_answer_on_an_idle_connection_is_not_taken_for_the_next
     nursery: trio.Nursery,
 ) -> None:
     backend = TinyBackend()
-    listeners = await nursery.start(
-        partial(trio.serve_tcp, partial(answer_then_time_out, backend), 0, host="127.0.0.1")
-    )
-    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/"
+    url = f"http://127.0.0.1:{await serve_plain(nursery, partial(answer_then_time_out, backend))}/"
     async with UpstreamConnections(5) as connections:
         assert await ask(connections, url) == b"hello 1"
         await trio.sleep(0.2)
