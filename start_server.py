@@ -2,6 +2,6 @@
 
 import sys
 
-from sopy.cli import main
+from sopy.cli.main import main
 
 main(["start", *sys.argv[1:]])

@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 from load import BENCH_DIR, BenchError, RequestSpec
 
-from sopy.admin_client import AdminUnreachable, send_admin_command
-from sopy.background import READY_LINE
+from sopy.cli.admin_client import AdminUnreachable, send_admin_command
+from sopy.cli.background import READY_LINE
 
 PROVIDER = "bench"
 PROVIDER_CREDENTIAL = "sk-bench-provider-credential"

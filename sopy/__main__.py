@@ -1,5 +1,5 @@
 """`python -m sopy` is the `sopy` command."""
 
-from sopy.cli import main
+from sopy.cli.main import main
 
 main()

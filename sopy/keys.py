@@ -1,5 +1,5 @@
 """How secrets are derived and shown: user API key generation, hashing and prefixes, and the
-masking of provider credentials.
+masking of provider credentials, and telling a Fernet secret key from anything else.
 
 The config actor stores only `hash_user_key(key)`; the HTTP front hashes the presented bearer
 token the same way and looks the hash up in the snapshot, so the key itself is never stored.
@@ -7,6 +7,8 @@ token the same way and looks the hash up in the snapshot, so the key itself is n
 
 import hashlib
 import secrets
+
+from cryptography.fernet import Fernet
 
 GENERATED_KEY_PREFIX = "sk-sopy-"
 _PREFIX_MAX_LENGTH = 12
@@ -33,3 +35,11 @@ def mask_credential(credential: str) -> str:
     if len(credential) < _MASK_MIN_LENGTH:
         return "****"
     return f"{credential[:3]}...{credential[-_MASK_VISIBLE_TAIL:]}"
+
+
+def fernet_for(key: str) -> Fernet | None:
+    """The cipher for `key`, or None if `key` is not a Fernet key."""
+    try:
+        return Fernet(key.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return None

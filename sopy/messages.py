@@ -22,7 +22,7 @@ import attrs
 import cattrs
 import trio
 
-from sopy import admin_fields
+from sopy import validators
 from sopy.errors import InvalidField, InvalidRequest, SopyError, UnknownCommand
 
 # -- admin commands -------------------------------------------------------------------------
@@ -31,15 +31,15 @@ from sopy.errors import InvalidField, InvalidRequest, SopyError, UnknownCommand
 @attrs.frozen
 class AddAdminAuth:
     command: ClassVar[str] = "add_admin_auth"
-    name: str = attrs.field(validator=admin_fields.provider_name)
-    credentials: str = attrs.field(validator=admin_fields.secret, repr=False)
+    name: str = attrs.field(validator=validators.provider_name)
+    credentials: str = attrs.field(validator=validators.secret, repr=False)
     replace: bool = False
 
 
 @attrs.frozen
 class RemoveAdminAuth:
     command: ClassVar[str] = "remove_admin_auth"
-    name: str = attrs.field(validator=admin_fields.provider_name)
+    name: str = attrs.field(validator=validators.provider_name)
 
 
 @attrs.frozen
@@ -50,7 +50,7 @@ class ListAdminAuth:
 @attrs.frozen
 class GetAdminAuth:
     command: ClassVar[str] = "get_admin_auth"
-    name: str = attrs.field(validator=admin_fields.provider_name)
+    name: str = attrs.field(validator=validators.provider_name)
     reveal: bool = False
 
 
@@ -58,9 +58,9 @@ class GetAdminAuth:
 class AddUserApiKey:
     command: ClassVar[str] = "add_user_api_key"
     api_key: str | None = attrs.field(
-        default=None, validator=admin_fields.optional_user_key, repr=False
+        default=None, validator=validators.optional_user_key, repr=False
     )
-    description: str = attrs.field(default="", validator=admin_fields.description)
+    description: str = attrs.field(default="", validator=validators.description)
 
 
 @attrs.frozen
@@ -69,9 +69,9 @@ class RemoveUserApiKey:
 
     command: ClassVar[str] = "remove_user_api_key"
     api_key: str | None = attrs.field(
-        default=None, validator=admin_fields.optional_user_key, repr=False
+        default=None, validator=validators.optional_user_key, repr=False
     )
-    id: int | None = attrs.field(default=None, validator=admin_fields.positive_id)
+    id: int | None = attrs.field(default=None, validator=validators.positive_id)
 
     def __attrs_post_init__(self) -> None:
         if (self.api_key is None) == (self.id is None):
@@ -86,34 +86,34 @@ class ListUserApiKeys:
 @attrs.frozen
 class GetUserApiKey:
     command: ClassVar[str] = "get_user_api_key"
-    id: int = attrs.field(validator=admin_fields.positive_id)
+    id: int = attrs.field(validator=validators.positive_id)
 
 
 @attrs.frozen
 class ActivateUserApiKey:
     command: ClassVar[str] = "activate_user_api_key"
-    id: int = attrs.field(validator=admin_fields.positive_id)
+    id: int = attrs.field(validator=validators.positive_id)
 
 
 @attrs.frozen
 class DeactivateUserApiKey:
     command: ClassVar[str] = "deactivate_user_api_key"
-    id: int = attrs.field(validator=admin_fields.positive_id)
+    id: int = attrs.field(validator=validators.positive_id)
 
 
 @attrs.frozen
 class AddBackend:
     command: ClassVar[str] = "add_backend"
-    provider: str = attrs.field(validator=admin_fields.provider_name)
-    url: str = attrs.field(converter=admin_fields.normalised_backend_url)
-    weight: int = attrs.field(default=1, validator=admin_fields.backend_weight)
+    provider: str = attrs.field(validator=validators.provider_name)
+    url: str = attrs.field(converter=validators.normalised_backend_url)
+    weight: int = attrs.field(default=1, validator=validators.backend_weight)
 
 
 @attrs.frozen
 class RemoveBackend:
     command: ClassVar[str] = "remove_backend"
-    provider: str = attrs.field(validator=admin_fields.provider_name)
-    url: str = attrs.field(converter=admin_fields.normalised_backend_url)
+    provider: str = attrs.field(validator=validators.provider_name)
+    url: str = attrs.field(converter=validators.normalised_backend_url)
 
 
 @attrs.frozen
@@ -124,22 +124,22 @@ class ListBackends:
 @attrs.frozen
 class GetBackend:
     command: ClassVar[str] = "get_backend"
-    provider: str = attrs.field(validator=admin_fields.provider_name)
+    provider: str = attrs.field(validator=validators.provider_name)
 
 
 @attrs.frozen
 class AddModelMapping:
     command: ClassVar[str] = "add_model_mapping"
-    model_name: str = attrs.field(validator=admin_fields.model_name)
-    provider: str = attrs.field(validator=admin_fields.provider_name)
+    model_name: str = attrs.field(validator=validators.model_name)
+    provider: str = attrs.field(validator=validators.provider_name)
     replace: bool = False
-    fallbacks: tuple[str, ...] = attrs.field(default=(), validator=admin_fields.fallback_providers)
+    fallbacks: tuple[str, ...] = attrs.field(default=(), validator=validators.fallback_providers)
 
 
 @attrs.frozen
 class RemoveModelMapping:
     command: ClassVar[str] = "remove_model_mapping"
-    model_name: str = attrs.field(validator=admin_fields.model_name)
+    model_name: str = attrs.field(validator=validators.model_name)
 
 
 @attrs.frozen
@@ -150,7 +150,7 @@ class ListModelMappings:
 @attrs.frozen
 class GetModelMapping:
     command: ClassVar[str] = "get_model_mapping"
-    model_name: str = attrs.field(validator=admin_fields.model_name)
+    model_name: str = attrs.field(validator=validators.model_name)
 
 
 @attrs.frozen
@@ -161,7 +161,7 @@ class RotateSecretKey:
 
     command: ClassVar[str] = "rotate_secret_key"
     new_key: str | None = attrs.field(
-        default=None, validator=admin_fields.optional_secret_key, repr=False
+        default=None, validator=validators.optional_secret_key, repr=False
     )
 
 

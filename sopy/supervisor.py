@@ -16,10 +16,10 @@ from sopy.actors.admin_socket import AdminSocket
 from sopy.actors.config_store import ConfigStore
 from sopy.actors.http_front import HttpFront
 from sopy.actors.upstream_pool import UpstreamPools
-from sopy.change_feed import ChangeFeed
 from sopy.messages import ConfigRequest
+from sopy.runtime.change_feed import ChangeFeed
+from sopy.runtime.supervision import supervise
 from sopy.settings import Settings
-from sopy.supervision import supervise
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import attrs
 import httpx
 import trio
 
-from sopy.mock_upstream import MockUpstream
+from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
 
 USER_KEY = "sk-user-test-key-0001"

@@ -116,7 +116,7 @@ async def test_bad_since_and_unknown_websocket_paths_are_refused(sopy: SopyUnder
 async def test_a_stalled_subscriber_is_dropped_and_admin_writes_keep_their_latency(
     nursery: trio.Nursery, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="sopy.actors.admin_events")
+    caplog.set_level(logging.WARNING, logger="sopy.admin.event_stream")
     sopy = SopyUnderTest(nursery, attrs.evolve(settings, event_buffer=4))
     await sopy.start()
     async with await sopy.admin() as admin:

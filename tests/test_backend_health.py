@@ -2,7 +2,7 @@
 
 import collections
 
-from sopy.backend_health import LEAST_IN_FLIGHT, ROUND_ROBIN, BackendPicker, CooldownPolicy
+from sopy.routing.backend_health import LEAST_IN_FLIGHT, ROUND_ROBIN, BackendPicker, CooldownPolicy
 
 URLS = ("http://a", "http://b", "http://c")
 

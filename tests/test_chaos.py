@@ -13,8 +13,8 @@ import httpx
 import orjson
 import trio
 
-from sopy.mock_upstream import MockUpstream, RandomFault
 from sopy.settings import Settings
+from sopy.testing.mock_upstream import MockUpstream, RandomFault
 from tests.conftest import SopyUnderTest
 from tests.gateway import AUTH, start_gateway_with
 

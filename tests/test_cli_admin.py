@@ -6,7 +6,7 @@ import sys
 import orjson
 import trio
 
-from sopy.cli import command_payload
+from sopy.cli.main import command_payload
 from tests.conftest import SopyUnderTest
 
 

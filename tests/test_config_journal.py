@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from sopy.config_db import ConfigDatabase
+from sopy.config.database import ConfigDatabase
 from sopy.messages import AddBackend, BackendAdded
 
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 import trio
 
-from sopy.mock_upstream import MockUpstream
+from sopy.testing.mock_upstream import MockUpstream
 from tests.admin_connection import AdminConnection
 from tests.gateway import AUTH, USER_KEY, chat, open_raw_connection, receive_until
 from tests.serve_process import ServeProcess

@@ -1,4 +1,4 @@
-"""The public port's HTTP/1.1 handling (sopy.http_server), spoken by hand over raw sockets:
+"""The public port's HTTP/1.1 handling (sopy.protocol.server), spoken by hand over raw sockets:
 pipelining, malformed requests, chunked bodies, Expect: 100-continue, HEAD, early answers."""
 
 import contextlib
@@ -154,7 +154,7 @@ async def test_head_gets_a_head_only_and_the_connection_stays_usable(gateway: Ga
 async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sopy.http_server")
+    caplog.set_level(logging.INFO, logger="sopy.protocol.server")
     stream = await gateway.raw_connection()
     # ~20 MB of answers: more than the socket buffers hold, so the server's writes block.
     await stream.send_all(b"GET /openapi.json HTTP/1.1\r\nHost: sopy\r\n\r\n" * 400)

@@ -1,4 +1,4 @@
-"""sopy.http_wire without sockets: requests parsed the same however the bytes are split, only
+"""sopy.protocol.wire without sockets: requests parsed the same however the bytes are split, only
 `MalformedRequest` for bad input, and the response framing."""
 
 import itertools
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sopy.http_wire import (
+from sopy.protocol.wire import (
     MalformedRequest,
     RequestParser,
     chunk,

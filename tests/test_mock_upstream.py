@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from sopy.mock_upstream import MockUpstream, RandomFault, ReceivedRequest
+from sopy.testing.mock_upstream import MockUpstream, RandomFault, ReceivedRequest
 from tests.polling import eventually
 
 NAME = "alpha"

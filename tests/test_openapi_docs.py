@@ -1,4 +1,4 @@
-"""The OpenAPI document (`sopy.openapi`) and the offline docs page (`sopy.docs_page`).
+"""The OpenAPI document (`sopy.docs.openapi`) and the offline docs page (`sopy.docs.page`).
 
 Unit specs call the two modules directly. The live specs at the bottom run against a real
 gateway and a headless Chromium; they need `/openapi.json` and `/docs` wired into the HTTP front.
@@ -16,9 +16,9 @@ import pytest
 import trio
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from sopy.admin_routes import ADMIN_ROUTES
-from sopy.docs_page import docs_response
-from sopy.openapi import openapi_document, openapi_json
+from sopy.admin.routes import ADMIN_ROUTES
+from sopy.docs.openapi import openapi_document, openapi_json
+from sopy.docs.page import docs_response
 from tests.conftest import SopyUnderTest
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")

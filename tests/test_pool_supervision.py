@@ -77,7 +77,7 @@ async def post_marked_while_streaming(
 async def test_a_crashed_pool_restarts_while_other_providers_keep_serving(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="sopy.supervision")
+    caplog.set_level(logging.ERROR, logger="sopy.runtime.supervision")
     crashed, other_stream = await post_marked_while_streaming(client, "claude-3")
     assert crashed.status_code == 502
     assert crashed.json()["error"]["code"] == "upstream_error"

@@ -12,8 +12,8 @@ import orjson
 import pytest
 import trio
 
-from sopy.mock_upstream import MockUpstream, RandomFault
 from sopy.settings import Settings
+from sopy.testing.mock_upstream import MockUpstream, RandomFault
 from tests.conftest import SopyUnderTest
 from tests.gateway import AUTH, USER_KEY, Gateway, chat, start_gateway_with
 from tests.polling import eventually

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import trio
 
-from sopy.mock_upstream import MockUpstream, RandomFault
+from sopy.testing.mock_upstream import MockUpstream, RandomFault
 from tests.admin_connection import AdminConnection, open_events
 from tests.serve_process import ServeProcess
 

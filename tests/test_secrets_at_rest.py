@@ -9,10 +9,10 @@ import attrs
 import pytest
 import trio
 
-from sopy.config_db import ConfigDatabase
+from sopy.config.database import ConfigDatabase
+from sopy.config.secret_box import SecretBox, new_secret_key, secret_box_for
 from sopy.errors import StartupError
 from sopy.messages import AddAdminAuth, RotateSecretKey
-from sopy.secret_box import SecretBox, new_secret_key, secret_box_for
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
 

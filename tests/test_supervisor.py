@@ -6,7 +6,7 @@ import logging
 import pytest
 import trio
 
-from sopy.supervision import RestartBackoff, supervise
+from sopy.runtime.supervision import RestartBackoff, supervise
 
 
 async def test_crashed_actor_is_restarted_and_the_crash_logged(
@@ -24,7 +24,7 @@ async def test_crashed_actor_is_restarted_and_the_crash_logged(
         await trio.sleep_forever()
 
     backoff = RestartBackoff(first_delay=0.02, max_delay=1.0, healthy_after=10.0)
-    with caplog.at_level(logging.ERROR, logger="sopy.supervision"):
+    with caplog.at_level(logging.ERROR, logger="sopy.runtime.supervision"):
         async with trio.open_nursery() as nursery:
             assert await nursery.start(supervise, "flaky", flaky_actor, backoff) == "ready"
             with trio.fail_after(5):

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trustme
 
-from sopy.upstream_http import (
+from sopy.protocol.client import (
     UpstreamBrokeOff,
     UpstreamConnectError,
     UpstreamConnections,

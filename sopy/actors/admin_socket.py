@@ -5,7 +5,7 @@ connection's first bytes.
   many commands and gets one reply line per command, in order: `{"ok": true, "result": ...}` or
   `{"ok": false, "error": {"code", "message"}}`, with the request's `"id"` echoed.
 - HTTP (a line starts with a method such as `GET`): the admin REST routes, and the
-  `/admin/events` websocket, both in `sopy.actors.admin_http`.
+  `/admin/events` websocket, both in `sopy.admin.http_transport`.
 
 This module only translates: lines become `AdminCommand`s for the config actor
 (`ask_config_store`), replies become lines.
@@ -18,19 +18,19 @@ from typing import Any
 import orjson
 import trio
 
-from sopy.actors.admin_http import AdminHttp
-from sopy.actors.config_store import ask_config_store
-from sopy.change_feed import ChangeFeed
+from sopy.admin.http_transport import AdminHttp
 from sopy.errors import InvalidJson, PayloadTooLarge, SopyError
-from sopy.line_reader import LineReader
 from sopy.messages import (
     CommandFailed,
     ConfigRequest,
     admin_reply_json,
     parse_admin_command,
 )
-from sopy.replay_stream import ReplayStream
-from sopy.unix_listener import unix_listener
+from sopy.protocol.line_reader import LineReader
+from sopy.protocol.replay_stream import ReplayStream
+from sopy.runtime.change_feed import ChangeFeed
+from sopy.runtime.config_requests import ask_config_store
+from sopy.runtime.unix_listener import unix_listener
 
 log = logging.getLogger(__name__)
 

@@ -14,21 +14,19 @@ import time
 
 import trio
 
-from sopy.change_feed import ChangeFeed
-from sopy.config_db import ConfigDatabase
+from sopy.config.database import ConfigDatabase
+from sopy.config.secret_box import secret_box_for
 from sopy.errors import InternalError, SopyError
 from sopy.messages import (
-    AdminCommand,
     AdminRequest,
     CommandFailed,
     CommandReply,
     CommandSucceeded,
     ConfigChanged,
     ConfigRequest,
-    JournalEntry,
     JournalRequest,
 )
-from sopy.secret_box import secret_box_for
+from sopy.runtime.change_feed import ChangeFeed
 from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,37 +113,3 @@ async def _reply(request: AdminRequest, reply: CommandReply) -> None:
         await request.reply_to.send(reply)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         log.info("%s was applied but its requester had gone away", request.command.command)
-
-
-async def ask_config_store(
-    inbox: trio.MemorySendChannel[ConfigRequest], command: AdminCommand
-) -> CommandReply:
-    """Send one command to the config actor and wait for its reply (after the commit).
-
-    Every admin transport uses this, so none of them holds business logic of its own.
-    """
-    reply_send, reply_receive = trio.open_memory_channel[CommandReply](1)
-    async with reply_receive:
-        await inbox.send(AdminRequest(command, reply_send))
-        try:
-            return await reply_receive.receive()
-        except trio.EndOfChannel:
-            return CommandFailed(
-                InternalError(
-                    f"the config store restarted while handling {command.command}; check "
-                    "with a list or get command whether it took effect, then retry"
-                )
-            )
-
-
-async def read_journal(
-    inbox: trio.MemorySendChannel[ConfigRequest], since: int
-) -> tuple[JournalEntry, ...] | None:
-    """The changes after `since` from the config actor's journal (None: too old, use a snapshot)."""
-    reply_send, reply_receive = trio.open_memory_channel[tuple[JournalEntry, ...] | None](1)
-    async with reply_receive:
-        await inbox.send(JournalRequest(since, reply_send))
-        try:
-            return await reply_receive.receive()
-        except trio.EndOfChannel:
-            return None

@@ -1,9 +1,9 @@
-"""The HTTP front actor: Sopy's public, OpenAI-compatible API, served by `sopy.http_server`.
+"""The HTTP front actor: Sopy's public, OpenAI-compatible API, served by `sopy.protocol.server`.
 
 It authenticates and routes every request from an in-memory `RouteTable` derived from the
-config actor's latest snapshot (no disk and no await on the config actor on the request path),
-and hands each model request to `sopy.relay`, which forwards it to the provider's upstream pool
-and relays the answer back as it arrives.
+config actor's latest snapshot (no disk and no await on the config actor on the request
+path), and hands each model request to `sopy.actors.relay`, which forwards it to the provider's
+upstream pool and relays the answer back as it arrives.
 """
 
 import logging
@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable
 import orjson
 import trio
 
+from sopy.actors.front_responses import send_body, send_json
+from sopy.actors.relay import CLIENT_CLOSED_REQUEST, ProxiedRequest, log_access, proxy
 from sopy.actors.upstream_pool import UpstreamPools
-from sopy.change_feed import ChangeFeed
-from sopy.docs_page import docs_response
+from sopy.docs.openapi import openapi_json
+from sopy.docs.page import docs_response
 from sopy.errors import (
     InvalidJson,
     InvalidRequest,
@@ -29,12 +31,10 @@ from sopy.errors import (
     StartupError,
     innermost,
 )
-from sopy.http_server import ClientGone, HttpExchange, HttpServer, MalformedBody, ServerLimits
 from sopy.messages import ConfigChanged
-from sopy.openapi import openapi_json
-from sopy.relay import CLIENT_CLOSED_REQUEST, ProxiedRequest, log_access, proxy
-from sopy.responses import send_body, send_json
-from sopy.route_table import RouteTable
+from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, MalformedBody, ServerLimits
+from sopy.routing.route_table import RouteTable
+from sopy.runtime.change_feed import ChangeFeed
 from sopy.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """Upstream pools: the actors that talk to providers.
 
-`UpstreamPool` is one provider's actor. It owns its keep-alive connections (`sopy.upstream_http`)
+`UpstreamPool` is one provider's actor. It owns its keep-alive connections (`sopy.protocol.client`)
 and a `BackendPicker`, takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`:
 pick a healthy backend, inject the provider credential, and retry connect failures, header
 timeouts, 429 and 5xx on another backend while nothing has reached the client (see
-`sopy.retry_policy`). The answer goes back on the request's own channel as `ResponseStart`,
+`sopy.routing.retry_policy`). The answer goes back on the request's own channel as `ResponseStart`,
 `ResponseChunk`s and `ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk
 by chunk as they arrive; other bodies are read whole first, so one that breaks off is retried
 like any other failure instead of reaching the client truncated. Connect, first-byte,
@@ -20,11 +20,7 @@ import logging
 import attrs
 import trio
 
-from sopy.backend_health import BackendPicker, CooldownPolicy
-from sopy.change_feed import ChangeFeed
-from sopy.channel_send import deliver
 from sopy.errors import NoBackendAvailable, SopyError, UpstreamError, UpstreamTimeout
-from sopy.http_headers import client_response_headers, is_event_stream
 from sopy.messages import (
     ConfigSnapshot,
     ForwardRequest,
@@ -33,15 +29,7 @@ from sopy.messages import (
     ResponseStart,
     UpstreamFailed,
 )
-from sopy.retry_policy import (
-    MAX_RETRY_AFTER_WAIT,
-    backoff_delay,
-    is_retryable_status,
-    retry_after_seconds,
-)
-from sopy.settings import Settings
-from sopy.supervision import supervise
-from sopy.upstream_http import (
+from sopy.protocol.client import (
     UpstreamBrokeOff,
     UpstreamConnectError,
     UpstreamConnections,
@@ -49,6 +37,18 @@ from sopy.upstream_http import (
     UpstreamRequestRefused,
     UpstreamResponse,
 )
+from sopy.routing.backend_health import BackendPicker, CooldownPolicy
+from sopy.routing.forwarded_headers import client_response_headers, is_event_stream
+from sopy.routing.retry_policy import (
+    MAX_RETRY_AFTER_WAIT,
+    backoff_delay,
+    is_retryable_status,
+    retry_after_seconds,
+)
+from sopy.runtime.change_feed import ChangeFeed
+from sopy.runtime.channel_send import deliver
+from sopy.runtime.supervision import supervise
+from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
 

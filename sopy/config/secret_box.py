@@ -4,7 +4,7 @@ The key comes from `--secret-key` / `SOPY_SECRET_KEY` or from a key file
 (`--secret-key-file`, first line). A sealed value is stored as `fernet:<token>`; without a key
 values are stored as given and Sopy warns once at start. The database keeps the key's
 fingerprint (an HMAC, not the key), so starting with the wrong key fails loudly instead of
-serving garbage. Only the config actor's storage (`sopy.config_db`) seals and opens values.
+serving garbage. Only the config actor's storage (`sopy.config.database`) seals and opens values.
 """
 
 import hashlib
@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from sopy.errors import StartupError
+from sopy.keys import fernet_for
 
 SEALED_PREFIX = "fernet:"
 _FINGERPRINT_LABEL = b"sopy secret key fingerprint v1"
@@ -58,14 +59,6 @@ class SecretBox:
             return self._fernet.decrypt(stored[len(SEALED_PREFIX) :].encode("ascii")).decode()
         except InvalidToken:
             raise WrongSecretKey("a credential does not decrypt with the secret key") from None
-
-
-def fernet_for(key: str) -> Fernet | None:
-    """The cipher for `key`, or None if `key` is not a Fernet key."""
-    try:
-        return Fernet(key.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        return None
 
 
 def is_sealed(stored: str) -> bool:

@@ -14,7 +14,7 @@ from http import HTTPStatus
 
 import httptools
 
-from sopy.http_headers import first_value
+from sopy.protocol.headers import first_value
 
 Header = tuple[bytes, bytes]
 LAST_CHUNK = b"0\r\n\r\n"

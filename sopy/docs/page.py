@@ -3,7 +3,7 @@
 Swagger UI's stylesheet, scripts and icons come from the `swagger-ui-py` package (Swagger UI 5;
 4.x cannot render OpenAPI 3.1) and are served under `/docs/assets/`, so the page loads nothing
 from the network and works offline. The page points Swagger UI at `/openapi.json`
-(`sopy.openapi`). The HTTP front answers every path under `/docs` with `docs_response`; assets
+(`sopy.docs.openapi`). The HTTP front answers every path under `/docs` with `docs_response`; assets
 are read from disk once and kept in memory.
 """
 

@@ -18,7 +18,9 @@ from typing import Any
 import attrs
 import orjson
 
-from sopy import keys, secret_box
+from sopy import keys
+from sopy.config import secret_box
+from sopy.config.secret_box import SecretBox
 from sopy.errors import Conflict, NotFound, StartupError
 from sopy.messages import (
     ActivateUserApiKey,
@@ -68,7 +70,6 @@ from sopy.messages import (
     config_event_json,
     parse_config_event,
 )
-from sopy.secret_box import SecretBox
 
 JOURNAL_LENGTH = 10_000
 

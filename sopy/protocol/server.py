@@ -1,6 +1,6 @@
 """Sopy's HTTP/1.1 server for the public API: one task per connection over trio sockets, its
 requests handled in that task one after another (keep-alive, pipelining); parsing and framing
-are `sopy.http_wire`'s.
+are `sopy.protocol.wire`'s.
 
 It owns the connection-level rules: a request head must arrive within `header_timeout` (which
 also bounds how long a connection may sit idle between requests) and within `max_head_bytes`; a
@@ -26,7 +26,7 @@ import orjson
 import trio
 
 from sopy.errors import InvalidRequest, SopyError
-from sopy.http_wire import (
+from sopy.protocol.wire import (
     CONTINUE,
     LAST_CHUNK,
     Header,

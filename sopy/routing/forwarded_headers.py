@@ -9,6 +9,7 @@ Upstream → client: everything but hop-by-hop headers and those the HTTP server
 from collections.abc import Iterable, Sequence
 
 from sopy.messages import Headers
+from sopy.protocol.headers import first_value
 
 _HOP_BY_HOP = frozenset(
     {
@@ -37,14 +38,6 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
     b"expect",
 }
 _NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
-
-
-def first_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of header `name` (lower case, as parsed), or None."""
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
 
 
 def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> Headers:

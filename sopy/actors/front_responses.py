@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from sopy.http_server import HttpExchange
+from sopy.protocol.server import HttpExchange
 
 JSON = b"application/json"
 

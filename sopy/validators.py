@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from sopy.secret_box import fernet_for
+from sopy.keys import fernet_for
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")

@@ -9,7 +9,7 @@ import orjson
 import trio
 import trio_websocket
 
-from sopy.admin_client import AdminUnreachable
+from sopy.cli.admin_client import AdminUnreachable
 
 EVENTS_RESOURCE = "/admin/events"
 

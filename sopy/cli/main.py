@@ -16,17 +16,17 @@ import attrs
 import orjson
 import trio
 
-from sopy import admin_output
-from sopy.admin_client import AdminUnreachable, send_admin_command
-from sopy.background import start_in_background
-from sopy.command_text import field_value, is_flag
+from sopy.admin.command_text import field_value, is_flag
+from sopy.cli import admin_output
+from sopy.cli.admin_client import AdminUnreachable, send_admin_command
+from sopy.cli.background import start_in_background
+from sopy.cli.events_client import follow_events
+from sopy.config.secret_box import new_secret_key
 from sopy.errors import InvalidField, StartupError, innermost
-from sopy.events_client import follow_events
 from sopy.messages import ADMIN_COMMANDS
-from sopy.mock_upstream import run_mock_upstream
-from sopy.secret_box import new_secret_key
 from sopy.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
 from sopy.supervisor import RunningSopy, run_sopy
+from sopy.testing.mock_upstream import run_mock_upstream
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2

@@ -2,7 +2,7 @@
 websocket, served with h11 and trio-websocket on connections that start with an HTTP request.
 
 REST requests become the same `AdminCommand`s as the JSON-lines protocol (through
-`sopy.admin_routes` and `parse_admin_command`) and get the same reply envelope back, with an
+`sopy.admin.routes` and `parse_admin_command`) and get the same reply envelope back, with an
 HTTP status: 201 for a creation, the error's status (400, 404, 405, 409, 413, 500) otherwise.
 """
 
@@ -16,11 +16,9 @@ import orjson
 import trio
 import trio_websocket
 
-from sopy.actors.admin_events import stream_changes
-from sopy.actors.config_store import ask_config_store
-from sopy.admin_routes import AdminRoute, match_admin_route
-from sopy.change_feed import ChangeFeed
-from sopy.command_text import field_value
+from sopy.admin.command_text import field_value
+from sopy.admin.event_stream import stream_changes
+from sopy.admin.routes import AdminRoute, match_admin_route
 from sopy.errors import InvalidField, InvalidJson, InvalidRequest, PayloadTooLarge, SopyError
 from sopy.messages import (
     CommandFailed,
@@ -29,7 +27,9 @@ from sopy.messages import (
     admin_reply_json,
     parse_admin_command,
 )
-from sopy.replay_stream import ReplayStream
+from sopy.protocol.replay_stream import ReplayStream
+from sopy.runtime.change_feed import ChangeFeed
+from sopy.runtime.config_requests import ask_config_store
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,9 @@ import attrs
 import orjson
 import trio
 
+from sopy.actors.front_responses import send_complete, send_json
 from sopy.actors.upstream_pool import UpstreamPools
-from sopy.channel_send import deliver
 from sopy.errors import NoBackendAvailable, SopyError, UpstreamError
-from sopy.http_headers import upstream_request_headers
-from sopy.http_server import HttpExchange
 from sopy.messages import (
     ForwardRequest,
     ProviderRoute,
@@ -28,7 +26,9 @@ from sopy.messages import (
     UpstreamEvent,
     UpstreamFailed,
 )
-from sopy.responses import send_complete, send_json
+from sopy.protocol.server import HttpExchange
+from sopy.routing.forwarded_headers import upstream_request_headers
+from sopy.runtime.channel_send import deliver
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sopy.access")

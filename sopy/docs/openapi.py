@@ -1,10 +1,10 @@
 """Sopy's OpenAPI 3.1 document: the public API on the TCP port and the admin REST routes.
 
 The public routes are described here by hand; the admin routes are generated from
-`sopy.admin_routes.ADMIN_ROUTES`, with each request body built from the attrs fields of the
+`sopy.admin.routes.ADMIN_ROUTES`, with each request body built from the attrs fields of the
 route's admin command, so the document cannot drift from what the admin socket accepts.
 The HTTP front serves `openapi_json()` at `GET /openapi.json`, and the docs page
-(`sopy.docs_page`) points Swagger UI at it. The document never changes while Sopy runs, so it is
+(`sopy.docs.page`) points Swagger UI at it. The document never changes while Sopy runs, so it is
 built once; callers must not mutate it.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import orjson
 
-from sopy.admin_routes import ADMIN_ROUTES, AdminRoute
+from sopy.admin.routes import ADMIN_ROUTES, AdminRoute
 from sopy.messages import AdminCommand
 
 OPENAPI_VERSION = "3.1.0"

@@ -22,7 +22,7 @@ import attrs
 import httptools
 import trio
 
-from sopy.http_headers import first_value
+from sopy.protocol.headers import first_value
 
 _RECEIVE_SIZE = 65536
 _UNSAFE = re.compile(rb"[\x00\r\n]")

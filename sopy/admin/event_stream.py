@@ -14,10 +14,10 @@ import orjson
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from sopy.actors.config_store import read_journal
-from sopy.change_feed import ChangeFeed
-from sopy.config_views import event_message, snapshot_message
+from sopy.admin.event_views import event_message, snapshot_message
 from sopy.messages import ConfigChanged, ConfigRequest
+from sopy.runtime.change_feed import ChangeFeed
+from sopy.runtime.config_requests import read_journal
 
 log = logging.getLogger(__name__)
 
