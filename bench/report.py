@@ -21,7 +21,7 @@ from typing import Any
 from load import StreamMeasurement, percentile, wrk_path
 from targets import nginx_path
 
-_ORDER = {"direct": 0, "sopy": 1, "litellm": 2}
+_ORDER = {"direct": 0, "sopy": 1, "sopy-base": 2, "litellm": 3}
 _IDLE = "idle (epoll wait)"
 
 
@@ -135,10 +135,17 @@ def _merge(details: Iterable[dict[str, int]]) -> dict[str, int]:
 
 
 def ratios(summary: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Throughput ratios per concurrency: sopy/direct, sopy/litellm, litellm/direct."""
+    """Throughput ratios per concurrency: sopy/direct, sopy/litellm, litellm/direct, and
+    sopy/sopy-base when a baseline ran."""
     by = {(r["target"], r["concurrency"]): r["rps"] for r in summary}
     out: dict[str, dict[str, float]] = {}
-    for top, bottom in (("sopy", "direct"), ("sopy", "litellm"), ("litellm", "direct")):
+    pairs_measured = (
+        ("sopy", "direct"),
+        ("sopy", "litellm"),
+        ("litellm", "direct"),
+        ("sopy", "sopy-base"),
+    )
+    for top, bottom in pairs_measured:
         pairs = {
             f"c{c}": float(f"{by[(top, c)] / by[(bottom, c)]:.4g}")
             for (t, c) in by
@@ -178,6 +185,16 @@ def ratio_lines(report: dict[str, Any]) -> list[str]:
     if stream is not None and stream["first_chunk_overhead_ms"] is not None:
         overhead = stream["first_chunk_overhead_ms"]
         lines.append(f"Sopy streaming first-chunk overhead (p50): {overhead:+.2f} ms")
+    baseline = found.get("sopy/sopy-base", {})
+    if baseline:
+        base_rows = [r for r in report["summary"] if r["target"] == "sopy-base"]
+        lines.append(
+            "Sopy/baseline throughput: " + ", ".join(f"{k} {v:.3g}x" for k, v in baseline.items())
+        )
+        lines.append(
+            "Baseline added p50 latency vs direct: "
+            + ", ".join(f"c{r['concurrency']} {r['added_p50_ms']:+.2f} ms" for r in base_rows)
+        )
     return lines
 
 

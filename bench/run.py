@@ -72,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also benchmark the LiteLLM proxy (installed on demand in bench/.litellm-venv)",
     )
     parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        default=None,
+        help="also benchmark the Sopy installed in another Python (e.g. the venv of a checkout "
+        "of the commit before a change), as target sopy-base, for a same-run before/after",
+    )
+    parser.add_argument(
         "--soak",
         type=int,
         nargs="?",
@@ -229,6 +236,12 @@ def _run(args: argparse.Namespace, children: Children) -> int:
     sopy = targets.start_sopy(children, direct.base_url, profile_path)
     progress(f"sopy (pid {sopy.pid}) at {sopy.base_url}, configured over its admin socket")
     all_targets = [direct, sopy]
+    if args.baseline is not None and args.soak is None:
+        baseline = targets.start_sopy(
+            children, direct.base_url, name="sopy-base", python=args.baseline
+        )
+        progress(f"baseline sopy (pid {baseline.pid}, {args.baseline}) at {baseline.base_url}")
+        all_targets.append(baseline)
     for target in all_targets:
         _sanity_check(target)
     if args.with_litellm:

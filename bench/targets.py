@@ -244,19 +244,28 @@ def start_mock_upstream(children: Children) -> Target:
     )
 
 
-def start_sopy(children: Children, upstream_url: str, profile_to: Path | None = None) -> Target:
+def start_sopy(
+    children: Children,
+    upstream_url: str,
+    profile_to: Path | None = None,
+    *,
+    name: str = "sopy",
+    python: str = sys.executable,
+) -> Target:
     """`python -m sopy serve` on a free port, configured over its admin socket with a user key,
     the provider credential, a backend pointing at the upstream and a model mapping.
 
     With `profile_to`, Sopy runs under cProfile, which writes that pstats file when Sopy exits.
+    `python` may be another virtualenv's interpreter, with another checkout of Sopy installed:
+    that is how `--baseline` measures a change before and after in the same run.
     """
     port = free_port()
-    sopy_dir = children.workdir / "sopy"
+    sopy_dir = children.workdir / name
     sopy_dir.mkdir()
     admin_socket = sopy_dir / "admin.sock"
     profiler = [] if profile_to is None else ["-m", "cProfile", "-o", str(profile_to)]
     argv = [
-        sys.executable,
+        python,
         *profiler,
         "-m",
         "sopy",
@@ -270,7 +279,7 @@ def start_sopy(children: Children, upstream_url: str, profile_to: Path | None = 
         "--log-level",
         "warning",
     ]
-    child = children.spawn("sopy", argv)
+    child = children.spawn(name, argv)
     wait_until(
         lambda: _log_contains(child, READY_LINE) and admin_socket.exists(),
         child,
@@ -284,7 +293,7 @@ def start_sopy(children: Children, upstream_url: str, profile_to: Path | None = 
     admin_command(admin_socket, "add_model_mapping", model_name=MODEL, provider=PROVIDER)
     key = admin_command(admin_socket, "add_user_api_key", description="bench/run.py")
     return Target(
-        "sopy", f"http://127.0.0.1:{port}", str(key["api_key"]), MODEL, MODEL, child.process.pid
+        name, f"http://127.0.0.1:{port}", str(key["api_key"]), MODEL, MODEL, child.process.pid
     )
 
 
