@@ -247,14 +247,16 @@ class PublicDispatcher(Generic[Handler]):
         self, routes: Iterable[PublicRoute], handlers: Mapping[PublicHandler, Handler]
     ) -> None:
         routes = tuple(routes)
-        unrouted = set(handlers) - {route.handler for route in routes}
-        if unrouted:
-            raise ValueError(f"handlers without a route: {sorted(h.name for h in unrouted)}")
+        routed = {route.handler for route in routes}
+        if routed != set(handlers):
+            raise ValueError(
+                "every route needs a handler and every handler a route; unmatched: "
+                f"{sorted(handler.name for handler in routed ^ set(handlers))}"
+            )
         self._exact: dict[tuple[str, str], Handler] = {}
         self._exact_methods: dict[str, list[str]] = {}
         self._templated: list[tuple[PublicRoute, re.Pattern[str], Handler]] = []
         for route in routes:
-            # A KeyError here is a table route the front has no handler for.
             handler = handlers[route.handler]
             if route.is_exact:
                 self._exact[(route.method, route.path)] = handler
