@@ -178,7 +178,7 @@ def _public_operation(route: PublicRoute) -> dict[str, Any]:
         "description": route.reply.description,
         "headers": _request_id_header(),
         "content": {
-            media_type: {"schema": _ref(schema_name)}
+            media_type: {"schema": {"type": "string"} if schema_name is None else _ref(schema_name)}
             for media_type, schema_name in route.reply.content.items()
         },
     }
@@ -265,7 +265,6 @@ def _public_schemas() -> dict[str, Any]:
         "ServerSentEvent": _server_sent_event_schema(),
         "OpenAIError": _openai_error_schema(),
         "OpenAPIDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
-        "HtmlPage": {"type": "string", "description": "An HTML page."},
     }
 
 

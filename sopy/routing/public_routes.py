@@ -76,10 +76,11 @@ class PublicHandler(enum.Enum):
 
 @attrs.frozen
 class Reply:
-    """A route's success answer: `content` names a component schema per media type."""
+    """A route's success answer: `content` names a component schema per media type, or None
+    for a body that is just text (a page)."""
 
     description: str
-    content: Mapping[str, str]
+    content: Mapping[str, str | None]
     status: int = 200
 
 
@@ -218,7 +219,7 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         summary="Interactive documentation",
         description="Swagger UI for this document; its assets are served by Sopy itself "
         "under `/docs/assets/`, so the page works offline.",
-        reply=Reply("The HTML page.", {HTML: "HtmlPage"}),
+        reply=Reply("The HTML page.", {HTML: None}),
         errors=(NotFound,),
         includes_subpaths=True,
     ),
