@@ -12,7 +12,7 @@ model route forwarded to the providers names `PublicHandler.PROXY`, its request 
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 import attrs
@@ -256,7 +256,7 @@ class PublicDispatcher(Generic[Handler]):
             )
         self._exact: dict[tuple[str, str], Handler] = {}
         self._exact_methods: dict[str, list[str]] = {}
-        self._templated: list[tuple[PublicRoute, re.Pattern[str], Handler]] = []
+        self._templated: list[tuple[PublicRoute, Callable[[str], object], Handler]] = []
         for route in routes:
             handler = handlers[route.handler]
             if route.is_exact:
@@ -265,7 +265,7 @@ class PublicDispatcher(Generic[Handler]):
                     self._exact[("HEAD", route.path)] = handler
                 self._exact_methods.setdefault(route.path, []).append(route.method)
             else:
-                self._templated.append((route, route.pattern(), handler))
+                self._templated.append((route, route.pattern().fullmatch, handler))
         self._templated.sort(key=lambda entry: len(_PARAMETER.sub("", entry[0].path)), reverse=True)
         self._not_found_hint = _not_found_hint(routes)
 
@@ -277,21 +277,20 @@ class PublicDispatcher(Generic[Handler]):
 
     def _templated_handler_for(self, method: str, path: str) -> Handler:
         wanted = "GET" if method == "HEAD" else method
-        matching = [
-            (route, handler)
-            for route, pattern, handler in self._templated
-            if pattern.fullmatch(path)
-        ]
-        for route, handler in matching:
-            if route.method == wanted:
+        for route, matches, handler in self._templated:
+            if route.method == wanted and matches(path) is not None:
                 return handler
+        raise self._refusal(method, path)
+
+    def _refusal(self, method: str, path: str) -> MethodNotAllowed | NotFound:
+        """The 405 if some route answers `path` with another method, else the 404."""
         allowed = self._exact_methods.get(path)
-        if allowed is None and matching:
-            most_specific = matching[0][0].path
-            allowed = [route.method for route, _ in matching if route.path == most_specific]
+        if allowed is None:
+            matching = [route for route, matches, _ in self._templated if matches(path)]
+            allowed = [route.method for route in matching if route.path == matching[0].path]
         if allowed:
-            raise MethodNotAllowed(path, method, sorted(allowed))
-        raise NotFound(f"Unknown request URL: {method} {path}.{self._not_found_hint}")
+            return MethodNotAllowed(path, method, sorted(allowed))
+        return NotFound(f"Unknown request URL: {method} {path}.{self._not_found_hint}")
 
 
 def _not_found_hint(routes: Iterable[PublicRoute]) -> str:
