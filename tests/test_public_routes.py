@@ -191,6 +191,22 @@ def test_a_known_path_with_another_method_is_a_405_listing_the_allowed_ones() ->
     assert on_template.value.allowed == ["GET"]
 
 
+def test_a_path_both_exact_and_templated_allows_the_methods_of_both() -> None:
+    routes = (
+        route("GET", "/hello/{name}", PublicHandler.HELLO_NAME),
+        route("POST", "/hello/world", PublicHandler.PROXY),
+    )
+    dispatcher = PublicDispatcher(
+        routes, {PublicHandler.HELLO_NAME: "hello", PublicHandler.PROXY: "post"}
+    )
+
+    assert dispatcher.handler_for("GET", "/hello/world") == "hello"
+    assert dispatcher.handler_for("POST", "/hello/world") == "post"
+    with pytest.raises(MethodNotAllowed) as refused:
+        dispatcher.handler_for("DELETE", "/hello/world")
+    assert refused.value.allowed == ["GET", "POST"]
+
+
 def test_an_unknown_path_is_a_404_naming_the_keyed_routes_and_the_docs() -> None:
     dispatcher = PublicDispatcher(PUBLIC_ROUTES, HANDLERS)
 

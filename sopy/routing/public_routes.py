@@ -266,7 +266,7 @@ class PublicDispatcher(Generic[Handler]):
                 self._exact_methods.setdefault(route.path, []).append(route.method)
             else:
                 self._templated.append((route, route.pattern().fullmatch, handler))
-        self._templated.sort(key=lambda entry: len(_PARAMETER.sub("", entry[0].path)), reverse=True)
+        self._templated.sort(key=lambda entry: _literal_length(entry[0].path), reverse=True)
         self._not_found_hint = _not_found_hint(routes)
 
     def handler_for(self, method: str, path: str) -> Handler:
@@ -284,13 +284,16 @@ class PublicDispatcher(Generic[Handler]):
 
     def _refusal(self, method: str, path: str) -> MethodNotAllowed | NotFound:
         """The 405 if some route answers `path` with another method, else the 404."""
-        allowed = self._exact_methods.get(path)
-        if allowed is None:
-            matching = [route for route, matches, _ in self._templated if matches(path)]
-            allowed = [route.method for route in matching if route.path == matching[0].path]
+        allowed = set(self._exact_methods.get(path, ()))
+        matching = [route for route, matches, _ in self._templated if matches(path)]
+        allowed.update(route.method for route in matching if route.path == matching[0].path)
         if allowed:
             return MethodNotAllowed(path, method, sorted(allowed))
         return NotFound(f"Unknown request URL: {method} {path}.{self._not_found_hint}")
+
+
+def _literal_length(template: str) -> int:
+    return len(_PARAMETER.sub("", template))
 
 
 def _not_found_hint(routes: Iterable[PublicRoute]) -> str:
