@@ -53,7 +53,8 @@ _JSON_TYPE_NAMES: dict[object, str] = {
     types.NoneType: "null",
 }
 
-# What the admin REST routes can answer besides their success; `MAX_BODY_BYTES` bounds a body.
+# What the admin REST routes can answer besides their success; the 413 quotes the admin
+# transport's body limit (`ADMIN_MAX_BODY_BYTES`).
 _ADMIN_ERRORS: tuple[type[SopyError], ...] = (
     InvalidJson,
     InvalidRequest,
