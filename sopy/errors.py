@@ -4,6 +4,8 @@ Every failure a user can see is a `SopyError` subclass carrying an HTTP status, 
 `type` and a stable `code`. The public API renders them in OpenAI's shape
 (`{"error": {"message", "type", "param", "code"}}`); the admin socket renders the same errors as
 `{"ok": false, "error": {"code", "message"}}`. Messages say what to do next and never hold secrets.
+Each subclass's docstring says when it is raised, for whoever reads the API documentation: the
+OpenAPI document (`sopy.docs.openapi`) quotes it as the description of that error's response.
 """
 
 from typing import Any, ClassVar
@@ -43,40 +45,57 @@ class SopyError(Exception):
 
 
 class InvalidRequest(SopyError):
+    """The request is malformed, or a field is missing or has the wrong type; the error names
+    the field."""
+
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
 
 
 class InvalidJson(InvalidRequest):
+    """The body is not valid JSON; send a JSON object with `Content-Type: application/json`."""
+
     code = "invalid_json"
 
 
 class InvalidField(InvalidRequest):
+    """A field has an invalid value; the error names the field and what it must be."""
+
     code = "invalid_field"
 
 
 class UnknownCommand(InvalidRequest):
+    """There is no admin command of that name; `sopy admin --help` lists them."""
+
     code = "unknown_command"
 
 
 class AuthenticationFailed(SopyError):
+    """The bearer key is missing, unknown or deactivated."""
+
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
 
 
 class NotFound(SopyError):
+    """There is no such route or entry."""
+
     status = 404
     type = "invalid_request_error"
     code = "not_found"
 
 
 class ModelNotFound(NotFound):
+    """No provider is mapped to the requested model; `GET /v1/models` lists the mapped ones."""
+
     code = "model_not_found"
 
 
 class MethodNotAllowed(SopyError):
+    """The path exists, but not with this method; the `Allow` header lists its methods."""
+
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
@@ -90,46 +109,61 @@ class MethodNotAllowed(SopyError):
 
 
 class Conflict(SopyError):
+    """The entry exists already (pass `replace: true` where offered)."""
+
     status = 409
     type = "invalid_request_error"
     code = "conflict"
 
 
 class PayloadTooLarge(SopyError):
+    """The request body is larger than the limit."""
+
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
 
 
 class RequestTimeout(SopyError):
+    """The request body did not arrive within the time allowed."""
+
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
 
 
 class ServerBusy(SopyError):
+    """The gateway is serving as many requests as it may at once; retry shortly."""
+
     status = 503
     type = "server_error"
     code = "server_busy"
 
 
 class InternalError(SopyError):
-    pass
+    """Sopy failed unexpectedly; its log has the details."""
 
 
 class UpstreamError(SopyError):
+    """The provider's backend could not be reached, or broke off its answer."""
+
     status = 502
     type = "server_error"
     code = "upstream_error"
 
 
 class NoBackendAvailable(SopyError):
+    """The model's provider has no backend URL (`sopy admin add_backend` fixes it), or the
+    configuration is still loading."""
+
     status = 503
     type = "server_error"
     code = "no_backend"
 
 
 class UpstreamTimeout(SopyError):
+    """The provider's backend did not answer in time."""
+
     status = 504
     type = "server_error"
     code = "upstream_timeout"

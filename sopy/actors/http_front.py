@@ -1,6 +1,8 @@
 """The HTTP front actor: Sopy's public, OpenAI-compatible API, served by `sopy.protocol.server`.
 
-It authenticates and routes every request from an in-memory `RouteTable` derived from the
+Which handler serves a method and path comes from the public route table
+(`sopy.routing.public_routes`), the same table the OpenAPI document is generated from. It
+authenticates and routes every model request from an in-memory `RouteTable` derived from the
 config actor's latest snapshot (no disk and no await on the config actor on the request
 path), and hands each model request to `sopy.actors.relay`, which forwards it to the provider's
 upstream pool and relays the answer back as it arrives.
@@ -21,7 +23,6 @@ from sopy.docs.page import docs_response
 from sopy.errors import (
     InvalidJson,
     InvalidRequest,
-    MethodNotAllowed,
     NoBackendAvailable,
     NotFound,
     PayloadTooLarge,
@@ -33,6 +34,12 @@ from sopy.errors import (
 )
 from sopy.messages import ConfigChanged
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, MalformedBody, ServerLimits
+from sopy.routing.public_routes import (
+    PUBLIC_ROUTES,
+    PublicDispatcher,
+    PublicHandler,
+    public_route,
+)
 from sopy.routing.route_table import RouteTable
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.settings import Settings
@@ -40,6 +47,7 @@ from sopy.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 32 * 1024
+_HELLO_NAME_PREFIX = public_route("hello_name").prefix
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
@@ -55,13 +63,16 @@ class HttpFront:
         self.stopped = trio.Event()
         self._table_source: ConfigChanged | None = None
         self._table: RouteTable | None = None
-        self._routes: dict[tuple[str, str], Handler] = {
-            ("GET", "/"): self._hello_world,
-            ("GET", "/healthz"): self._health,
-            ("GET", "/v1/models"): self._models,
-            ("POST", "/v1/chat/completions"): self._proxy,
-            ("GET", "/openapi.json"): self._openapi,
+        handlers: dict[PublicHandler, Handler] = {
+            PublicHandler.HELLO_WORLD: self._hello_world,
+            PublicHandler.HELLO_NAME: self._hello_name,
+            PublicHandler.HEALTH: self._health,
+            PublicHandler.MODELS: self._models,
+            PublicHandler.PROXY: self._proxy,
+            PublicHandler.OPENAPI: self._openapi,
+            PublicHandler.DOCS: self._docs,
         }
+        self._handler_for = PublicDispatcher(PUBLIC_ROUTES, handlers).handler_for
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         if self._settings.no_auth:
@@ -123,28 +134,6 @@ class HttpFront:
         except ClientGone:
             log.debug("client went away before sending its whole request")
 
-    def _handler_for(self, method: str, path: str) -> Handler:
-        """The route's handler; HEAD is served as GET (the server sends the head only)."""
-        as_get = method in ("GET", "HEAD")
-        handler = self._routes.get(("GET" if as_get else method, path))
-        if handler is not None:
-            return handler
-        if path.startswith("/hello/") and len(path) > len("/hello/"):
-            if as_get:
-                return self._hello_name
-            raise MethodNotAllowed(path, method, ["GET"])
-        if path == "/docs" or path.startswith("/docs/"):
-            if as_get:
-                return self._docs
-            raise MethodNotAllowed(path, method, ["GET"])
-        allowed = sorted(m for m, p in self._routes if p == path)
-        if allowed:
-            raise MethodNotAllowed(path, method, allowed)
-        raise NotFound(
-            f"Unknown request URL: {method} {path}. The gateway serves POST "
-            "/v1/chat/completions and GET /v1/models."
-        )
-
     def _route_table(self) -> RouteTable:
         latest = self._feed.latest
         if latest is None:
@@ -158,7 +147,7 @@ class HttpFront:
         await send_json(exchange, 200, {"message": "Hello World"}, rid)
 
     async def _hello_name(self, exchange: HttpExchange, rid: bytes) -> None:
-        name = exchange.path[len("/hello/") :]
+        name = exchange.path[len(_HELLO_NAME_PREFIX) :]
         await send_json(exchange, 200, {"message": f"Hello {name}"}, rid)
 
     async def _openapi(self, exchange: HttpExchange, rid: bytes) -> None:

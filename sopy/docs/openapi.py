@@ -1,8 +1,11 @@
 """Sopy's OpenAPI 3.1 document: the public API on the TCP port and the admin REST routes.
 
-The public routes are described here by hand; the admin routes are generated from
-`sopy.admin.routes.ADMIN_ROUTES`, with each request body built from the attrs fields of the
-route's admin command, so the document cannot drift from what the admin socket accepts.
+Both halves are generated from the tables the servers dispatch with, so the document cannot drift
+from what is served: the public routes from `sopy.routing.public_routes.PUBLIC_ROUTES`, the admin
+routes from `sopy.admin.routes.ADMIN_ROUTES`, with each admin request body built from the attrs
+fields of the route's admin command. Error responses are derived from the `sopy.errors` classes
+a route can answer with (status, code and docstring), and the limits they quote from the
+`Settings` defaults.
 The HTTP front serves `openapi_json()` at `GET /openapi.json`, and the docs page
 (`sopy.docs.page`) points Swagger UI at it. The document never changes while Sopy runs, so it is
 built once; callers must not mutate it.
@@ -10,15 +13,32 @@ built once; callers must not mutate it.
 
 import functools
 import importlib.metadata
+import inspect
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 import orjson
 
+from sopy.admin.http_transport import MAX_BODY_BYTES as ADMIN_MAX_BODY_BYTES
 from sopy.admin.routes import ADMIN_ROUTES, AdminRoute
+from sopy.errors import (
+    Conflict,
+    InternalError,
+    InvalidField,
+    InvalidJson,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    SopyError,
+    UnknownCommand,
+)
 from sopy.messages import AdminCommand
+from sopy.routing.public_routes import ERROR_LIMITS, JSON, PUBLIC_ROUTES, PublicRoute
+from sopy.settings import ENVIRONMENT_VARIABLES, Settings
 
 OPENAPI_VERSION = "3.1.0"
 ADMIN_SOCKET_CURL = "curl --unix-socket ./sopy-admin.sock"
@@ -33,27 +53,19 @@ _JSON_TYPE_NAMES: dict[object, str] = {
     types.NoneType: "null",
 }
 
-_OPENAI_ERROR_STATUSES: dict[str, str] = {
-    "400": "Invalid JSON, a missing or non-string `model`, a non-boolean `stream` or a "
-    "non-object `stream_options`.",
-    "401": "`invalid_api_key`: the bearer key is missing, unknown or deactivated.",
-    "404": "`model_not_found`: no provider is mapped to the requested model.",
-    "413": "The request body is larger than 10 MiB.",
-    "502": "`upstream_error`: the provider's backend could not be reached.",
-    "503": "`no_backend`: the model's provider has no backend URL (`sopy admin add_backend` "
-    "fixes it), or the configuration is still loading.",
-    "504": "`upstream_timeout`: the provider's backend did not answer in time.",
-}
-
-_ADMIN_ERROR_STATUSES: dict[str, str] = {
-    "400": "`invalid_json`, `invalid_request`, `invalid_field` (naming the `field`) or "
-    "`unknown_command`.",
-    "404": "`not_found`: no such entry, or no such admin route.",
-    "405": "`method_not_allowed`: the path exists but not with this method.",
-    "409": "`conflict`: the entry exists already (pass `replace: true` where offered).",
-    "413": "`payload_too_large`: the request body is larger than 1 MiB.",
-    "500": "`internal_error`.",
-}
+# What the admin REST routes can answer besides their success; the 413 quotes the admin
+# transport's body limit (`ADMIN_MAX_BODY_BYTES`).
+_ADMIN_ERRORS: tuple[type[SopyError], ...] = (
+    InvalidJson,
+    InvalidRequest,
+    InvalidField,
+    UnknownCommand,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    PayloadTooLarge,
+    InternalError,
+)
 
 _ADMIN_TAG_DESCRIPTION = (
     "Live configuration. These routes are served over the admin Unix socket "
@@ -137,149 +149,109 @@ def _tags() -> list[dict[str, str]]:
 
 
 def _public_paths() -> dict[str, Any]:
-    return {
-        "/": {"get": _hello_world_operation()},
-        "/hello/{name}": {"get": _hello_name_operation()},
-        "/healthz": {"get": _health_operation()},
-        "/v1/models": {"get": _models_operation()},
-        "/v1/chat/completions": {"post": _chat_completions_operation()},
-        "/openapi.json": {"get": _openapi_operation()},
-        "/docs": {"get": _docs_operation()},
+    paths: dict[str, Any] = {}
+    for route in PUBLIC_ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _public_operation(route)
+    return paths
+
+
+def _public_operation(route: PublicRoute) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "tags": [route.tag],
+        "operationId": route.operation_id,
+        "summary": route.summary,
     }
-
-
-def _hello_world_operation() -> dict[str, Any]:
-    return {
-        "tags": ["gateway"],
-        "operationId": "hello_world",
-        "summary": "Say hello",
-        "responses": {"200": _json_response("A greeting.", _ref("Message"))},
-    }
-
-
-def _hello_name_operation() -> dict[str, Any]:
-    return {
-        "tags": ["gateway"],
-        "operationId": "hello_name",
-        "summary": "Say hello to someone",
-        "parameters": [_parameter("name", "path", {"type": "string"}, required=True)],
-        "responses": {"200": _json_response("`Hello {name}`.", _ref("Message"))},
-    }
-
-
-def _health_operation() -> dict[str, Any]:
-    return {
-        "tags": ["gateway"],
-        "operationId": "health",
-        "summary": "Check that the gateway is up",
-        "description": "Needs no key. `config_version` is the version of the live configuration.",
-        "responses": {
-            "200": _json_response("The gateway is serving.", _ref("Health")),
-            "503": _openai_error_response("The configuration is still loading."),
-        },
-    }
-
-
-def _models_operation() -> dict[str, Any]:
-    return {
-        "tags": ["openai"],
-        "operationId": "list_models",
-        "summary": "List the mapped models",
-        "description": "Every mapped model, with its provider as `owned_by`.",
-        "security": [{BEARER_AUTH: []}],
-        "responses": {
-            "200": _json_response("The mapped models.", _ref("ModelList")),
-            **_openai_errors("401", "503"),
-        },
-    }
-
-
-def _chat_completions_operation() -> dict[str, Any]:
-    return {
-        "tags": ["openai"],
-        "operationId": "create_chat_completion",
-        "summary": "Create a chat completion",
-        "description": "Forwarded byte for byte to a backend of the model's provider, with the "
-        "provider's credential instead of the client's key. With `stream: true` the reply is "
-        "relayed as server-sent events chunk by chunk; if the backend breaks off mid-stream, a "
-        'final `data: {"error": ...}` event ends the stream. Upstream statuses and error '
-        "bodies (429 with `Retry-After`, 5xx...) are relayed unchanged.",
-        "security": [{BEARER_AUTH: []}],
-        "requestBody": {
+    if route.description is not None:
+        operation["description"] = route.description
+    if route.path_parameters:
+        operation["parameters"] = [
+            _parameter(name, "path", {"type": "string"}, required=True)
+            for name in route.path_parameters
+        ]
+    if route.needs_key:
+        operation["security"] = [{BEARER_AUTH: []}]
+    if route.request_body is not None:
+        operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}},
-        },
-        "responses": {
-            "200": _chat_completion_response(),
-            **_openai_errors(*_OPENAI_ERROR_STATUSES),
-        },
-    }
-
-
-def _chat_completion_response() -> dict[str, Any]:
-    return {
-        "description": "The completion, or with `stream: true` its chunks as server-sent events.",
+            "content": {JSON: {"schema": _ref(route.request_body)}},
+        }
+    success = {
+        "description": route.reply.description,
         "headers": _request_id_header(),
         "content": {
-            "application/json": {"schema": _ref("ChatCompletion")},
-            "text/event-stream": {
-                "schema": {
-                    "type": "object",
-                    "description": "One server-sent event: `data` is a chat.completion.chunk "
-                    "JSON, a final error object, or `[DONE]`, which ends the stream.",
-                    "required": ["data"],
-                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
-                },
-            },
+            media_type: {"schema": {"type": "string"} if schema_name is None else _ref(schema_name)}
+            for media_type, schema_name in route.reply.content.items()
         },
     }
-
-
-def _openapi_operation() -> dict[str, Any]:
-    return {
-        "tags": ["docs"],
-        "operationId": "openapi_document",
-        "summary": "This OpenAPI document",
-        "responses": {
-            "200": _json_response("The OpenAPI 3.1 document.", {"type": "object"}),
-        },
-    }
-
-
-def _docs_operation() -> dict[str, Any]:
-    return {
-        "tags": ["docs"],
-        "operationId": "docs_page",
-        "summary": "Interactive documentation",
-        "description": "Swagger UI for this document; its assets are served by Sopy itself "
-        "under `/docs/assets/`, so the page works offline.",
-        "responses": {
-            "200": {
-                "description": "The HTML page.",
-                "content": {"text/html": {"schema": {"type": "string"}}},
-            }
-        },
-    }
-
-
-def _openai_errors(*statuses: str) -> dict[str, Any]:
-    return {status: _openai_error_response(_OPENAI_ERROR_STATUSES[status]) for status in statuses}
-
-
-def _openai_error_response(description: str) -> dict[str, Any]:
-    return _json_response(description, _ref("OpenAIError"))
-
-
-def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": _request_id_header(),
-        "content": {"application/json": {"schema": schema}},
-    }
+    limits = {error: _setting_limit(name) for error, name in ERROR_LIMITS.items()}
+    errors = _error_responses(route.answers, _ref("OpenAIError"), limits, _request_id_header())
+    operation["responses"] = {str(route.reply.status): success, **errors}
+    return operation
 
 
 def _request_id_header() -> dict[str, Any]:
     return {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
+
+
+# -- error responses, from the classes in sopy.errors -----------------------------------------
+
+
+def _error_responses(
+    errors: Iterable[type[SopyError]],
+    schema: dict[str, Any],
+    limits: Mapping[type[SopyError], str],
+    headers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One response per status: each error class's code and docstring, and the limit it
+    enforces, if any."""
+    by_status: dict[int, list[str]] = {}
+    for error in errors:
+        described = f"`{error.code}`: {_docstring(error)}"
+        if error in limits:
+            described += f" {limits[error]}"
+        by_status.setdefault(error.status, []).append(described)
+    responses: dict[str, Any] = {}
+    for status, descriptions in sorted(by_status.items()):
+        response: dict[str, Any] = {"description": " ".join(descriptions)}
+        if headers is not None:
+            response["headers"] = headers
+        response["content"] = {JSON: {"schema": schema}}
+        responses[str(status)] = response
+    return responses
+
+
+def _docstring(error: type[SopyError]) -> str:
+    """The class's own docstring; an undocumented error class is a bug, not an empty text."""
+    text = error.__dict__.get("__doc__")
+    if not text:
+        raise TypeError(f"{error.__name__} needs a docstring: the API documentation quotes it")
+    return inspect.cleandoc(text).replace("\n", " ")
+
+
+def _setting_limit(name: str) -> str:
+    """`name`'s help, default, flag and environment variable, e.g. for `max_body_bytes`."""
+    field = attrs.fields_dict(Settings)[name]
+    default = field.default
+    if not isinstance(default, int | float):
+        raise TypeError(f"{name} has no numeric default to quote")
+    flag = "--" + name.replace("_", "-")
+    return (
+        f"Limit: {field.metadata['help']}, {_quantity(name, default)} by default "
+        f"(`{flag}`, `{ENVIRONMENT_VARIABLES[name]}`)."
+    )
+
+
+def _quantity(name: str, value: float) -> str:
+    if name.endswith("_bytes"):
+        return _size(int(value))
+    return f"{value:g}"
+
+
+def _size(size: int) -> str:
+    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
 
 
 def _public_schemas() -> dict[str, Any]:
@@ -291,7 +263,20 @@ def _public_schemas() -> dict[str, Any]:
         "ChatCompletionRequest": _chat_completion_request_schema(),
         "ChatMessage": _chat_message_schema(),
         "ChatCompletion": _chat_completion_schema(),
+        "ServerSentEvent": _server_sent_event_schema(),
         "OpenAIError": _openai_error_schema(),
+        "OpenAPIDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
+    }
+
+
+def _server_sent_event_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "One server-sent event: `data` is a JSON chunk of the answer (a "
+        "chat.completion.chunk for chat completions), a final error object, or `[DONE]`, "
+        "which ends the stream.",
+        "required": ["data"],
+        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
     }
 
 
@@ -446,13 +431,8 @@ def _admin_responses(route: AdminRoute) -> dict[str, Any]:
         "description": f"The result of `{route.command.command}`.",
         "content": {"application/json": {"schema": _ref("AdminSuccess")}},
     }
-    errors = {
-        status: {
-            "description": description,
-            "content": {"application/json": {"schema": _ref("AdminError")}},
-        }
-        for status, description in _ADMIN_ERROR_STATUSES.items()
-    }
+    limits: dict[type[SopyError], str] = {PayloadTooLarge: f"Limit: {_size(ADMIN_MAX_BODY_BYTES)}."}
+    errors = _error_responses(_ADMIN_ERRORS, _ref("AdminError"), limits)
     return {str(route.status): success, **errors}
 
 

@@ -3,8 +3,8 @@
 Swagger UI's stylesheet, scripts and icons come from the `swagger-ui-py` package (Swagger UI 5;
 4.x cannot render OpenAPI 3.1) and are served under `/docs/assets/`, so the page loads nothing
 from the network and works offline. The page points Swagger UI at `/openapi.json`
-(`sopy.docs.openapi`). The HTTP front answers every path under `/docs` with `docs_response`; assets
-are read from disk once and kept in memory.
+(`sopy.docs.openapi`); both paths come from the public route table. The HTTP front answers every
+path under `/docs` with `docs_response`; assets are read from disk once and kept in memory.
 """
 
 import functools
@@ -12,9 +12,11 @@ import importlib.resources
 import posixpath
 from importlib.resources.abc import Traversable
 
-DOCS_PATH = "/docs"
-ASSETS_PREFIX = "/docs/assets/"
-OPENAPI_PATH = "/openapi.json"
+from sopy.routing.public_routes import public_route
+
+DOCS_PATH = public_route("docs_page").path
+ASSETS_PREFIX = DOCS_PATH + "/assets/"
+OPENAPI_PATH = public_route("openapi_document").path
 HTML_CONTENT_TYPE = b"text/html; charset=utf-8"
 
 _ASSET_CONTENT_TYPES: dict[str, bytes] = {

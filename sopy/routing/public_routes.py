@@ -1,0 +1,306 @@
+"""The public API's routes: which method and path is which handler, and what each can answer.
+
+This table is the only place the API on the public TCP port is declared. The HTTP front
+dispatches with a `PublicDispatcher` built from it, mapping each `PublicHandler` to one of its
+methods, and `sopy.docs.openapi` generates the public half of the OpenAPI document from it: each
+route's error responses come from the `sopy.errors` classes it names (status, code and
+docstring), and the limits they quote from the `Settings` field in `ERROR_LIMITS`. A route is
+therefore either served and documented, or neither. Adding one is adding one `PublicRoute`; a
+model route forwarded to the providers names `PublicHandler.PROXY`, its request body schema and
+`MODEL_REQUEST_ERRORS`.
+"""
+
+import enum
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Generic, TypeVar
+
+import attrs
+
+from sopy.errors import (
+    AuthenticationFailed,
+    InvalidJson,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NoBackendAvailable,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerBusy,
+    SopyError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+HTML = "text/html"
+
+# Every request passes the front's concurrency limit before its handler runs.
+FRONT_ERRORS: tuple[type[SopyError], ...] = (ServerBusy,)
+
+# What a request forwarded to a provider can fail with, from reading its body to the upstream.
+MODEL_REQUEST_ERRORS: tuple[type[SopyError], ...] = (
+    InvalidJson,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    UpstreamError,
+    NoBackendAvailable,
+    UpstreamTimeout,
+)
+
+# The `Settings` field whose value bounds each error the front answers with.
+ERROR_LIMITS: Mapping[type[SopyError], str] = {
+    PayloadTooLarge: "max_body_bytes",
+    RequestTimeout: "body_timeout",
+    ServerBusy: "max_concurrent_requests",
+}
+
+_PARAMETER = re.compile(r"\{(\w+)\}")
+
+
+class PublicHandler(enum.Enum):
+    """What serves a route; the HTTP front maps every member to one of its methods."""
+
+    HELLO_WORLD = enum.auto()
+    HELLO_NAME = enum.auto()
+    HEALTH = enum.auto()
+    MODELS = enum.auto()
+    PROXY = enum.auto()
+    OPENAPI = enum.auto()
+    DOCS = enum.auto()
+
+
+@attrs.frozen
+class Reply:
+    """A route's success answer: `content` names a component schema per media type, or None
+    for a body that is just text (a page)."""
+
+    description: str
+    content: Mapping[str, str | None]
+    status: int = 200
+
+
+@attrs.frozen(kw_only=True)
+class PublicRoute:
+    """`path` is an OpenAPI template: a `{parameter}` is one path segment, except that a
+    parameter ending the template takes the rest of the path (so names may contain '/').
+    `includes_subpaths` makes the route answer every path under its own as well."""
+
+    method: str
+    path: str
+    handler: PublicHandler
+    operation_id: str
+    tag: str
+    summary: str
+    reply: Reply
+    description: str | None = None
+    needs_key: bool = False
+    request_body: str | None = None
+    errors: tuple[type[SopyError], ...] = ()
+    includes_subpaths: bool = False
+
+    @property
+    def path_parameters(self) -> list[str]:
+        return _PARAMETER.findall(self.path)
+
+    @property
+    def prefix(self) -> str:
+        """The literal start of the path, up to its first parameter."""
+        return self.path.split("{", 1)[0]
+
+    @property
+    def is_exact(self) -> bool:
+        return not self.path_parameters and not self.includes_subpaths
+
+    @property
+    def answers(self) -> tuple[type[SopyError], ...]:
+        """Every error the route can answer with: its own, a 401 if it needs a key, and the
+        front's."""
+        keyed: tuple[type[SopyError], ...] = (AuthenticationFailed,) if self.needs_key else ()
+        return tuple(dict.fromkeys((*keyed, *self.errors, *FRONT_ERRORS)))
+
+    def pattern(self) -> "re.Pattern[str]":
+        """The regular expression of the paths this route answers."""
+        pieces = _PARAMETER.split(self.path)
+        regex = ""
+        for index, piece in enumerate(pieces):
+            if index % 2 == 0:
+                regex += re.escape(piece)
+            elif index == len(pieces) - 2 and not pieces[-1]:
+                regex += ".+"
+            else:
+                regex += "[^/]+"
+        if self.includes_subpaths:
+            regex += "(?:/.*)?"
+        return re.compile(regex)
+
+
+PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
+    PublicRoute(
+        method="GET",
+        path="/",
+        handler=PublicHandler.HELLO_WORLD,
+        operation_id="hello_world",
+        tag="gateway",
+        summary="Say hello",
+        reply=Reply("A greeting.", {JSON: "Message"}),
+    ),
+    PublicRoute(
+        method="GET",
+        path="/hello/{name}",
+        handler=PublicHandler.HELLO_NAME,
+        operation_id="hello_name",
+        tag="gateway",
+        summary="Say hello to someone",
+        reply=Reply("`Hello {name}`.", {JSON: "Message"}),
+    ),
+    PublicRoute(
+        method="GET",
+        path="/healthz",
+        handler=PublicHandler.HEALTH,
+        operation_id="health",
+        tag="gateway",
+        summary="Check that the gateway is up",
+        description="Needs no key. `config_version` is the version of the live configuration.",
+        reply=Reply("The gateway is serving.", {JSON: "Health"}),
+        errors=(NoBackendAvailable,),
+    ),
+    PublicRoute(
+        method="GET",
+        path="/v1/models",
+        handler=PublicHandler.MODELS,
+        operation_id="list_models",
+        tag="openai",
+        summary="List the mapped models",
+        description="Every mapped model, with its provider as `owned_by`.",
+        reply=Reply("The mapped models.", {JSON: "ModelList"}),
+        needs_key=True,
+        errors=(NoBackendAvailable,),
+    ),
+    PublicRoute(
+        method="POST",
+        path="/v1/chat/completions",
+        handler=PublicHandler.PROXY,
+        operation_id="create_chat_completion",
+        tag="openai",
+        summary="Create a chat completion",
+        description="Forwarded byte for byte to a backend of the model's provider, with the "
+        "provider's credential instead of the client's key. With `stream: true` the reply is "
+        "relayed as server-sent events chunk by chunk; if the backend breaks off mid-stream, a "
+        'final `data: {"error": ...}` event ends the stream. Upstream statuses and error '
+        "bodies (429 with `Retry-After`, 5xx...) are relayed unchanged.",
+        reply=Reply(
+            "The completion, or with `stream: true` its chunks as server-sent events.",
+            {JSON: "ChatCompletion", EVENT_STREAM: "ServerSentEvent"},
+        ),
+        needs_key=True,
+        request_body="ChatCompletionRequest",
+        errors=MODEL_REQUEST_ERRORS,
+    ),
+    PublicRoute(
+        method="GET",
+        path="/openapi.json",
+        handler=PublicHandler.OPENAPI,
+        operation_id="openapi_document",
+        tag="docs",
+        summary="This OpenAPI document",
+        reply=Reply("The OpenAPI 3.1 document.", {JSON: "OpenAPIDocument"}),
+    ),
+    PublicRoute(
+        method="GET",
+        path="/docs",
+        handler=PublicHandler.DOCS,
+        operation_id="docs_page",
+        tag="docs",
+        summary="Interactive documentation",
+        description="Swagger UI for this document; its assets are served by Sopy itself "
+        "under `/docs/assets/`, so the page works offline.",
+        reply=Reply("The HTML page.", {HTML: None}),
+        errors=(NotFound,),
+        includes_subpaths=True,
+    ),
+)
+
+
+def public_route(operation_id: str) -> PublicRoute:
+    """The table's route with this operation id (KeyError if there is none)."""
+    return _ROUTES_BY_OPERATION[operation_id]
+
+
+_ROUTES_BY_OPERATION = {route.operation_id: route for route in PUBLIC_ROUTES}
+
+Handler = TypeVar("Handler")
+
+
+class PublicDispatcher(Generic[Handler]):
+    """Finds the handler for a method and path, or raises the 404 or 405 to answer.
+
+    Paths without parameters are one dict lookup (HEAD is entered as GET, whose head only the
+    server sends); templated paths are matched after that, the template with the most literal
+    characters first, so `/v1/responses/{id}/cancel` wins over `/v1/responses/{id}`.
+    """
+
+    def __init__(
+        self, routes: Iterable[PublicRoute], handlers: Mapping[PublicHandler, Handler]
+    ) -> None:
+        routes = tuple(routes)
+        routed = {route.handler for route in routes}
+        if routed != set(handlers):
+            raise ValueError(
+                "every route needs a handler and every handler a route; unmatched: "
+                f"{sorted(handler.name for handler in routed ^ set(handlers))}"
+            )
+        self._exact: dict[tuple[str, str], Handler] = {}
+        self._exact_methods: dict[str, list[str]] = {}
+        self._templated: list[tuple[PublicRoute, Callable[[str], object], Handler]] = []
+        for route in routes:
+            handler = handlers[route.handler]
+            if route.is_exact:
+                self._exact[(route.method, route.path)] = handler
+                if route.method == "GET":
+                    self._exact[("HEAD", route.path)] = handler
+                self._exact_methods.setdefault(route.path, []).append(route.method)
+            else:
+                self._templated.append((route, route.pattern().fullmatch, handler))
+        self._templated.sort(key=lambda entry: _literal_length(entry[0].path), reverse=True)
+        self._not_found_hint = _not_found_hint(routes)
+
+    def handler_for(self, method: str, path: str) -> Handler:
+        handler = self._exact.get((method, path))
+        if handler is not None:
+            return handler
+        return self._templated_handler_for(method, path)
+
+    def _templated_handler_for(self, method: str, path: str) -> Handler:
+        wanted = "GET" if method == "HEAD" else method
+        for route, matches, handler in self._templated:
+            if route.method == wanted and matches(path) is not None:
+                return handler
+        raise self._refusal(method, path)
+
+    def _refusal(self, method: str, path: str) -> MethodNotAllowed | NotFound:
+        """The 405 if some route answers `path` with another method, else the 404."""
+        allowed = set(self._exact_methods.get(path, ()))
+        matching = [route for route, matches, _ in self._templated if matches(path)]
+        allowed.update(route.method for route in matching if route.path == matching[0].path)
+        if allowed:
+            return MethodNotAllowed(path, method, sorted(allowed))
+        return NotFound(f"Unknown request URL: {method} {path}.{self._not_found_hint}")
+
+
+def _literal_length(template: str) -> int:
+    return len(_PARAMETER.sub("", template))
+
+
+def _not_found_hint(routes: Iterable[PublicRoute]) -> str:
+    """Where a lost client probably meant to go: the keyed API routes, and the docs page."""
+    routes = tuple(routes)
+    api = ", ".join(f"{route.method} {route.path}" for route in routes if route.needs_key)
+    docs = [route.path for route in routes if route.handler is PublicHandler.DOCS]
+    hints = [f"The gateway serves {api}"] if api else []
+    hints += [f"GET {path} lists every route" for path in docs]
+    return f" {'; '.join(hints)}." if hints else ""
