@@ -6,6 +6,7 @@ Every failure a user can see is a `SopyError` subclass carrying an HTTP status, 
 `{"ok": false, "error": {"code", "message"}}`. Messages say what to do next and never hold secrets.
 """
 
+import math
 from typing import Any, ClassVar
 
 
@@ -107,6 +108,22 @@ class RequestTimeout(SopyError):
     code = "request_timeout"
 
 
+class TemporarilyUnavailable(SopyError):
+    """A refusal that ends on its own; `retry_after` (seconds, rounded up to a whole one), when
+    known, tells the client when to come back, as `Retry-After`."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = None if retry_after is None else max(math.ceil(retry_after), 1)
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(self.retry_after).encode())]
+
+
 class ServerBusy(SopyError):
     status = 503
     type = "server_error"
@@ -123,7 +140,19 @@ class UpstreamError(SopyError):
     code = "upstream_error"
 
 
-class NoBackendAvailable(SopyError):
+class UpstreamResponseTooLarge(UpstreamError):
+    code = "upstream_response_too_large"
+
+
+class UpstreamRateLimited(TemporarilyUnavailable):
+    """Every backend that could take the request is held off by its provider's rate limit."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class NoBackendAvailable(TemporarilyUnavailable):
     status = 503
     type = "server_error"
     code = "no_backend"
