@@ -1,15 +1,23 @@
 """Upstream pools: the actors that talk to providers.
 
-`UpstreamPool` is one provider's actor. It owns its keep-alive connections (`sopy.protocol.client`)
-and a `BackendPicker`, takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`:
-pick a healthy backend, inject the provider credential, and retry connect failures, header
-timeouts, 429 and 5xx on another backend while nothing has reached the client (see
-`sopy.routing.retry_policy`). The answer goes back on the request's own channel as `ResponseStart`,
-`ResponseChunk`s and `ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk
-by chunk as they arrive; other bodies are read whole first, so one that breaks off is retried
-like any other failure instead of reaching the client truncated. Connect, first-byte,
-idle-between-chunks and total timeouts all apply. The front's client going away cancels the
-request's scope, which cancels the exchange and closes its upstream connection.
+`UpstreamPool` is one provider's actor. It owns a transport (`UpstreamConnections`, its
+keep-alive connections, unless the supervisor was given another `OpenTransport`) and a
+`BackendPicker`, which it tells after each configuration change which backends the provider
+still has. It takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`: pick a
+usable backend, inject the provider credential, and retry connect failures, header timeouts, 429
+and 5xx on another backend while nothing has reached the client (see
+`sopy.routing.retry_policy`). A 429 is no health failure: its `Retry-After` holds the backend
+off, and when no other backend can take the request the client gets the 429 itself; while every
+backend rests, the pool answers for them with a 429 or 503 and a `Retry-After`.
+
+The answer goes back on the request's own channel as `ResponseStart`, `ResponseChunk`s and
+`ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk by chunk as they
+arrive, whatever their size; other bodies are read whole first, up to `max_response_bytes` (a
+larger one is cut off there and becomes a 502), so one that breaks off is retried like any other
+failure instead of reaching the client truncated. Connect and first-byte timeouts bound the
+wait for the head, the idle timeout every silence between pieces of a body, the total timeout
+the whole exchange. The front's client going away cancels the request's scope, which cancels
+the exchange and closes its upstream connection.
 
 `UpstreamPools` owns every pool: it starts a provider's pool, supervised on its own, the first
 time a request needs it, and retires pools whose provider has no backend left.
@@ -234,8 +242,9 @@ class _Exchange:
             await trio.sleep(backoff_delay(self._attempts))
 
     async def _pick(self) -> str | None:
-        """Prefer a backend not tried yet; after a failure, wait out a short `Retry-After` or
-        cooldown rather than fail when every backend is resting."""
+        """Prefer a backend not tried yet; else go back to one tried before (but not to one that
+        rate limited the request without a `Retry-After`), waiting out a `Retry-After` or
+        cooldown if the request's wait budget allows."""
         weights = self._request.route.weights
         backend = self._picker.pick(self._urls, weights, exclude=self._tried)
         if backend is None and self._attempts > 0:
