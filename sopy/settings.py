@@ -92,10 +92,10 @@ class Settings:
     max_body_bytes: int = attrs.field(
         default=10 * 1024 * 1024, metadata=_about("largest request body accepted", low=1)
     )
-    # 64 MiB holds the largest answers the API gives whole: a full 2048-input embeddings batch
-    # of 3072-dimension vectors in base64 (the SDK's default encoding) is ~34 MB, ten
-    # high-resolution images as b64_json ~40 MB; yet a thousand concurrent requests cannot
-    # make a hostile backend worth more than that each.
+    # 64 MiB holds the largest answers the API gives whole: a full 2048-input batch of
+    # 3072-dimension embeddings in base64 (the SDK's default encoding) is ~34 MB, ten
+    # high-resolution images as b64_json ~40 MB. (That batch as JSON floats, ~130 MB, needs a
+    # higher limit.) Each answer being read costs up to this much memory, never more.
     max_response_bytes: int = attrs.field(
         default=64 * 1024 * 1024,
         metadata=_about(
