@@ -95,7 +95,7 @@ class Settings:
     # 64 MiB holds the largest answers the API gives whole: a full 2048-input batch of
     # 3072-dimension embeddings in base64 (the SDK's default encoding) is ~34 MB, ten
     # high-resolution images as b64_json ~40 MB. (That batch as JSON floats, ~130 MB, needs a
-    # higher limit.) Each answer being read costs up to this much memory, never more.
+    # higher limit.) An answer read whole holds up to twice this much memory for a moment.
     max_response_bytes: int = attrs.field(
         default=64 * 1024 * 1024,
         metadata=_about(
