@@ -88,8 +88,8 @@ async def test_a_slow_but_steady_body_is_not_cut_by_the_idle_timeout(
     nursery: trio.Nursery, settings: Settings
 ) -> None:
     upstream = MockUpstream("slow")
-    gateway = await start(nursery, attrs.evolve(settings, idle_timeout=0.5), upstream)
-    pieces, gap = 5, 0.3  # never silent for 0.5 s, yet 1.2 s in all
+    gateway = await start(nursery, attrs.evolve(settings, idle_timeout=0.6), upstream)
+    pieces, gap = 6, 0.2  # never silent for 0.6 s, yet 1 s in all
 
     began = trio.current_time()
     body = chat(mock={"body_bytes": pieces * 65536, "chunk_delay": gap})
