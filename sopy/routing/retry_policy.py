@@ -4,7 +4,9 @@ Retried, on another backend while possible: failures to connect, no response hea
 429 and 5xx answers, and only while nothing has been sent to the client. Between attempts the
 pool waits an exponentially growing, jittered delay. A backend's `Retry-After` holds that backend
 off instead; the pool waits it out only when no other backend is left and the request's waits
-stay within `WAIT_BUDGET` in all, so a client that retries on its own is not kept waiting twice.
+stay within `WAIT_BUDGET` in all: a one-second `Retry-After` (the shortest but zero) is waited
+out once, a longer one goes to the client at once, so a client that retries on its own (as the
+OpenAI SDKs do, honouring `Retry-After`) is not kept waiting twice over.
 
 `retry_after_seconds` parses `Retry-After` strictly as RFC 9110 defines it (delay-seconds, or an
 HTTP-date in any of its three forms); anything else counts as no `Retry-After` at all.
@@ -17,7 +19,7 @@ import time
 
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
-WAIT_BUDGET = 2.0
+WAIT_BUDGET = 1.0
 
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _MONTH = "(?P<month>" + "|".join(_MONTHS) + ")"
