@@ -164,6 +164,7 @@ async def test_all_backends_down_gives_a_fast_503_naming_them(
     second = await client.post(f"{base}/v1/chat/completions", json=chat())
     assert trio.current_time() - began < 0.1
     assert second.status_code == 503
+    assert 29 <= int(second.headers["retry-after"]) <= 30
     message = second.json()["error"]["message"]
     assert all(url in message for url in down)
     assert "sk-down" not in message
