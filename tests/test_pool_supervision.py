@@ -4,6 +4,7 @@ failure inside one request's attempt fails that request only.
 Faults are injected through the pools' transport seam: the gateway runs with a transport that
 wraps the real upstream connections and misbehaves on requests carrying a marker."""
 
+import abc
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -22,7 +23,7 @@ from tests.gateway import Gateway, chat, start_gateway
 CRASH_MARKER = b"please-crash-the-pool"
 
 
-class MarkedRequestTransport:
+class MarkedRequestTransport(abc.ABC):
     """The real upstream connections, except for requests whose body carries CRASH_MARKER,
     which `on_marked` handles."""
 
@@ -51,8 +52,8 @@ class MarkedRequestTransport:
     async def close_unused(self) -> None:
         await self._real.close_unused()
 
-    async def on_marked(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def on_marked(self) -> None: ...
 
 
 class CrashingTransport(MarkedRequestTransport):
