@@ -8,6 +8,7 @@ Each subclass's docstring says when it is raised, for whoever reads the API docu
 OpenAPI document (`sopy.docs.openapi`) quotes it as the description of that error's response.
 """
 
+import math
 from typing import Any, ClassVar
 
 
@@ -132,6 +133,22 @@ class RequestTimeout(SopyError):
     code = "request_timeout"
 
 
+class TemporarilyUnavailable(SopyError):
+    """A refusal that ends on its own; `retry_after` (seconds, rounded up to a whole one), when
+    known, tells the client when to come back, as `Retry-After`."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = None if retry_after is None else max(math.ceil(retry_after), 1)
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(self.retry_after).encode())]
+
+
 class ServerBusy(SopyError):
     """The gateway is serving as many requests as it may at once; retry shortly."""
 
@@ -152,9 +169,23 @@ class UpstreamError(SopyError):
     code = "upstream_error"
 
 
-class NoBackendAvailable(SopyError):
-    """The model's provider has no backend URL (`sopy admin add_backend` fixes it), or the
-    configuration is still loading."""
+class UpstreamResponseTooLarge(UpstreamError):
+    """A backend's non-streaming answer was larger than `--max-response-bytes`."""
+
+    code = "upstream_response_too_large"
+
+
+class UpstreamRateLimited(TemporarilyUnavailable):
+    """Every backend that could take the request is held off by its provider's rate limit."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class NoBackendAvailable(TemporarilyUnavailable):
+    """The model's provider has no backend URL (`sopy admin add_backend` fixes it), every
+    backend is resting after failures, or the configuration is still loading."""
 
     status = 503
     type = "server_error"

@@ -92,6 +92,18 @@ class Settings:
     max_body_bytes: int = attrs.field(
         default=10 * 1024 * 1024, metadata=_about("largest request body accepted", low=1)
     )
+    # 64 MiB holds the largest answers the API gives whole: a full 2048-input batch of
+    # 3072-dimension embeddings in base64 (the SDK's default encoding) is ~34 MB, ten
+    # high-resolution images as b64_json ~40 MB. (That batch as JSON floats, ~130 MB, needs a
+    # higher limit.) An answer read whole holds up to twice this much memory for a moment.
+    max_response_bytes: int = attrs.field(
+        default=64 * 1024 * 1024,
+        metadata=_about(
+            "largest non-streaming upstream response body buffered; reading stops there and "
+            "the client gets a 502 (streams are relayed as they arrive, whatever their size)",
+            low=1,
+        ),
+    )
     header_timeout: float = attrs.field(
         default=5.0,
         metadata=_about(

@@ -15,7 +15,7 @@ import trio
 from sopy.actors.admin_socket import AdminSocket
 from sopy.actors.config_store import ConfigStore
 from sopy.actors.http_front import HttpFront
-from sopy.actors.upstream_pool import UpstreamPools
+from sopy.actors.upstream_pool import OpenTransport, UpstreamPools, open_connections
 from sopy.messages import ConfigRequest
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.supervision import supervise
@@ -40,13 +40,15 @@ async def run_sopy(
     settings: Settings,
     shutdown: trio.Event,
     *,
+    open_transport: OpenTransport = open_connections,
     task_status: trio.TaskStatus[RunningSopy] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every actor until `shutdown` is set."""
+    """Run every actor until `shutdown` is set. `open_transport` makes each upstream pool's
+    transport (tests pass one that injects faults)."""
     feed = ChangeFeed()
     config_send, config_receive = trio.open_memory_channel[ConfigRequest](CONFIG_INBOX_SIZE)
     store = ConfigStore(settings, config_receive, feed)
-    pools = UpstreamPools(feed, settings)
+    pools = UpstreamPools(feed, settings, open_transport)
     front = HttpFront(settings, feed, pools)
     admin = AdminSocket(settings.admin_socket, config_send, feed, settings.event_buffer)
     async with trio.open_nursery() as nursery:

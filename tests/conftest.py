@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trio
 
+from sopy.actors.upstream_pool import OpenTransport, open_connections
 from sopy.errors import StartupError
 from sopy.settings import Settings
 from sopy.supervisor import RunningSopy, run_sopy
@@ -44,13 +45,15 @@ def settings(workdir: Path) -> Settings:
 
 @attrs.define
 class SopyUnderTest:
-    """A running Sopy in the test's nursery, stoppable and restartable on the same files."""
+    """A running Sopy in the test's nursery, stoppable and restartable on the same files; its
+    upstream pools use `open_transport` (a test's own injects faults)."""
 
     nursery: trio.Nursery
     settings: Settings
     running: RunningSopy | None = None
     _shutdown: trio.Event | None = None
     _stopped: trio.Event | None = None
+    open_transport: OpenTransport = open_connections
 
     async def start(self) -> RunningSopy:
         self._shutdown = trio.Event()
@@ -58,7 +61,12 @@ class SopyUnderTest:
 
         async def run_then_signal(*, task_status: trio.TaskStatus[RunningSopy]) -> None:
             try:
-                await run_sopy(self.settings, shutdown, task_status=task_status)
+                await run_sopy(
+                    self.settings,
+                    shutdown,
+                    open_transport=self.open_transport,
+                    task_status=task_status,
+                )
             finally:
                 stopped.set()
 

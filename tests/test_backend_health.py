@@ -103,3 +103,79 @@ def test_retry_after_holds_a_backend_off_without_tripping_it() -> None:
     assert chooser.pick(URLS[:2], (1, 1)) == "http://b"
     clock.now += 3.0
     assert chooser.pick(URLS[:2], (1, 1), exclude=("http://b",)) == "http://a"
+
+
+def test_a_rate_limit_holds_a_backend_off_without_counting_as_a_failure() -> None:
+    chooser, clock = picker(trip=1)
+    assert chooser.pick(URLS[:1], (1,)) == "http://a"
+    chooser.record_rate_limit("http://a", 2.0)
+    chooser.release("http://a")
+    assert chooser.pick(URLS[:1], (1,)) is None
+    assert chooser.all_rate_limited(URLS[:1])
+    assert chooser.describe_unavailable(URLS[:1]) == "http://a (rate limited 2.0 s more)"
+
+    clock.now += 2.0
+    assert chooser.pick(URLS[:1], (1,)) == "http://a", "with trip=1, a failure would rest it"
+    chooser.record_rate_limit("http://a", None)
+    chooser.release("http://a")
+    assert chooser.pick(URLS[:1], (1,)) == "http://a", "no Retry-After, no rest"
+
+
+def test_a_retry_after_rests_a_backend_at_most_the_longest_cooldown() -> None:
+    chooser, clock = picker(trip=5)
+    for url in URLS[:2]:
+        assert chooser.pick(URLS[:2], (1, 1), exclude=[u for u in URLS if u != url]) == url
+    chooser.record_rate_limit("http://a", float("inf"))
+    chooser.record_failure("http://b", retry_after=1e30)
+    for url in URLS[:2]:
+        chooser.release(url)
+    assert chooser.seconds_until_usable(URLS[:2]) == 4.0
+
+    clock.now += 4.0
+    assert chooser.pick(URLS[:2], (1, 1), exclude=("http://b",)) == "http://a"
+    assert chooser.pick(URLS[:2], (1, 1), exclude=("http://a",)) == "http://b"
+
+
+def test_a_requests_repeated_failures_count_once_but_a_failed_probe_rests_again() -> None:
+    chooser, clock = picker(trip=2)
+    assert chooser.pick(URLS[:1], (1,)) == "http://a"
+    chooser.record_failure("http://a")
+    for _ in range(3):
+        chooser.record_failure("http://a", again=True)
+    chooser.release("http://a")
+    assert chooser.pick(URLS[:1], (1,)) == "http://a", "one request, one failure"
+    chooser.record_failure("http://a")
+    chooser.release("http://a")
+    assert chooser.pick(URLS[:1], (1,)) is None, "a second request's failure trips it"
+
+    clock.now += 1.0
+    assert chooser.pick(URLS[:1], (1,)) == "http://a"
+    chooser.record_failure("http://a", again=True)
+    chooser.release("http://a")
+    assert chooser.pick(URLS[:1], (1,)) is None, "the probe failed: resting again"
+
+
+def test_a_removed_backend_is_forgotten_once_its_requests_are_over() -> None:
+    chooser, _ = picker(trip=1)
+    for url in URLS[:2]:
+        assert chooser.pick(URLS[:2], (1, 1), exclude=[u for u in URLS if u != url]) == url
+        chooser.record_failure(url)
+    chooser.release("http://a")
+
+    chooser.keep_only({"http://c"})
+    chooser.release("http://b")
+    chooser.record_failure("http://b")  # a late verdict on a forgotten backend changes nothing
+
+    assert chooser.pick(URLS[:2], (1, 1), exclude=("http://b",)) == "http://a"
+    assert chooser.pick(URLS[:2], (1, 1), exclude=("http://a",)) == "http://b"
+    assert chooser.in_flight("http://b") == 1
+
+
+def test_a_backend_removed_and_added_again_while_busy_keeps_its_count() -> None:
+    chooser, _ = picker()
+    assert chooser.pick(URLS[:1], (1,)) == "http://a"
+    chooser.keep_only(set())
+    chooser.keep_only({"http://a"})
+    assert chooser.in_flight("http://a") == 1
+    chooser.release("http://a")
+    assert chooser.in_flight("http://a") == 0

@@ -6,7 +6,6 @@ the process's open file descriptors and memory must come back to where they were
 
 import os
 from collections import Counter
-from pathlib import Path
 
 import attrs
 import httpx
@@ -17,6 +16,7 @@ from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream, RandomFault
 from tests.conftest import SopyUnderTest
 from tests.gateway import AUTH, start_gateway_with
+from tests.process_memory import rss_bytes
 
 REQUESTS = 2000
 WARM_UP = 200
@@ -30,13 +30,6 @@ def faults_drawn(upstreams: list[MockUpstream]) -> Counter[str]:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 async def one_request(client: httpx.AsyncClient, number: int, outcomes: Counter[str]) -> None:

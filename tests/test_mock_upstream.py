@@ -407,3 +407,38 @@ def test_a_failure_rate_outside_zero_to_one_is_rejected(failure_rate: float) -> 
 def test_a_negative_hang_is_rejected() -> None:
     with pytest.raises(ValueError, match="hang_seconds"):
         MockUpstream(NAME, hang_seconds=-1)
+
+
+async def test_retry_after_may_be_any_header_text(client: httpx.AsyncClient) -> None:
+    body = chat_body(mock={"status": 429, "retry_after": "\u00b2"})
+
+    response = await client.post("/chat/completions", json=body)
+
+    assert response.status_code == 429
+    assert dict(response.headers.raw)[b"retry-after"] == b"\xb2"
+
+
+@pytest.mark.parametrize("length_unknown", [False, True])
+async def test_body_bytes_sends_a_body_of_that_size(
+    mock: MockUpstream, client: httpx.AsyncClient, length_unknown: bool
+) -> None:
+    size = 3 * 65536 + 5
+    body = chat_body(mock={"body_bytes": size, "length_unknown": length_unknown})
+
+    response = await client.post("/chat/completions", json=body)
+
+    assert response.status_code == 200
+    assert response.content == b"x" * size
+    assert ("content-length" not in response.headers) is length_unknown
+    assert mock.padding_sent == size
+
+
+async def test_endless_line_bytes_streams_one_line_that_never_ends(
+    client: httpx.AsyncClient,
+) -> None:
+    body = chat_body(stream=True, mock={"endless_line_bytes": 200_000})
+
+    response = await client.post("/chat/completions", json=body)
+
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b"data: " + b"x" * (200_000 - 6)

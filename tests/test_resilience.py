@@ -164,6 +164,7 @@ async def test_all_backends_down_gives_a_fast_503_naming_them(
     second = await client.post(f"{base}/v1/chat/completions", json=chat())
     assert trio.current_time() - began < 0.1
     assert second.status_code == 503
+    assert 29 <= int(second.headers["retry-after"]) <= 30
     message = second.json()["error"]["message"]
     assert all(url in message for url in down)
     assert "sk-down" not in message
@@ -261,3 +262,24 @@ async def test_each_request_logs_one_line_with_its_request_id(
         assert part in line
     assert USER_KEY not in line
     assert "provider-credential" not in line
+
+
+async def test_a_backend_removed_and_added_again_starts_afresh(
+    nursery: trio.Nursery, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    broken, steady = failing("broken", RandomFault.STATUS_500), MockUpstream("steady")
+    resting_long = attrs.evolve(settings, balance="round_robin", cooldown_after=1, cooldown=30)
+    gateway = await start(nursery, resting_long, {"openai": [broken, steady]})
+    url = f"{gateway.base_url}/chat/completions"
+    assert (await client.post(url, json=chat())).status_code == 200
+    assert broken.injected["status_500"] == 1, "round robin began with `broken`, now resting"
+
+    broken_url = broken.requests[0].headers["host"]
+    async with await gateway.sopy.admin() as admin:
+        await admin.ok("remove_backend", provider="openai", url=f"http://{broken_url}")
+        broken.failure_rate = 0.0
+        await admin.ok("add_backend", provider="openai", url=f"http://{broken_url}")
+    for _ in range(4):
+        assert (await client.post(url, json=chat())).status_code == 200
+
+    assert len(broken.requests) == 3, "the mended backend took its turns at once"

@@ -172,7 +172,10 @@ async def _pump(
 ) -> None:
     if isinstance(start, UpstreamFailed):
         request.finished = True
-        await send_json(exchange, start.error.status, start.error.openai_body(), request.rid)
+        error = start.error
+        await send_json(
+            exchange, error.status, error.openai_body(), request.rid, error.response_headers()
+        )
         return
     assert isinstance(start, ResponseStart), start
     if start.body is not None:

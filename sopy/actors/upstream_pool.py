@@ -1,26 +1,45 @@
 """Upstream pools: the actors that talk to providers.
 
-`UpstreamPool` is one provider's actor. It owns its keep-alive connections (`sopy.protocol.client`)
-and a `BackendPicker`, takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`:
-pick a healthy backend, inject the provider credential, and retry connect failures, header
-timeouts, 429 and 5xx on another backend while nothing has reached the client (see
-`sopy.routing.retry_policy`). The answer goes back on the request's own channel as `ResponseStart`,
-`ResponseChunk`s and `ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk
-by chunk as they arrive; other bodies are read whole first, so one that breaks off is retried
-like any other failure instead of reaching the client truncated. Connect, first-byte,
-idle-between-chunks and total timeouts all apply. The front's client going away cancels the
-request's scope, which cancels the exchange and closes its upstream connection.
+`UpstreamPool` is one provider's actor. It owns a transport (`UpstreamConnections`, its
+keep-alive connections, unless the supervisor was given another `OpenTransport`) and a
+`BackendPicker`, which it tells after each configuration change which backends the provider
+still has. It takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`: pick a
+usable backend, inject the provider credential, and retry connect failures, header timeouts, 429
+and 5xx on another backend while nothing has reached the client (see
+`sopy.routing.retry_policy`). A 429 is no health failure: its `Retry-After` holds the backend
+off, and when no other backend can take the request the client gets the 429 itself; while every
+backend rests, the pool answers for them with a 429 or 503 and a `Retry-After`.
+
+The answer goes back on the request's own channel as `ResponseStart`, `ResponseChunk`s and
+`ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk by chunk as they
+arrive, whatever their size; other bodies are read whole first, up to `max_response_bytes` (a
+larger one is cut off there and becomes a 502), so one that breaks off is retried like any other
+failure instead of reaching the client truncated. Connect and first-byte timeouts bound the
+wait for the head, the idle timeout every silence between pieces of a body, the total timeout
+the whole exchange. The front's client going away cancels the request's scope, which cancels
+the exchange and closes its upstream connection.
 
 `UpstreamPools` owns every pool: it starts a provider's pool, supervised on its own, the first
 time a request needs it, and retires pools whose provider has no backend left.
 """
 
 import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol, Self, TypeAlias
 
 import attrs
 import trio
 
-from sopy.errors import NoBackendAvailable, SopyError, UpstreamError, UpstreamTimeout
+from sopy.errors import (
+    NoBackendAvailable,
+    SopyError,
+    TemporarilyUnavailable,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamResponseTooLarge,
+    UpstreamTimeout,
+)
 from sopy.messages import (
     ConfigSnapshot,
     ForwardRequest,
@@ -40,7 +59,7 @@ from sopy.protocol.client import (
 from sopy.routing.backend_health import BackendPicker, CooldownPolicy
 from sopy.routing.forwarded_headers import client_response_headers, is_event_stream
 from sopy.routing.retry_policy import (
-    MAX_RETRY_AFTER_WAIT,
+    WAIT_BUDGET,
     backoff_delay,
     is_retryable_status,
     retry_after_seconds,
@@ -56,12 +75,47 @@ POOL_INBOX_SIZE = 1024
 MAX_KEEPALIVE_CONNECTIONS = 256
 
 
+class UpstreamTransport(Protocol):
+    """What a pool sends its attempts through while it runs: entered with `async with`, its
+    `close_unused` running beside the requests. `UpstreamConnections` is the real one; a test
+    passes its own (usually wrapping the real one) to inject faults, as with httpx transports."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    async def send(
+        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> UpstreamResponse: ...
+
+    async def close_unused(self) -> None: ...
+
+
+OpenTransport: TypeAlias = Callable[[Settings], UpstreamTransport]
+
+
+def open_connections(settings: Settings) -> UpstreamConnections:
+    """The real transport: keep-alive HTTP/1.1 connections to the provider's backends."""
+    return UpstreamConnections(
+        settings.connect_timeout,
+        MAX_KEEPALIVE_CONNECTIONS,
+        idle_timeout=settings.upstream_idle_timeout,
+    )
+
+
 class UpstreamPool:
     def __init__(
         self,
         provider: str,
         inbox: trio.MemoryReceiveChannel[ForwardRequest],
         settings: Settings,
+        feed: ChangeFeed,
+        open_transport: OpenTransport = open_connections,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -69,32 +123,46 @@ class UpstreamPool:
             settings.balance, CooldownPolicy(settings.cooldown_after, settings.cooldown)
         )
         self._inbox = inbox
+        self._feed = feed
+        self._open_transport = open_transport
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        client = UpstreamConnections(
-            self.settings.connect_timeout,
-            MAX_KEEPALIVE_CONNECTIONS,
-            idle_timeout=self.settings.upstream_idle_timeout,
-        )
+        transport = self._open_transport(self.settings)
         # In-flight requests finish after the inbox closes; the housekeeping stops at once.
         async with (
-            client,
+            transport,
             trio.open_nursery() as requests,
             trio.open_nursery() as housekeeping,
         ):
-            housekeeping.start_soon(client.close_unused)
+            housekeeping.start_soon(transport.close_unused)
+            housekeeping.start_soon(self._forget_removed_backends)
             task_status.started()
             async for request in self._inbox:
-                requests.start_soon(self._forward, client, request)
+                requests.start_soon(self._forward, transport, request)
             housekeeping.cancel_scope.cancel()
         log.info("upstream pool for provider '%s' stopped", self.provider)
 
-    async def _forward(self, client: UpstreamConnections, request: ForwardRequest) -> None:
+    async def _forward(self, transport: UpstreamTransport, request: ForwardRequest) -> None:
         with request.reply_to:
             try:
-                await _Exchange(self, client, request).run()
+                await _Exchange(self, transport, request).run()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("request %s: the client went away", request.request_id)
+
+    async def _forget_removed_backends(self) -> None:
+        """Forever: after each configuration change, drop the health of the backends this
+        provider no longer has, so a backend removed and added again starts afresh."""
+        while True:
+            changes = self._feed.subscribe()
+            async with changes:
+                async for changed in changes:
+                    self.picker.keep_only(
+                        {
+                            backend.url
+                            for backend in changed.snapshot.backends
+                            if backend.provider == self.provider
+                        }
+                    )
 
 
 @attrs.frozen
@@ -110,19 +178,23 @@ class _Exchange:
     """One client request's trip through a provider: attempts, retries, then the relay."""
 
     def __init__(
-        self, pool: UpstreamPool, client: UpstreamConnections, request: ForwardRequest
+        self, pool: UpstreamPool, transport: UpstreamTransport, request: ForwardRequest
     ) -> None:
         self._pool = pool
         self._settings = pool.settings
         self._picker = pool.picker
-        self._client = client
+        self._transport = transport
         self._request = request
         self._reply = request.reply_to
         self._urls = request.route.urls
         self._tried: list[str] = []
+        self._failed_on: set[str] = set()
+        # Backends that rate limited this request without saying for how long.
+        self._not_again: set[str] = set()
+        self._waited = 0.0
         self._attempts = 0
         self._started = False
-        self._failure: SopyError | None = None
+        self._last_outcome: _Answer | SopyError | None = None
 
     async def run(self) -> None:
         """Run under the request's cancel scope, which the relay cancels if its client leaves
@@ -155,43 +227,44 @@ class _Exchange:
         while True:
             backend = await self._pick()
             if backend is None:
-                await self._fail(self._failure or self._all_resting())
+                await self._answer_without_backend()
                 return
             self._attempts += 1
             self._tried.append(backend)
             try:
                 outcome = await self._try(backend)
-                if not self._worth_retrying(outcome, backend):
+                if not (self._record(outcome, backend) and self._may_retry()):
                     await self._finish(outcome, backend)
                     return
-                if isinstance(outcome, _Answer):
-                    self._failure = UpstreamError(
-                        f"{self._where(backend)} answered {outcome.response.status}"
-                    )
-                    await outcome.response.aclose()
-                else:
-                    self._failure = outcome
+                self._last_outcome = await self._kept(outcome, backend)
             finally:
                 self._picker.release(backend)
             await trio.sleep(backoff_delay(self._attempts))
 
     async def _pick(self) -> str | None:
-        """Prefer a backend not tried yet; after a failure, wait out a short `Retry-After` or
-        cooldown rather than fail when every backend is resting."""
+        """Prefer a backend not tried yet; else go back to one tried before (but not to one that
+        rate limited the request without a `Retry-After`), waiting out a `Retry-After` or
+        cooldown if the request's wait budget allows."""
         weights = self._request.route.weights
         backend = self._picker.pick(self._urls, weights, exclude=self._tried)
-        backend = backend or self._picker.pick(self._urls, weights)
         if backend is None and self._attempts > 0:
-            wait = self._bearable_wait()
+            backend = self._picker.pick(self._urls, weights, exclude=self._not_again)
+            wait = None if backend is not None else self._bearable_wait()
             if wait is not None:
+                self._waited += wait
                 await trio.sleep(wait)
-                backend = self._picker.pick(self._urls, weights)
+                backend = self._picker.pick(self._urls, weights, exclude=self._not_again)
         return backend
 
+    def _may_retry(self) -> bool:
+        return self._attempts <= self._settings.retries and self._bearable_wait() is not None
+
     def _bearable_wait(self) -> float | None:
-        """Seconds until some backend is usable again, if that is short enough to wait for."""
-        wait = self._picker.seconds_until_usable(self._urls)
-        return wait if wait is not None and wait <= MAX_RETRY_AFTER_WAIT else None
+        """Seconds until a backend this request may still use is usable again, if the
+        request's waits stay within `WAIT_BUDGET` with it."""
+        urls = [url for url in self._urls if url not in self._not_again]
+        wait = self._picker.seconds_until_usable(urls)
+        return wait if wait is not None and self._waited + wait <= WAIT_BUDGET else None
 
     async def _try(self, backend: str) -> _Answer | SopyError:
         request = self._request
@@ -202,14 +275,12 @@ class _Exchange:
         response: UpstreamResponse | None = None
         try:
             with trio.CancelScope(deadline=trio.current_time() + first_byte) as deadline:
-                response = await self._client.send(
+                response = await self._transport.send(
                     request.method, backend + request.path, headers, request.body
                 )
                 if is_event_stream(response.headers):
                     return _Answer(response, None)
-                # The raw body (still content-encoded, as it is relayed), due within idle_timeout.
-                deadline.deadline = trio.current_time() + self._settings.idle_timeout
-                return _Answer(response, await response.read())
+                return await self._read_whole(response, backend, deadline)
         except UpstreamConnectTimeout:
             return UpstreamTimeout(
                 f"{self._where(backend)} did not accept a connection within "
@@ -235,17 +306,73 @@ class _Exchange:
             f"{self._settings.idle_timeout:g} s"
         )
 
-    def _worth_retrying(self, outcome: _Answer | SopyError, backend: str) -> bool:
-        """Record the backend's health from the outcome, then say whether to try again."""
-        status = outcome.response.status if isinstance(outcome, _Answer) else None
-        if status is not None and not is_retryable_status(status):
+    async def _read_whole(
+        self, response: UpstreamResponse, backend: str, deadline: trio.CancelScope
+    ) -> _Answer | SopyError:
+        """The raw body (still content-encoded, as it is relayed) of an answer that is not a
+        stream. Each piece is due within the idle timeout of the one before (moving `deadline`,
+        the whole being bounded by the total timeout); reading stops at the size limit."""
+        limit = self._settings.max_response_bytes
+        idle = self._settings.idle_timeout
+        if _declared_length(response) <= limit:
+            pieces: list[bytes] = []
+            size = 0
+            deadline.deadline = trio.current_time() + idle
+            async for piece in response.aiter_raw():
+                size += len(piece)
+                if size > limit:
+                    break
+                pieces.append(piece)
+                deadline.deadline = trio.current_time() + idle
+            else:
+                return _Answer(response, b"".join(pieces))
+        await response.aclose()
+        return UpstreamResponseTooLarge(
+            f"{self._where(backend)} sent a response body larger than the {limit}-byte limit; "
+            "ask for less per request, or raise --max-response-bytes (SOPY_MAX_RESPONSE_BYTES)"
+        )
+
+    def _record(self, outcome: _Answer | SopyError, backend: str) -> bool:
+        """Record what the attempt says of the backend's health; whether another attempt could
+        do better. A 429 is no failure; one request counts at most once toward a cooldown."""
+        if isinstance(outcome, UpstreamResponseTooLarge):
+            return False  # another backend would only do the same work again
+        if isinstance(outcome, SopyError):
+            self._record_failure(backend)
+            return True
+        status = outcome.response.status
+        if not is_retryable_status(status):
             self._picker.record_success(backend)
             return False
-        retry_after = None
-        if isinstance(outcome, _Answer):
-            retry_after = retry_after_seconds(outcome.response.header(b"retry-after"))
-        self._picker.record_failure(backend, retry_after)
-        return self._attempts <= self._settings.retries and self._bearable_wait() is not None
+        retry_after = retry_after_seconds(outcome.response.header(b"retry-after"))
+        if status == 429:
+            self._picker.record_rate_limit(backend, retry_after)
+            if retry_after is None:
+                self._not_again.add(backend)
+        else:
+            self._record_failure(backend, retry_after)
+        return True
+
+    def _record_failure(self, backend: str, retry_after: float | None = None) -> None:
+        self._picker.record_failure(backend, retry_after, again=backend in self._failed_on)
+        self._failed_on.add(backend)
+
+    async def _kept(self, outcome: _Answer | SopyError, backend: str) -> _Answer | SopyError:
+        """What to answer with if no later attempt gets further: a whole answer as it is
+        (its connection freed), a stream's status as an error."""
+        if isinstance(outcome, SopyError):
+            return outcome
+        await outcome.response.aclose()
+        if outcome.body is not None:
+            return outcome
+        return UpstreamError(f"{self._where(backend)} answered {outcome.response.status}")
+
+    async def _answer_without_backend(self) -> None:
+        last = self._last_outcome
+        if isinstance(last, _Answer):
+            await self._relay(last, self._tried[-1])
+        else:
+            await self._fail(last or self._unavailable())
 
     async def _finish(self, outcome: _Answer | SopyError, backend: str) -> None:
         if isinstance(outcome, SopyError):
@@ -276,7 +403,7 @@ class _Exchange:
     async def _relay_stream(self, response: UpstreamResponse, backend: str) -> None:
         failure = await self._relay_chunks(response, backend)
         if failure is not None:
-            self._picker.record_failure(backend)
+            self._record_failure(backend)
         await deliver(self._reply, ResponseEnd(error=failure))
 
     async def _relay_chunks(self, response: UpstreamResponse, backend: str) -> str | None:
@@ -300,11 +427,22 @@ class _Exchange:
         backend = self._tried[-1] if self._tried else None
         await deliver(self._reply, UpstreamFailed(error, self._attempts, backend))
 
-    def _all_resting(self) -> NoBackendAvailable:
-        resting = self._picker.describe_unavailable(self._urls)
+    def _unavailable(self) -> TemporarilyUnavailable:
+        """Why no backend can take the request now, and (as `Retry-After`) for how long."""
+        picker, provider = self._picker, self._pool.provider
+        resting = picker.describe_unavailable(self._urls)
+        # None: every backend is being probed, and a probe's verdict comes soon.
+        wait = picker.seconds_until_usable(self._urls) or 1.0
+        if picker.all_rate_limited(self._urls):
+            return UpstreamRateLimited(
+                f"every backend of provider '{provider}' is rate limited: {resting}; retry "
+                "after the Retry-After delay, or add a backend with its own quota",
+                retry_after=wait,
+            )
         return NoBackendAvailable(
-            f"every backend of provider '{self._pool.provider}' is resting after failures: "
-            f"{resting}; retry shortly, or check the backends"
+            f"every backend of provider '{provider}' is resting after failures: {resting}; "
+            "retry after the Retry-After delay, or check the backends",
+            retry_after=wait,
         )
 
     def _where(self, backend: str | None = None) -> str:
@@ -313,10 +451,21 @@ class _Exchange:
         return f"provider '{self._pool.provider}' backend {backend}"
 
 
+def _declared_length(response: UpstreamResponse) -> int:
+    """The body length the response's head announces; 0 when it announces none."""
+    declared = response.header(b"content-length")
+    if declared is None or not (declared.isascii() and declared.isdigit()):
+        return 0
+    return int(declared)
+
+
 class UpstreamPools:
-    def __init__(self, feed: ChangeFeed, settings: Settings) -> None:
+    def __init__(
+        self, feed: ChangeFeed, settings: Settings, open_transport: OpenTransport = open_connections
+    ) -> None:
         self._feed = feed
         self._settings = settings
+        self._open_transport = open_transport
         self._inboxes: dict[str, trio.MemorySendChannel[ForwardRequest]] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -338,7 +487,7 @@ class UpstreamPools:
         if self._nursery is None:
             raise NoBackendAvailable("the upstream pools are restarting; retry in a moment")
         inbox, pool_inbox = trio.open_memory_channel[ForwardRequest](POOL_INBOX_SIZE)
-        pool = UpstreamPool(provider, pool_inbox, self._settings)
+        pool = UpstreamPool(provider, pool_inbox, self._settings, self._feed, self._open_transport)
         self._nursery.start_soon(supervise, f"upstream pool {provider}", pool.run)
         self._inboxes[provider] = inbox
         log.info("upstream pool for provider '%s' started", provider)

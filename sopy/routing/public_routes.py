@@ -30,6 +30,8 @@ from sopy.errors import (
     ServerBusy,
     SopyError,
     UpstreamError,
+    UpstreamRateLimited,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
 )
 
@@ -48,6 +50,8 @@ MODEL_REQUEST_ERRORS: tuple[type[SopyError], ...] = (
     PayloadTooLarge,
     RequestTimeout,
     UpstreamError,
+    UpstreamResponseTooLarge,
+    UpstreamRateLimited,
     NoBackendAvailable,
     UpstreamTimeout,
 )

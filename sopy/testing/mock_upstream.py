@@ -6,10 +6,13 @@ request it receives. Sopy's tests, demos and benchmarks put it behind the gatewa
 `sopy mock-upstream` runs it standalone through `run_mock_upstream`.
 
 Faults are chosen by the caller through an optional `"mock"` object in the chat request body, which
-the gateway forwards unchanged: an error status (with `retry_after`), delays before the headers or
-between streamed events, longer streams (`chunks`) and a connection dropped mid-stream
-(`reset_after`). `disconnects` and `in_flight` let tests check that the gateway let go of an
-upstream request once its own client went away.
+the gateway forwards unchanged: an error status (with `retry_after`, a number or any header text),
+delays before the headers or between streamed events, longer streams (`chunks`), a connection
+dropped mid-stream (`reset_after`), and hostile sizes: a body of `body_bytes` (announced by
+Content-Length unless `length_unknown`) or a stream whose one line never ends
+(`endless_line_bytes`), both sent in pieces `chunk_delay` apart without ever being held in memory.
+`disconnects`, `in_flight` and `padding_sent` let tests check that the gateway let go of an
+upstream request once its own client went away or it had read enough.
 
 For chaos tests and demos, `failure_rate` turns on a server-wide random failure mode: each chat
 completion that asks for no faults itself fails, with that probability, in one of the
@@ -36,6 +39,7 @@ MODEL_ID = "mock-model"
 CREATED = 1700000000
 
 _Headers = Sequence[tuple[bytes, bytes]]
+_PADDING = b"x" * 65536
 
 
 class RandomFault(enum.StrEnum):
@@ -72,6 +76,16 @@ def _non_negative_number() -> list[Any]:
     return [validators.instance_of((int, float)), validators.ge(0)]
 
 
+def _retry_after_value(_instance: object, _attribute: object, value: Any) -> None:
+    """A number of seconds, or any header text (sent as latin-1 bytes, for hostile values)."""
+    if value is None:
+        return
+    if isinstance(value, str):
+        value.encode("latin-1")  # a UnicodeEncodeError is a ValueError, reported as such
+    elif not (isinstance(value, int | float) and value >= 0):
+        raise ValueError(f"'retry_after' must be a non-negative number or a string, not {value!r}")
+
+
 def _integer_at_least(minimum: int, *, at_most: int | None = None) -> list[Any]:
     bounds = [validators.ge(minimum)] + ([] if at_most is None else [validators.le(at_most)])
     return [validators.instance_of(int), *bounds]
@@ -84,15 +98,20 @@ class _Faults:
     status: int | None = attrs.field(
         default=None, validator=validators.optional(_integer_at_least(400, at_most=599))
     )
-    retry_after: float | None = attrs.field(
-        default=None, validator=validators.optional(_non_negative_number())
-    )
+    retry_after: float | str | None = attrs.field(default=None, validator=_retry_after_value)
     headers_delay: float = attrs.field(default=0.0, validator=_non_negative_number())
     chunk_delay: float = attrs.field(default=0.0, validator=_non_negative_number())
     chunks: int | None = attrs.field(
         default=None, validator=validators.optional(_integer_at_least(1))
     )
     reset_after: int | None = attrs.field(
+        default=None, validator=validators.optional(_integer_at_least(0))
+    )
+    body_bytes: int | None = attrs.field(
+        default=None, validator=validators.optional(_integer_at_least(0))
+    )
+    length_unknown: bool = attrs.field(default=False, validator=validators.instance_of(bool))
+    endless_line_bytes: int | None = attrs.field(
         default=None, validator=validators.optional(_integer_at_least(0))
     )
 
@@ -190,6 +209,7 @@ class MockUpstream:
         self._random = random.Random(seed)
         self.requests: list[ReceivedRequest] = []
         self.disconnects = 0
+        self.padding_sent = 0
         self._responses: set[_Response] = set()
 
     @property
@@ -305,6 +325,19 @@ class MockUpstream:
             message = f"mock upstream {self.name} injected status {faults.status}"
             await response.error(faults.status, message, headers)
             return
+        if faults.body_bytes is not None and not chat.stream:
+            length = (
+                () if faults.length_unknown else ((b"content-length", b"%d" % faults.body_bytes),)
+            )
+            await response.start(200, b"application/json", length)
+            await self._send_padding(response, b"", faults.body_bytes, faults.chunk_delay)
+            return
+        if faults.endless_line_bytes is not None and chat.stream:
+            await response.start(200, b"text/event-stream")
+            await self._send_padding(
+                response, b"data: ", faults.endless_line_bytes, faults.chunk_delay
+            )
+            return
         pieces = _content_pieces(self._reply(chat.messages), faults.chunks)
         usage = _usage(chat.messages, pieces)
         completion_id = f"chatcmpl-mock-{number}"
@@ -314,6 +347,22 @@ class MockUpstream:
         else:
             completion = _completion(completion_id, chat.model, "".join(pieces), usage)
             await response.json(200, completion, headers)
+
+    async def _send_padding(
+        self, response: _Response, prefix: bytes, size: int, delay: float
+    ) -> None:
+        """Send a body of `size` bytes, `prefix` then `x`s, in pieces `delay` apart; nothing
+        marks an end (no newline) but the end of the response."""
+        remaining = size
+        piece = (prefix + _PADDING)[:remaining]
+        while remaining:
+            await response.send_part(piece)
+            self.padding_sent += len(piece)
+            remaining -= len(piece)
+            piece = _PADDING[:remaining]
+            if remaining:
+                await trio.sleep(delay)
+        await response.finish()
 
     def _reply(self, messages: list[dict[str, Any]]) -> str:
         said = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
@@ -469,8 +518,11 @@ def _parse_faults(raw: object) -> _Faults:
         raise _BadRequest(f"Invalid 'mock' object: {error}") from None
 
 
-def _retry_after_header(seconds: float | None) -> _Headers:
-    return () if seconds is None else ((b"retry-after", format(seconds, "g").encode()),)
+def _retry_after_header(value: float | str | None) -> _Headers:
+    if value is None:
+        return ()
+    text = value if isinstance(value, str) else format(value, "g")
+    return ((b"retry-after", text.encode("latin-1")),)
 
 
 def _text_of(content: object) -> str:
