@@ -112,6 +112,10 @@ class ServerBusy(SopyError):
     type = "server_error"
     code = "server_busy"
 
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        # The load that refused this request is momentary; SDKs honour Retry-After.
+        return [(b"retry-after", b"1")]
+
 
 class InternalError(SopyError):
     pass

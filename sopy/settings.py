@@ -92,6 +92,14 @@ class Settings:
     max_body_bytes: int = attrs.field(
         default=10 * 1024 * 1024, metadata=_about("largest request body accepted", low=1)
     )
+    max_body_bytes_in_flight: int = attrs.field(
+        default=256 * 1024 * 1024,
+        metadata=_about(
+            "bytes of request bodies held at once (at least --max-body-bytes); "
+            "a request beyond gets a 503 with Retry-After",
+            low=1,
+        ),
+    )
     header_timeout: float = attrs.field(
         default=5.0,
         metadata=_about(
@@ -117,6 +125,14 @@ class Settings:
         default=30.0,
         metadata=_about("seconds in-flight requests may finish after SIGTERM", low=0.0),
     )
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise StartupError(
+                f"--max-body-bytes-in-flight ({self.max_body_bytes_in_flight}) is smaller than "
+                f"--max-body-bytes ({self.max_body_bytes}), so a body of the largest size could "
+                "never be accepted; raise the first or lower the second"
+            )
 
 
 ENVIRONMENT_VARIABLES: Mapping[str, str] = {
