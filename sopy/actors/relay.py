@@ -236,10 +236,7 @@ async def _relay_stream(
         else:
             end = event
     # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.
-    if isinstance(end, ResponseEnd):
-        request.failure = end.error
-    elif isinstance(end, UpstreamFailed):
-        request.failure = end.error.message
+    request.failure = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
     request.finished = True
     await exchange.end_response(b"" if request.failure is None else _sse_error_event(request))
 
