@@ -156,6 +156,10 @@ class ServerBusy(SopyError):
     type = "server_error"
     code = "server_busy"
 
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        # The load that refused this request is momentary; SDKs honour Retry-After.
+        return [(b"retry-after", b"1")]
+
 
 class InternalError(SopyError):
     """Sopy failed unexpectedly; its log has the details."""
@@ -173,6 +177,10 @@ class UpstreamResponseTooLarge(UpstreamError):
     """A backend's non-streaming answer was larger than `--max-response-bytes`."""
 
     code = "upstream_response_too_large"
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class UpstreamRateLimited(TemporarilyUnavailable):

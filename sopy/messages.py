@@ -7,9 +7,12 @@ Messages are frozen, slotted attrs classes: data, no behaviour. Three families l
   `ConfigChanged`, which the config actor publishes after every committed change;
 - the request/reply envelope between transports and the config actor (`AdminRequest`,
   `CommandSucceeded`, `CommandFailed`);
-- the forwarding protocol between the HTTP front and an upstream pool: `ForwardRequest` in, then
-  back on the request's own channel either one complete `ResponseStart` (with its body), or a
-  streamed `ResponseStart`, `ResponseChunk`s and `ResponseEnd`, or one `UpstreamFailed`.
+- the forwarding protocol between the HTTP front and an upstream pool: `ForwardRequest` in (and
+  `CancelForward` if the front stops wanting the answer), then back on the request's own channel
+  either one complete `ResponseStart` (with its body), or a streamed `ResponseStart`,
+  `ResponseChunk`s and `ResponseEnd`, or one `UpstreamFailed`. Upstream events carry the
+  backend's own headers and the pool's own words for a failure; the front decides what of them
+  its client sees.
 
 `parse_admin_command` is the only way JSON becomes a command: unknown commands, unknown fields,
 missing fields and wrong types become `SopyError`s naming the field, never tracebacks.
@@ -469,8 +472,9 @@ class ProviderRoute:
 @attrs.frozen
 class ResponseStart:
     """The upstream answered. `retryable` marks a final 429/5xx that another provider might
-    answer better; `backend` and `attempts` say who answered after how many tries. `body` is the
-    whole body of an answer that is not a stream: then no ResponseChunk or ResponseEnd follows."""
+    answer better; `backend` and `attempts` say who answered after how many tries. `headers` are
+    the backend's, as it sent them. `body` is the whole body of an answer that is not a stream:
+    then no ResponseChunk or ResponseEnd follows."""
 
     status: int
     headers: Headers
@@ -487,14 +491,16 @@ class ResponseChunk:
 
 @attrs.frozen
 class ResponseEnd:
-    """The upstream body is complete, or (with `error`) broke off after it had started."""
+    """The upstream body is complete, or (with `error`, the pool's account of why, for the
+    operator's log) broke off after it had started."""
 
     error: str | None = None
 
 
 @attrs.frozen
 class UpstreamFailed:
-    """No response could be had; nothing has been sent to the client yet."""
+    """No response could be had; nothing has been sent to the client yet. `error` is in the
+    pool's words, naming backends: for the operator's log, not for the client."""
 
     error: SopyError
     attempts: int = 0
@@ -506,17 +512,28 @@ UpstreamEvent: TypeAlias = ResponseStart | ResponseChunk | ResponseEnd | Upstrea
 
 @attrs.frozen
 class ForwardRequest:
-    """One client request for a provider. The front cancels `cancel_scope` when its client goes
-    away; the pool runs the upstream exchange inside it, so that cancels the upstream request."""
+    """One client request for a provider, as the client sent it: `headers` are the client's own
+    (the pool decides which of them the backend sees, and adds the provider credential). The
+    answer goes back on `reply_to`; closing its receiving end tells the pool nobody listens."""
 
     request_id: str
     method: str
     path: str
-    headers: Headers
-    body: bytes
+    headers: Headers = attrs.field(repr=False)
+    body: bytes = attrs.field(repr=False)
     route: ProviderRoute
-    cancel_scope: trio.CancelScope
     reply_to: trio.MemorySendChannel[UpstreamEvent]
+
+
+@attrs.frozen
+class CancelForward:
+    """The front no longer wants the answer to `request_id` (its client left, or it fell back to
+    another provider): the pool cancels that exchange and closes its upstream connection."""
+
+    request_id: str
+
+
+PoolMessage: TypeAlias = ForwardRequest | CancelForward
 
 
 # -- JSON form ------------------------------------------------------------------------------

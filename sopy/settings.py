@@ -104,6 +104,14 @@ class Settings:
             low=1,
         ),
     )
+    max_body_bytes_in_flight: int = attrs.field(
+        default=256 * 1024 * 1024,
+        metadata=_about(
+            "bytes of request bodies held at once (at least --max-body-bytes); "
+            "a request beyond gets a 503 with Retry-After",
+            low=1,
+        ),
+    )
     header_timeout: float = attrs.field(
         default=5.0,
         metadata=_about(
@@ -129,6 +137,14 @@ class Settings:
         default=30.0,
         metadata=_about("seconds in-flight requests may finish after SIGTERM", low=0.0),
     )
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise StartupError(
+                f"--max-body-bytes-in-flight ({self.max_body_bytes_in_flight}) is smaller than "
+                f"--max-body-bytes ({self.max_body_bytes}), so a body of the largest size could "
+                "never be accepted; raise the first or lower the second"
+            )
 
 
 ENVIRONMENT_VARIABLES: Mapping[str, str] = {

@@ -1,13 +1,16 @@
 """A configured gateway for public-API tests: Sopy with mock upstream providers behind it."""
 
+import re
 from typing import Any
 
 import attrs
 import httpx
+import pytest
 import trio
 
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
+from tests.polling import eventually
 
 USER_KEY = "sk-user-test-key-0001"
 AUTH = {"authorization": f"Bearer {USER_KEY}"}
@@ -76,6 +79,32 @@ async def read_until_closed(stream: trio.SocketStream, within: float) -> bytes:
         while chunk := await stream.receive_some(65536):
             received += chunk
     return received
+
+
+def request_id_in(message: str) -> str:
+    """The request id that a gateway error message gives the client."""
+    found = re.search(r"request id ([0-9a-f]{16})", message)
+    assert found is not None, message
+    return found.group(1)
+
+
+async def access_log_line(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
+    """The `sopy.access` line of request `request_id`, which is written just after its answer
+    (the test must capture INFO from `sopy.access`)."""
+    lines: list[str] = []
+
+    def written() -> bool:
+        lines[:] = [
+            record.getMessage()
+            for record in caplog.records
+            if record.name == "sopy.access"
+            and record.getMessage().startswith(f"request {request_id} ")
+        ]
+        return bool(lines)
+
+    await eventually(written)
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 async def start_gateway(

@@ -15,7 +15,7 @@ import trio
 from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import AUTH, Gateway, chat, start_gateway_with
+from tests.gateway import AUTH, Gateway, access_log_line, chat, start_gateway_with
 from tests.process_memory import rss_peak
 
 MiB = 1024 * 1024
@@ -102,8 +102,9 @@ async def test_a_slow_but_steady_body_is_not_cut_by_the_idle_timeout(
 
 
 async def test_a_body_that_falls_silent_is_cut_by_the_idle_timeout(
-    nursery: trio.Nursery, settings: Settings
+    nursery: trio.Nursery, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
     upstream = MockUpstream("stalling")
     gateway = await start(nursery, attrs.evolve(settings, idle_timeout=0.3, retries=0), upstream)
 
@@ -111,7 +112,8 @@ async def test_a_body_that_falls_silent_is_cut_by_the_idle_timeout(
     response = await post(gateway, body, within=3)
 
     assert response.status_code == 502
-    assert "sent no more of its response within 0.3 s" in response.json()["error"]["message"]
+    line = await access_log_line(caplog, response.headers["x-request-id"])
+    assert "sent no more of its response within 0.3 s" in line
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Hostile clients and hostile admin values: refused early, bounded in time, never a crash."""
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,14 @@ import trio.testing
 from sopy.settings import Settings
 from tests.admin_connection import AdminConnection
 from tests.conftest import SopyUnderTest, startup_error
-from tests.gateway import USER_KEY, Gateway, chat, read_until_closed, start_gateway
+from tests.gateway import (
+    USER_KEY,
+    Gateway,
+    access_log_line,
+    chat,
+    read_until_closed,
+    start_gateway,
+)
 
 
 @pytest.fixture
@@ -23,6 +31,7 @@ def settings(settings: Settings) -> Settings:
     return attrs.evolve(
         settings,
         max_body_bytes=4096,
+        max_body_bytes_in_flight=8192,
         header_timeout=0.5,
         body_timeout=0.5,
         max_concurrent_requests=3,
@@ -117,6 +126,78 @@ async def test_requests_over_the_concurrency_limit_get_503(http: httpx.AsyncClie
     # A handler lets go of its slot just after its response is out: let them all finish.
     await trio.testing.wait_all_tasks_blocked()
     assert (await http.post("/v1/chat/completions", json=chat())).status_code == 200
+
+
+async def test_bodies_beyond_the_bytes_in_flight_get_503_with_retry_after(
+    http: httpx.AsyncClient,
+) -> None:
+    # Given two slow requests whose bodies hold 6000 of the 8192 bytes in flight
+    held = chat(padding="y" * 2900, mock={"headers_delay": 0.5})
+    statuses: list[int] = []
+
+    async def post(body: dict[str, Any]) -> None:
+        statuses.append((await http.post("/v1/chat/completions", json=body)).status_code)
+
+    async with trio.open_nursery() as slow:
+        for _ in range(2):
+            slow.start_soon(post, held)
+        await trio.sleep(0.2)
+        # When a third body of 3000 bytes arrives
+        refused = await http.post("/v1/chat/completions", json=chat(padding="z" * 2900))
+    # Then it is refused for now, with when to retry, and the held ones are served
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "server_busy"
+    assert refused.headers["retry-after"] == "1"
+    assert statuses == [200, 200]
+    # and once they are answered their bytes are free again: two bodies of 4000 fit at once
+    await trio.testing.wait_all_tasks_blocked()
+    async with trio.open_nursery() as again:
+        for _ in range(2):
+            again.start_soon(post, chat(padding="w" * 3900, mock={"headers_delay": 0.2}))
+    assert statuses == [200, 200, 200, 200]
+
+
+async def test_a_chunked_body_is_counted_as_it_arrives(
+    gateway: Gateway, http: httpx.AsyncClient
+) -> None:
+    # Given two slow requests holding 6000 of the 8192 bytes in flight
+    served: list[int] = []
+
+    async def hold() -> None:
+        body = chat(padding="y" * 2900, mock={"headers_delay": 0.5})
+        served.append((await http.post("/v1/chat/completions", json=body)).status_code)
+
+    async with trio.open_nursery() as slow:
+        slow.start_soon(hold)
+        slow.start_soon(hold)
+        await trio.sleep(0.2)
+        # When a chunked body (no Content-Length) brings 2 x 1500 bytes
+        stream = await gateway.raw_connection()
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\n"
+            f"Authorization: Bearer {USER_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b"5dc\r\n" + b" " * 1500 + b"\r\n"
+        await stream.send_all(head.encode() + piece * 2 + b"0\r\n\r\n")
+        answer = await read_until_closed(stream, within=3)
+    # Then it is refused once its bytes pass what is left
+    assert answer.startswith(b"HTTP/1.1 503")
+    assert b"retry-after: 1\r\n" in answer
+    assert served == [200, 200]
+
+
+async def test_client_values_cannot_forge_or_flood_the_access_log(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
+    forged = "x\nrequest 0 key=1 model=gpt-4.1 status=200\x1b[2J\x9b31m\u2028 " + "m" * 3000
+    response = await http.post("/v1/chat/completions", json=chat(forged))
+    assert response.status_code == 404
+    line = await access_log_line(caplog, response.headers["x-request-id"])
+    assert line.isprintable()
+    assert "model='x\\nrequest 0 key=1 model=gpt-4.1 status=200\\x1b[2J\\x9b31m\\u2028 m" in line
+    assert "...(+" in line
+    assert len(line) < 600
 
 
 async def test_oversized_headers_are_refused_and_the_server_carries_on(

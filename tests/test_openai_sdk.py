@@ -1,5 +1,6 @@
 """The public API as the official OpenAI SDK sees it, sync and async, through the real gateway."""
 
+import socket
 from collections.abc import AsyncIterator
 
 import attrs
@@ -144,3 +145,22 @@ async def test_upstream_errors_are_relayed_in_openai_shape(client: openai.AsyncO
     assert raised.value.status_code == 429
     assert raised.value.response.headers["retry-after"] == "3"
     assert raised.value.code == "rate_limit_exceeded"
+
+
+async def test_an_unreachable_provider_gives_the_sdk_its_request_id_and_no_backend_url(
+    client: openai.AsyncOpenAI, gateway: Gateway
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    await gateway.admin_ok("add_backend", provider="dead", url=f"http://{dead}")
+    await gateway.admin_ok("add_model_mapping", model_name="dead-model", provider="dead")
+    with pytest.raises(openai.InternalServerError) as raised:
+        await client.chat.completions.create(
+            model="dead-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert raised.value.status_code == 502
+    assert raised.value.code == "upstream_error"
+    assert raised.value.request_id is not None
+    assert raised.value.request_id in raised.value.message
+    assert dead not in raised.value.message

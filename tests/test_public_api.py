@@ -1,5 +1,6 @@
 """The public API over raw HTTP: routing, credentials, live config, streaming, cancellation."""
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -11,7 +12,14 @@ import trio
 
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, chat, start_gateway
+from tests.gateway import (
+    USER_KEY,
+    Gateway,
+    access_log_line,
+    chat,
+    request_id_in,
+    start_gateway,
+)
 from tests.polling import eventually
 
 
@@ -161,15 +169,29 @@ async def test_provider_without_backend_gets_503_naming_the_fix(
     assert "sopy admin add_backend --provider local" in response.json()["error"]["message"]
 
 
-async def test_unreachable_backend_gets_502(http: httpx.AsyncClient, gateway: Gateway) -> None:
+async def test_unreachable_backend_gets_502_with_the_request_id_and_the_log_names_the_backend(
+    http: httpx.AsyncClient, gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    await gateway.admin_ok("add_backend", provider="dead", url=f"http://127.0.0.1:{dead_port}")
+    dead_url = f"http://127.0.0.1:{dead_port}"
+    await gateway.admin_ok("add_backend", provider="dead", url=dead_url)
     await gateway.admin_ok("add_model_mapping", model_name="dead-model", provider="dead")
+
     response = await http.post("/v1/chat/completions", json=chat("dead-model"))
+
     assert response.status_code == 502
-    assert "could not be reached" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["code"] == "upstream_error"
+    request_id = response.headers["x-request-id"]
+    assert request_id_in(error["message"]) == request_id
+    assert "Retry" in error["message"]
+    assert str(dead_port) not in response.text
+    line = await access_log_line(caplog, request_id)
+    assert f"backend={dead_url}" in line
+    assert "could not be reached" in line
 
 
 async def test_removing_a_providers_last_backend_stops_routing_to_it(
@@ -223,8 +245,9 @@ async def test_client_disconnect_while_upstream_is_slow_cancels_it(
 
 
 async def test_upstream_reset_mid_stream_ends_with_an_sse_error_event(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
     body = chat(stream=True, mock={"chunks": 10, "reset_after": 3})
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         events = [line async for line in response.aiter_lines() if line.startswith("data: ")]
@@ -232,6 +255,12 @@ async def test_upstream_reset_mid_stream_ends_with_an_sse_error_event(
     error = orjson.loads(events[-1][len("data: ") :])["error"]
     assert error["code"] == "upstream_error"
     assert "broke off" in error["message"]
+    assert request_id_in(error["message"]) == response.headers["x-request-id"]
+    backend_urls = (await gateway.admin_ok("get_backend", provider="openai"))["urls"]
+    assert not any(url in events[-1] for url in backend_urls)
+    line = await access_log_line(caplog, response.headers["x-request-id"])
+    assert any(f"backend={url}" in line for url in backend_urls)
+    assert "broke off the response" in line
 
 
 async def test_no_auth_mode_serves_without_keys(nursery: trio.Nursery, settings: Settings) -> None:

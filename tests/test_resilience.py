@@ -15,7 +15,15 @@ import trio
 from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream, RandomFault
 from tests.conftest import SopyUnderTest
-from tests.gateway import AUTH, USER_KEY, Gateway, chat, start_gateway_with
+from tests.gateway import (
+    AUTH,
+    USER_KEY,
+    Gateway,
+    access_log_line,
+    chat,
+    request_id_in,
+    start_gateway_with,
+)
 from tests.polling import eventually
 
 
@@ -109,44 +117,63 @@ async def test_a_hanging_backend_is_abandoned_within_the_first_byte_timeout(
 
 
 async def test_a_provider_that_only_hangs_gets_a_504_not_a_hang(
-    nursery: trio.Nursery, settings: Settings, client: httpx.AsyncClient
+    nursery: trio.Nursery,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
     hanging = failing("hanging", RandomFault.HANG)
     fast = attrs.evolve(settings, first_byte_timeout=0.2, retries=1)
     gateway = await start(nursery, fast, {"openai": [hanging]})
     with trio.fail_after(3):
         response = await client.post(f"{gateway.base_url}/chat/completions", json=chat())
     assert response.status_code == 504
-    assert "sent no response within 0.2 s" in response.json()["error"]["message"]
+    request_id = request_id_in(response.json()["error"]["message"])
+    assert "sent no response within 0.2 s" in await access_log_line(caplog, request_id)
 
 
 async def test_an_idle_stream_ends_with_an_sse_error_event(
-    nursery: trio.Nursery, settings: Settings, client: httpx.AsyncClient
+    nursery: trio.Nursery,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
     gateway = await start(
         nursery, attrs.evolve(settings, idle_timeout=0.3), {"openai": [MockUpstream("slow")]}
     )
     body = chat(stream=True, mock={"chunks": 5, "chunk_delay": 2})
     events = await stream_events(client, gateway, body)
     error = orjson.loads(events[-1].removeprefix("data: "))["error"]
-    assert "sent nothing for 0.3 s" in error["message"]
+    request_id = request_id_in(error["message"])
+    assert "sent nothing for 0.3 s" in await access_log_line(caplog, request_id)
 
 
 async def test_a_stream_past_the_total_timeout_is_ended_cleanly(
-    nursery: trio.Nursery, settings: Settings, client: httpx.AsyncClient
+    nursery: trio.Nursery,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
     gateway = await start(
         nursery, attrs.evolve(settings, total_timeout=0.5), {"openai": [MockUpstream("slow")]}
     )
     body = chat(stream=True, mock={"chunks": 50, "chunk_delay": 0.05})
     events = await stream_events(client, gateway, body)
     assert 3 < len(events) < 50
-    assert "total timeout of 0.5 s" in events[-1]
+    request_id = request_id_in(events[-1])
+    assert "total timeout of 0.5 s" in await access_log_line(caplog, request_id)
 
 
-async def test_all_backends_down_gives_a_fast_503_naming_them(
-    nursery: trio.Nursery, settings: Settings, client: httpx.AsyncClient
+async def test_all_backends_down_gives_a_fast_503_and_the_log_names_them(
+    nursery: trio.Nursery,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
     sopy = SopyUnderTest(nursery, attrs.evolve(settings, cooldown_after=1, cooldown=30))
     await sopy.start()
     down = [dead_url(), dead_url()]
@@ -166,8 +193,11 @@ async def test_all_backends_down_gives_a_fast_503_naming_them(
     assert second.status_code == 503
     assert 29 <= int(second.headers["retry-after"]) <= 30
     message = second.json()["error"]["message"]
-    assert all(url in message for url in down)
-    assert "sk-down" not in message
+    assert "resting" in message
+    assert not any(url in message for url in down)
+    line = await access_log_line(caplog, request_id_in(message))
+    assert all(url in line for url in down)
+    assert "sk-down" not in line
 
 
 async def test_a_backend_recovers_after_its_cooldown_through_a_probe(

@@ -41,7 +41,7 @@ async def test_no_secret_appears_in_logs_replies_events_or_the_database(
         generated = await admin.ok("add_user_api_key", description="generated")
         secrets.append(generated.pop("api_key"))
         seen.append(generated)
-        await _use_the_api(server.http_url, generated_key=secrets[-1])
+        await _use_the_api(server.http_url, generated_key=secrets[-1], failing_backend=failing)
         seen += await _make_admin_mistakes(admin)
         rotation = await admin.ok("rotate_secret_key", new_key=None)
         seen.append(rotation)
@@ -95,7 +95,7 @@ async def _configure(admin: AdminConnection, healthy: str, failing: str) -> list
     return [*replies, added]
 
 
-async def _use_the_api(base_url: str, generated_key: str) -> None:
+async def _use_the_api(base_url: str, generated_key: str, failing_backend: str) -> None:
     chat = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient(base_url=base_url + "/v1") as client:
         for key in (USER_KEY, generated_key):
@@ -109,6 +109,7 @@ async def _use_the_api(base_url: str, generated_key: str) -> None:
                 "/chat/completions", json={**chat, "model": "gpt-azure"}, headers=headers
             )
             assert failed.status_code >= 400
+            assert failing_backend.removeprefix("http://") not in failed.text
             missing = await client.post(
                 "/chat/completions", json={**chat, "model": "nope"}, headers=headers
             )

@@ -40,6 +40,10 @@ def test_environment_overrides_defaults_and_flags_override_environment() -> None
         ({"SOPY_BALANCE": "random"}, "SOPY_BALANCE must be one of least_in_flight, round_robin"),
         ({"SOPY_NO_AUTH": "maybe"}, "SOPY_NO_AUTH must be true or false"),
         ({"SOPY_LOG_LEVEL": "loud"}, "SOPY_LOG_LEVEL must be one of"),
+        (
+            {"SOPY_MAX_BODY_BYTES_IN_FLIGHT": "1000"},
+            r"--max-body-bytes-in-flight \(1000\) is smaller than --max-body-bytes",
+        ),
     ],
 )
 def test_bad_values_name_their_source(environ: dict[str, str], message: str) -> None:

@@ -6,6 +6,11 @@ authenticates and routes every model request from an in-memory `RouteTable` deri
 config actor's latest snapshot (no disk and no await on the config actor on the request
 path), and hands each model request to `sopy.actors.relay`, which forwards it to the provider's
 upstream pool and relays the answer back as it arrives.
+
+Request bodies are bounded twice: each by `max_body_bytes` (413), all those held at once by
+`max_body_bytes_in_flight` (503 with Retry-After). A body is held from the moment it is announced
+(or, chunked, as it arrives) until its request is over, as the pool may resend it to another
+backend or provider.
 """
 
 import logging
@@ -16,8 +21,13 @@ import orjson
 import trio
 
 from sopy.actors.front_responses import send_body, send_json
-from sopy.actors.relay import CLIENT_CLOSED_REQUEST, ProxiedRequest, log_access, proxy
-from sopy.actors.upstream_pool import UpstreamPools
+from sopy.actors.relay import (
+    CLIENT_CLOSED_REQUEST,
+    ProviderInbox,
+    ProxiedRequest,
+    log_access,
+    proxy,
+)
 from sopy.docs.openapi import openapi_json
 from sopy.docs.page import docs_response
 from sopy.errors import (
@@ -41,6 +51,7 @@ from sopy.routing.public_routes import (
     public_route,
 )
 from sopy.routing.route_table import RouteTable
+from sopy.runtime.byte_budget import ByteBudget, ByteShare
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.settings import Settings
 
@@ -54,10 +65,11 @@ Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
 
 
 class HttpFront:
-    def __init__(self, settings: Settings, feed: ChangeFeed, pools: UpstreamPools) -> None:
+    def __init__(self, settings: Settings, feed: ChangeFeed, inbox_for: ProviderInbox) -> None:
         self._settings = settings
         self._feed = feed
-        self._pools = pools
+        self._inbox_for = inbox_for
+        self._bodies_in_flight = ByteBudget(settings.max_body_bytes_in_flight)
         self._draining = trio.Event()
         self._request_slots = trio.CapacityLimiter(settings.max_concurrent_requests)
         self.stopped = trio.Event()
@@ -180,10 +192,11 @@ class HttpFront:
         try:
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
-            body = await _read_body(exchange, self._settings)
-            request.model = _requested_model(body)
-            routes = table.routes_for(request.model)
-            await proxy(self._pools, routes, request, exchange, body)
+            with self._bodies_in_flight.share() as body_share:
+                body = await _read_body(exchange, self._settings, body_share)
+                request.model = _requested_model(body)
+                routes = table.routes_for(request.model)
+                await proxy(self._inbox_for, routes, request, exchange, body)
         except SopyError as error:
             request.status = error.status
             raise
@@ -216,14 +229,22 @@ def _requested_model(body: bytes) -> str:
     return model
 
 
-async def _read_body(exchange: HttpExchange, settings: Settings) -> bytes:
-    """The whole body, refused with a 413 as soon as it is known to be too large, and with a
-    408 if the client takes longer than `body_timeout` to send it."""
+async def _read_body(exchange: HttpExchange, settings: Settings, share: ByteShare) -> bytes:
+    """The whole body, refused with a 413 as soon as it is known to be too large, with a 503 as
+    soon as `share` cannot hold it, and with a 408 if the client takes longer than
+    `body_timeout` to send it."""
     limit = settings.max_body_bytes
     declared = exchange.header(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
+    length = int(declared) if declared is not None and declared.isdigit() else None
+    if length is not None:
+        if length > limit:
+            raise _too_large(limit)
+        # Before the body is read (and before `100 Continue`): refused, it is never sent.
+        _hold(share, length, settings)
+    # Most bodies arrive in one piece, kept as it came; a longer one grows in one buffer, as a
+    # list of pieces (each of them a separate allocation) joined at the end held the body twice.
+    first = b""
+    grown: bytearray | None = None
     size = 0
     with trio.move_on_after(settings.body_timeout):
         while True:
@@ -232,15 +253,32 @@ async def _read_body(exchange: HttpExchange, settings: Settings) -> bytes:
             except MalformedBody as exc:
                 raise InvalidRequest(f"The request body is malformed: {exc}.") from None
             if chunk is None:
-                return b"".join(chunks)
+                return first if grown is None else bytes(grown)
             size += len(chunk)
             if size > limit:
                 raise _too_large(limit)
-            chunks.append(chunk)
+            if length is None:
+                _hold(share, len(chunk), settings)
+            if grown is not None:
+                grown += chunk
+            elif first:
+                grown, first = bytearray(first), b""
+                grown += chunk
+            else:
+                first = chunk
     raise RequestTimeout(
         f"The request body did not arrive within {settings.body_timeout:g} s; send it faster "
         "or in one piece."
     )
+
+
+def _hold(share: ByteShare, size: int, settings: Settings) -> None:
+    if not share.try_take(size):
+        raise ServerBusy(
+            "The gateway is holding its limit of "
+            f"{settings.max_body_bytes_in_flight} bytes of request bodies in flight "
+            "(--max-body-bytes-in-flight); retry in a moment."
+        )
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -1,24 +1,39 @@
 """One proxied request, from the HTTP front's side: hand it to the model's provider pool, fall
 back to the mapping's next provider if that one cannot answer, relay the answer to the client as
-it arrives and cancel the upstream work if the client leaves. `log_access` writes the request's
-one log line.
+it arrives and tell the pool to stop (`CancelForward`) if the client leaves. `log_access` writes
+the request's one log line.
 
 A provider "cannot answer" when its pool reports `UpstreamFailed`, or relays a final 429/5xx
 (`ResponseStart.retryable`) while another provider is still left to try. Nothing has been sent
 to the client at that point, so falling back is invisible to it.
+
+The relay decides what the client sees of the upstream: which backend headers cross
+(`client_response_headers`), and, for a failure, a message of the gateway's own that says what
+to do and carries the request id. The pool's account of the failure names backends and causes;
+it goes to the request's access log line only.
 """
 
+import contextlib
 import logging
+from collections.abc import Callable
 
 import attrs
 import orjson
 import trio
 
 from sopy.actors.front_responses import send_complete, send_json
-from sopy.actors.upstream_pool import UpstreamPools
-from sopy.errors import NoBackendAvailable, SopyError, UpstreamError
+from sopy.errors import (
+    NoBackendAvailable,
+    SopyError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamResponseTooLarge,
+    UpstreamTimeout,
+)
 from sopy.messages import (
+    CancelForward,
     ForwardRequest,
+    PoolMessage,
     ProviderRoute,
     ResponseChunk,
     ResponseEnd,
@@ -27,53 +42,66 @@ from sopy.messages import (
     UpstreamFailed,
 )
 from sopy.protocol.server import HttpExchange
-from sopy.routing.forwarded_headers import upstream_request_headers
+from sopy.routing.forwarded_headers import client_response_headers
 from sopy.runtime.channel_send import deliver
+from sopy.runtime.log_values import loggable
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sopy.access")
 
 RELAY_BUFFER = 32
+# A failure's detail may list every backend of a provider: room for that, not for a flood.
+MAX_LOGGED_FAILURE_CHARS = 1000
 CLIENT_CLOSED_REQUEST = 499
 _POOL_STOPPED = UpstreamFailed(
-    UpstreamError("the upstream pool stopped while handling this request; retry it")
+    UpstreamError("the upstream pool stopped while handling this request")
 )
+
+ProviderInbox = Callable[[str], trio.MemorySendChannel[PoolMessage]]
+"""The inbox of provider P's pool (started on first use); raises `NoBackendAvailable` while the
+pools restart. All the relay knows of the pools."""
 
 
 @attrs.define
 class ProxiedRequest:
-    """What the relay knows about one request, for cancelling it and for its log line."""
+    """What the relay knows about one request, for cancelling it and for its log line.
+    `failure` is the pool's own account of a failure, for the log only."""
 
     rid: bytes
     key_id: int | None = None
     model: str = "-"
     began: float = attrs.field(factory=trio.current_time)
-    forward: ForwardRequest | None = None
+    pool_inbox: trio.MemorySendChannel[PoolMessage] | None = None
     provider: str | None = None
     backend: str | None = None
     attempts: int = 0
     status: int = 0
     upstream_seconds: float = 0.0
     finished: bool = False
+    failure: str | None = None
 
 
 async def proxy(
-    pools: UpstreamPools,
+    inbox_for: ProviderInbox,
     routes: tuple[ProviderRoute, ...],
     request: ProxiedRequest,
     exchange: HttpExchange,
     body: bytes,
 ) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_when_client_leaves, exchange, request, nursery.cancel_scope)
-        first, events = await _first_answer(pools, routes, request, exchange, body)
-        with events:
-            await _pump(first, events, exchange, request)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when_client_leaves, exchange, request, nursery.cancel_scope)
+            first, events = await _first_answer(inbox_for, routes, request, exchange, body)
+            with events:
+                await _pump(first, events, exchange, request)
+            nursery.cancel_scope.cancel()
+    finally:
+        if not request.finished:
+            _cancel_forward(request)
 
 
 async def _first_answer(
-    pools: UpstreamPools,
+    inbox_for: ProviderInbox,
     routes: tuple[ProviderRoute, ...],
     request: ProxiedRequest,
     exchange: HttpExchange,
@@ -81,7 +109,7 @@ async def _first_answer(
 ) -> tuple[UpstreamEvent, trio.MemoryReceiveChannel[UpstreamEvent]]:
     for index, route in enumerate(routes):
         sent_at = trio.current_time()
-        events = await _forward(pools, route, request, exchange, body)
+        events = await _forward(inbox_for, route, request, exchange, body)
         first = await _next_event(events)
         request.upstream_seconds = trio.current_time() - sent_at
         _note_answer(request, route, first)
@@ -92,9 +120,7 @@ async def _first_answer(
                 route.provider,
                 routes[index + 1].provider,
             )
-            forward = request.forward
-            if forward is not None:
-                forward.cancel_scope.cancel()
+            _cancel_forward(request)
             events.close()
             continue
         return first, events
@@ -102,7 +128,7 @@ async def _first_answer(
 
 
 async def _forward(
-    pools: UpstreamPools,
+    inbox_for: ProviderInbox,
     route: ProviderRoute,
     request: ProxiedRequest,
     exchange: HttpExchange,
@@ -113,15 +139,14 @@ async def _forward(
         request_id=request.rid.decode(),
         method=exchange.method,
         path=exchange.target,
-        headers=upstream_request_headers(exchange.headers),
+        headers=tuple(exchange.headers),
         body=body,
         route=route,
-        cancel_scope=trio.CancelScope(),
         reply_to=events_send,
     )
-    request.forward = forward
     try:
-        await deliver(pools.inbox_for(route.provider), forward)
+        inbox = inbox_for(route.provider)
+        await deliver(inbox, forward)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         _fail_now(
             events_send,
@@ -131,7 +156,20 @@ async def _forward(
         )
     except NoBackendAvailable as error:  # the pools are restarting
         _fail_now(events_send, error)
+    else:
+        request.pool_inbox = inbox
     return events
+
+
+def _cancel_forward(request: ProxiedRequest) -> None:
+    """Tell the pool working on `request` to stop. Without waiting: if its inbox is full, the
+    closed reply channel stops the exchange at its next event, the total timeout at the latest."""
+    inbox, request.pool_inbox = request.pool_inbox, None
+    if inbox is not None:
+        with contextlib.suppress(
+            trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+        ):
+            inbox.send_nowait(CancelForward(request.rid.decode()))
 
 
 def _fail_now(events: trio.MemorySendChannel[UpstreamEvent], error: SopyError) -> None:
@@ -150,6 +188,7 @@ def _note_answer(request: ProxiedRequest, route: ProviderRoute, first: UpstreamE
     if isinstance(first, ResponseStart | UpstreamFailed):
         request.status = first.status if isinstance(first, ResponseStart) else first.error.status
         request.backend, request.attempts = first.backend, first.attempts
+        request.failure = first.error.message if isinstance(first, UpstreamFailed) else None
 
 
 async def _cancel_when_client_leaves(
@@ -159,8 +198,6 @@ async def _cancel_when_client_leaves(
     if not request.finished:
         log.info("request %s: client went away; cancelling upstream", request.rid.decode())
         request.status = CLIENT_CLOSED_REQUEST
-        if request.forward is not None:
-            request.forward.cancel_scope.cancel()
         relay_scope.cancel()
 
 
@@ -172,21 +209,23 @@ async def _pump(
 ) -> None:
     if isinstance(start, UpstreamFailed):
         request.finished = True
-        error = start.error
+        error = _public_error(start.error, request)
         await send_json(
             exchange, error.status, error.openai_body(), request.rid, error.response_headers()
         )
         return
     assert isinstance(start, ResponseStart), start
+    headers = client_response_headers(start.headers)
     if start.body is not None:
         request.finished = True
-        await send_complete(exchange, start.status, start.headers, start.body, request.rid)
+        await send_complete(exchange, start.status, headers, start.body, request.rid)
         return
-    await _relay_stream(start, events, exchange, request)
+    await _relay_stream(start.status, headers, events, exchange, request)
 
 
 async def _relay_stream(
-    start: ResponseStart,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
     events: trio.MemoryReceiveChannel[UpstreamEvent],
     exchange: HttpExchange,
     request: ProxiedRequest,
@@ -194,8 +233,8 @@ async def _relay_stream(
     """Relay an event stream; chunks already waiting go out in one write with what precedes
     them (the head included), so a burst from the upstream costs one write, not one each."""
     ready, end = _take_ready(events)
-    head = [*start.headers, (b"x-request-id", request.rid)]
-    await exchange.start_response(start.status, head, ready)
+    headers.append((b"x-request-id", request.rid))
+    await exchange.start_response(status, headers, ready)
     while end is None:
         event = await _next_event(events)
         if isinstance(event, ResponseChunk):
@@ -204,9 +243,9 @@ async def _relay_stream(
         else:
             end = event
     # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.
-    error = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
+    request.failure = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
     request.finished = True
-    await exchange.end_response(b"" if error is None else _sse_error_event(error))
+    await exchange.end_response(b"" if request.failure is None else _sse_error_event(request))
 
 
 def _take_ready(
@@ -234,25 +273,69 @@ async def _next_event(events: trio.MemoryReceiveChannel[UpstreamEvent]) -> Upstr
         return _POOL_STOPPED
 
 
-def _sse_error_event(message: str) -> bytes:
-    body = UpstreamError(message).openai_body()
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+def _public_error(error: SopyError, request: ProxiedRequest) -> SopyError:
+    """What the client sees of a failure the pool reported: the same status and code, and
+    what to do in the gateway's words with the request id (never a backend URL or cause)."""
+    provider, rid = request.provider, request.rid.decode()
+    if isinstance(error, UpstreamTimeout):
+        return UpstreamTimeout(
+            f"Provider '{provider}' did not answer in time. Retry the request; if it keeps "
+            f"timing out, give the gateway's operator the request id {rid}."
+        )
+    if isinstance(error, UpstreamRateLimited):
+        return UpstreamRateLimited(
+            f"Provider '{provider}' is rate limited right now. Retry after the Retry-After "
+            f"delay; request id {rid}.",
+            retry_after=error.retry_after,
+        )
+    if isinstance(error, NoBackendAvailable):
+        return NoBackendAvailable(
+            f"Provider '{provider}' has no backend ready right now (they are resting after "
+            f"failures, or being reconfigured). Retry after the Retry-After delay; request id "
+            f"{rid}.",
+            retry_after=error.retry_after,
+        )
+    if isinstance(error, UpstreamResponseTooLarge):
+        return UpstreamResponseTooLarge(
+            f"Provider '{provider}' answered with a body over the gateway's {error.limit}-byte "
+            "limit for answers that are not streamed (the operator's --max-response-bytes). Ask "
+            f"for less per request, or stream it; request id {rid}.",
+            limit=error.limit,
+        )
+    return UpstreamError(
+        f"Provider '{provider}' could not answer this request. Retry it; if it keeps failing, "
+        f"give the gateway's operator the request id {rid}."
+    )
+
+
+def _sse_error_event(request: ProxiedRequest) -> bytes:
+    """The final event of a stream that broke off; what happened is in the request's log line."""
+    error = UpstreamError(
+        f"The response of provider '{request.provider}' broke off before its end. Retry the "
+        "request; if this keeps happening, give the gateway's operator the request id "
+        f"{request.rid.decode()}."
+    )
+    return b"data: " + orjson.dumps(error.openai_body()) + b"\n\n"
 
 
 def log_access(request: ProxiedRequest) -> None:
-    """The one `sopy.access` line for a /v1 request; never a key or a credential."""
+    """The one `sopy.access` line for a /v1 request; never a key or a credential. Values a
+    client chose are escaped and capped; a failure's detail, in the pool's words, ends it."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     access_log.info(
         "request %s key=%s model=%s provider=%s backend=%s status=%d upstream_ms=%.1f "
-        "attempts=%d total_ms=%.1f",
+        "attempts=%d total_ms=%.1f%s",
         request.rid.decode(),
         request.key_id if request.key_id is not None else "-",
-        request.model,
+        loggable(request.model),
         request.provider or "-",
         request.backend or "-",
         request.status,
         request.upstream_seconds * 1000,
         request.attempts,
         (trio.current_time() - request.began) * 1000,
+        ""
+        if request.failure is None
+        else f" error={loggable(request.failure, MAX_LOGGED_FAILURE_CHARS)}",
     )

@@ -4,11 +4,12 @@
 keep-alive connections, unless the supervisor was given another `OpenTransport`) and a
 `BackendPicker`, which it tells after each configuration change which backends the provider
 still has. It takes `ForwardRequest`s from its inbox and runs each as an `_Exchange`: pick a
-usable backend, inject the provider credential, and retry connect failures, header timeouts, 429
-and 5xx on another backend while nothing has reached the client (see
-`sopy.routing.retry_policy`). A 429 is no health failure: its `Retry-After` holds the backend
-off, and when no other backend can take the request the client gets the 429 itself; while every
-backend rests, the pool answers for them with a 429 or 503 and a `Retry-After`.
+usable backend, decide which headers the backend sees and inject the provider credential
+(`sopy.routing.forwarded_headers`), and retry connect failures, header timeouts, 429 and 5xx on
+another backend while nothing has reached the client (see `sopy.routing.retry_policy`). A 429
+is no health failure: its `Retry-After` holds the backend off, and when no other backend can
+take the request the client gets the 429 itself; while every backend rests, the pool answers
+for them with a 429 or 503 and a `Retry-After`.
 
 The answer goes back on the request's own channel as `ResponseStart`, `ResponseChunk`s and
 `ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk by chunk as they
@@ -16,10 +17,11 @@ arrive, whatever their size; other bodies are read whole first, up to `max_respo
 larger one is cut off there and becomes a 502), so one that breaks off is retried like any other
 failure instead of reaching the client truncated. Connect and first-byte timeouts bound the
 wait for the head, the idle timeout every silence between pieces of a body, the total timeout
-the whole exchange. The front's client going away cancels the request's scope, which cancels
-the exchange and closes its upstream connection.
+the whole exchange. The pool keeps each exchange's cancel scope by request id: a
+`CancelForward` from the front (its client went away) cancels it, which closes the upstream
+connection; so does the front closing the reply channel, at the next event sent on it.
 
-`UpstreamPools` owns every pool: it starts a provider's pool, supervised on its own, the first
+`ProviderPools` owns every pool: it starts a provider's pool, supervised on its own, the first
 time a request needs it, and retires pools whose provider has no backend left.
 """
 
@@ -41,8 +43,10 @@ from sopy.errors import (
     UpstreamTimeout,
 )
 from sopy.messages import (
+    CancelForward,
     ConfigSnapshot,
     ForwardRequest,
+    PoolMessage,
     ResponseChunk,
     ResponseEnd,
     ResponseStart,
@@ -57,7 +61,7 @@ from sopy.protocol.client import (
     UpstreamResponse,
 )
 from sopy.routing.backend_health import BackendPicker, CooldownPolicy
-from sopy.routing.forwarded_headers import client_response_headers, is_event_stream
+from sopy.routing.forwarded_headers import is_event_stream, upstream_request_headers
 from sopy.routing.retry_policy import (
     WAIT_BUDGET,
     backoff_delay,
@@ -112,7 +116,7 @@ class UpstreamPool:
     def __init__(
         self,
         provider: str,
-        inbox: trio.MemoryReceiveChannel[ForwardRequest],
+        inbox: trio.MemoryReceiveChannel[PoolMessage],
         settings: Settings,
         feed: ChangeFeed,
         open_transport: OpenTransport = open_connections,
@@ -125,6 +129,7 @@ class UpstreamPool:
         self._inbox = inbox
         self._feed = feed
         self._open_transport = open_transport
+        self._exchanges: dict[str, trio.CancelScope] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         transport = self._open_transport(self.settings)
@@ -137,17 +142,29 @@ class UpstreamPool:
             housekeeping.start_soon(transport.close_unused)
             housekeeping.start_soon(self._forget_removed_backends)
             task_status.started()
-            async for request in self._inbox:
-                requests.start_soon(self._forward, transport, request)
+            async for message in self._inbox:
+                if isinstance(message, CancelForward):
+                    scope = self._exchanges.get(message.request_id)
+                    if scope is not None:
+                        scope.cancel()
+                    continue
+                # Registered before the task starts, so a CancelForward right behind finds it.
+                scope = self._exchanges[message.request_id] = trio.CancelScope()
+                requests.start_soon(self._forward, transport, message, scope)
             housekeeping.cancel_scope.cancel()
         log.info("upstream pool for provider '%s' stopped", self.provider)
 
-    async def _forward(self, transport: UpstreamTransport, request: ForwardRequest) -> None:
+    async def _forward(
+        self, transport: UpstreamTransport, request: ForwardRequest, scope: trio.CancelScope
+    ) -> None:
         with request.reply_to:
             try:
-                await _Exchange(self, transport, request).run()
+                await _Exchange(self, transport, request, scope).run()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("request %s: the client went away", request.request_id)
+            finally:
+                if self._exchanges.get(request.request_id) is scope:
+                    del self._exchanges[request.request_id]
 
     async def _forget_removed_backends(self) -> None:
         """Forever: after each configuration change, drop the health of the backends this
@@ -178,13 +195,19 @@ class _Exchange:
     """One client request's trip through a provider: attempts, retries, then the relay."""
 
     def __init__(
-        self, pool: UpstreamPool, transport: UpstreamTransport, request: ForwardRequest
+        self,
+        pool: UpstreamPool,
+        transport: UpstreamTransport,
+        request: ForwardRequest,
+        scope: trio.CancelScope,
     ) -> None:
         self._pool = pool
         self._settings = pool.settings
         self._picker = pool.picker
         self._transport = transport
         self._request = request
+        self._scope = scope
+        self._headers = upstream_request_headers(request.headers, request.route.credential)
         self._reply = request.reply_to
         self._urls = request.route.urls
         self._tried: list[str] = []
@@ -197,10 +220,10 @@ class _Exchange:
         self._last_outcome: _Answer | SopyError | None = None
 
     async def run(self) -> None:
-        """Run under the request's cancel scope, which the relay cancels if its client leaves
-        and whose deadline is the total timeout."""
+        """Run under the exchange's cancel scope, which a `CancelForward` cancels and whose
+        deadline is the total timeout."""
         total = self._settings.total_timeout
-        with self._request.cancel_scope as budget:
+        with self._scope as budget:
             budget.deadline = trio.current_time() + total
             try:
                 await self._attempt_until_answered()
@@ -268,15 +291,12 @@ class _Exchange:
 
     async def _try(self, backend: str) -> _Answer | SopyError:
         request = self._request
-        headers = list(request.headers)
-        if request.route.credential is not None:
-            headers.append((b"authorization", f"Bearer {request.route.credential}".encode()))
         first_byte = self._settings.first_byte_timeout
         response: UpstreamResponse | None = None
         try:
             with trio.CancelScope(deadline=trio.current_time() + first_byte) as deadline:
                 response = await self._transport.send(
-                    request.method, backend + request.path, headers, request.body
+                    request.method, backend + request.path, self._headers, request.body
                 )
                 if is_event_stream(response.headers):
                     return _Answer(response, None)
@@ -329,7 +349,8 @@ class _Exchange:
         await response.aclose()
         return UpstreamResponseTooLarge(
             f"{self._where(backend)} sent a response body larger than the {limit}-byte limit; "
-            "ask for less per request, or raise --max-response-bytes (SOPY_MAX_RESPONSE_BYTES)"
+            "ask for less per request, or raise --max-response-bytes (SOPY_MAX_RESPONSE_BYTES)",
+            limit=limit,
         )
 
     def _record(self, outcome: _Answer | SopyError, backend: str) -> bool:
@@ -387,7 +408,7 @@ class _Exchange:
                 self._reply,
                 ResponseStart(
                     response.status,
-                    client_response_headers(response.headers),
+                    tuple(response.headers),
                     backend,
                     self._attempts,
                     retryable=is_retryable_status(response.status),
@@ -459,14 +480,16 @@ def _declared_length(response: UpstreamResponse) -> int:
     return int(declared)
 
 
-class UpstreamPools:
+class ProviderPools:
+    """The manager of every provider's `UpstreamPool`; `inbox_for` is all the front needs."""
+
     def __init__(
         self, feed: ChangeFeed, settings: Settings, open_transport: OpenTransport = open_connections
     ) -> None:
         self._feed = feed
         self._settings = settings
         self._open_transport = open_transport
-        self._inboxes: dict[str, trio.MemorySendChannel[ForwardRequest]] = {}
+        self._inboxes: dict[str, trio.MemorySendChannel[PoolMessage]] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -479,14 +502,14 @@ class UpstreamPools:
                 self._nursery = None
                 self._inboxes.clear()
 
-    def inbox_for(self, provider: str) -> trio.MemorySendChannel[ForwardRequest]:
+    def inbox_for(self, provider: str) -> trio.MemorySendChannel[PoolMessage]:
         """The provider's pool inbox, starting its pool if this is its first request."""
         inbox = self._inboxes.get(provider)
         if inbox is not None:
             return inbox
         if self._nursery is None:
             raise NoBackendAvailable("the upstream pools are restarting; retry in a moment")
-        inbox, pool_inbox = trio.open_memory_channel[ForwardRequest](POOL_INBOX_SIZE)
+        inbox, pool_inbox = trio.open_memory_channel[PoolMessage](POOL_INBOX_SIZE)
         pool = UpstreamPool(provider, pool_inbox, self._settings, self._feed, self._open_transport)
         self._nursery.start_soon(supervise, f"upstream pool {provider}", pool.run)
         self._inboxes[provider] = inbox

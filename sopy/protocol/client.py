@@ -26,6 +26,9 @@ from sopy.protocol.headers import first_value
 
 _RECEIVE_SIZE = 65536
 _UNSAFE = re.compile(rb"[\x00\r\n]")
+# A body this small rides in the head's write; a larger one is sent from where it lies, as a copy
+# of a multi-MiB body would double what each request in flight holds.
+_COPY_BODIES_BELOW = 64 * 1024
 
 
 class UpstreamConnectError(Exception):
@@ -274,13 +277,16 @@ class UpstreamConnections:
             await connection.close()
         return None
 
-    async def _exchange(self, connection: _Connection, request: bytes) -> UpstreamResponse:
+    async def _exchange(
+        self, connection: _Connection, request: tuple[bytes, ...]
+    ) -> UpstreamResponse:
         events = connection.events
         events.next_response()
         connection.received_any = False
         try:
             try:
-                await connection.stream.send_all(request)
+                for piece in request:
+                    await connection.stream.send_all(piece)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise UpstreamBrokeOff(f"the connection failed: {exc}") from exc
             while not events.head_done:
@@ -323,16 +329,18 @@ class UpstreamConnections:
 
 def _request_bytes(
     method: str, target: str, origin: Origin, headers: list[tuple[bytes, bytes]], body: bytes
-) -> bytes:
-    """The whole request: head, Content-Length framing and body."""
+) -> tuple[bytes, ...]:
+    """The whole request in the pieces to write: head with Content-Length framing, and body."""
     lines = [f"{method} {target} HTTP/1.1\r\nhost: ".encode(), origin.host_header, b"\r\n"]
     for name, value in headers:
         if _UNSAFE.search(name) or _UNSAFE.search(value):
             raise UpstreamRequestRefused(f"header {name!r} holds a control character")
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"content-length: %d\r\n\r\n" % len(body))
+    if len(body) >= _COPY_BODIES_BELOW:
+        return b"".join(lines), body
     lines.append(body)
-    return b"".join(lines)
+    return (b"".join(lines),)
 
 
 def _split(url: str) -> tuple[Origin, str]:

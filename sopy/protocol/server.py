@@ -334,7 +334,8 @@ class HttpServer:
         try:
             await self.handler(exchange)
         except Exception:
-            log.exception("unexpected error serving %s %s", exchange.method, exchange.path)
+            # The path is the client's (percent-decoded): escaped and capped, like every such value.
+            log.exception("unexpected error serving %s %.200r", exchange.method, exchange.path)
             if exchange.response_started:
                 return False
             await _answer_error(

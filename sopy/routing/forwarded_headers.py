@@ -1,7 +1,9 @@
-"""Which HTTP headers cross the gateway, in each direction.
+"""Which HTTP headers cross the gateway, in each direction. Each side applies the rule for its
+own peer: the upstream pool calls `upstream_request_headers` (what the backend sees), the HTTP
+front's relay calls `client_response_headers` (what the client sees).
 
 Client → upstream: everything but hop-by-hop headers, the client's own credentials and headers
-that the upstream connection sets itself; the provider credential is added by the pool.
+that the upstream connection sets itself; then the provider credential.
 Upstream → client: everything but hop-by-hop headers and those the HTTP server sets itself (`date`,
 `server`); `content-length` is dropped so a body that breaks off can never look complete.
 """
@@ -40,8 +42,10 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
 _NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
 
 
-def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> Headers:
-    """Headers to send upstream, before the pool adds the provider's credential.
+def upstream_request_headers(
+    client_headers: Sequence[tuple[bytes, bytes]], credential: str | None
+) -> list[tuple[bytes, bytes]]:
+    """Headers to send upstream: the client's that may cross, then the provider's credential.
 
     The client's accept-encoding is passed on as is (or `identity`), because the body is relayed
     byte for byte: the client must be able to decode whatever the upstream chose.
@@ -49,15 +53,18 @@ def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> H
     kept = [(name, value) for name, value in client_headers if name not in _NOT_FORWARDED]
     encoding = first_value(client_headers, b"accept-encoding")
     kept.append((b"accept-encoding", b"identity" if encoding is None else encoding))
-    return tuple(kept)
+    if credential is not None:
+        kept.append((b"authorization", f"Bearer {credential}".encode()))
+    return kept
 
 
-def client_response_headers(upstream_headers: list[tuple[bytes, bytes]]) -> Headers:
-    return tuple(
+def client_response_headers(upstream_headers: Headers) -> list[tuple[bytes, bytes]]:
+    """The backend's response headers that the client may see (names in lower case)."""
+    return [
         (name.lower(), value)
         for name, value in upstream_headers
         if name.lower() not in _NOT_RELAYED
-    )
+    ]
 
 
 def is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:

@@ -2,7 +2,7 @@
 with its traceback, waits a growing delay (`RestartBackoff`) and starts it again. An actor that
 fails before it ever started is not retried: the error reaches whoever started it.
 
-The supervisor (`sopy.supervisor`) runs every top-level actor this way; `UpstreamPools` runs each
+The supervisor (`sopy.supervisor`) runs every top-level actor this way; `ProviderPools` runs each
 provider's pool this way, so one pool's crash costs only that pool's in-flight requests.
 """
 
