@@ -6,7 +6,6 @@ REST requests become the same `AdminCommand`s as the JSON-lines protocol (throug
 HTTP status: 201 for a creation, the error's status (400, 404, 405, 409, 413, 500) otherwise.
 """
 
-import logging
 import urllib.parse
 from http import HTTPStatus
 from typing import Any
@@ -30,8 +29,6 @@ from sopy.messages import (
 from sopy.protocol.replay_stream import ReplayStream
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.config_requests import ask_config_store
-
-log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -214,7 +211,4 @@ async def _respond(
     data = connection.send(response)
     data += connection.send(h11.Data(data=body))
     data += connection.send(h11.EndOfMessage())
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        log.debug("admin HTTP client went away before its reply")
+    await stream.send_all(data)
