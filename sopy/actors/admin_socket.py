@@ -23,13 +23,9 @@ import trio
 import trio_websocket
 
 from sopy.admin.http_transport import AdminHttp
+from sopy.codec import admin_reply_json, parse_admin_command
 from sopy.errors import InvalidJson, PayloadTooLarge, SopyError, innermost
-from sopy.messages import (
-    CommandFailed,
-    ConfigRequest,
-    admin_reply_json,
-    parse_admin_command,
-)
+from sopy.messages import CommandFailed, ConfigRequest
 from sopy.protocol.line_reader import LineReader
 from sopy.protocol.replay_stream import ReplayStream
 from sopy.runtime.change_feed import ChangeFeed

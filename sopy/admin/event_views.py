@@ -7,7 +7,8 @@ Used by the admin socket's event stream and understood by `sopy events`.
 from typing import Any
 
 from sopy import keys
-from sopy.messages import ConfigEvent, ConfigSnapshot, converter
+from sopy.codec import converter
+from sopy.messages import ConfigEvent, ConfigSnapshot
 
 
 def snapshot_message(version: int, at: float, snapshot: ConfigSnapshot) -> dict[str, Any]:

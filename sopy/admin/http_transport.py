@@ -18,14 +18,9 @@ import trio_websocket
 from sopy.admin.command_text import field_value
 from sopy.admin.event_stream import stream_changes
 from sopy.admin.routes import AdminRoute, match_admin_route
+from sopy.codec import admin_reply_json, parse_admin_command
 from sopy.errors import InvalidField, InvalidJson, InvalidRequest, PayloadTooLarge, SopyError
-from sopy.messages import (
-    CommandFailed,
-    CommandSucceeded,
-    ConfigRequest,
-    admin_reply_json,
-    parse_admin_command,
-)
+from sopy.messages import CommandFailed, CommandSucceeded, ConfigRequest
 from sopy.protocol.replay_stream import ReplayStream
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.config_requests import ask_config_store

@@ -19,6 +19,7 @@ import attrs
 import orjson
 
 from sopy import keys
+from sopy.codec import config_event_json, parse_config_event
 from sopy.config import secret_box
 from sopy.config.secret_box import SecretBox
 from sopy.errors import Conflict, NotFound, StartupError
@@ -67,8 +68,6 @@ from sopy.messages import (
     UserApiKeyRecord,
     UserApiKeyRemoved,
     UserApiKeyView,
-    config_event_json,
-    parse_config_event,
 )
 
 JOURNAL_LENGTH = 10_000
