@@ -69,6 +69,7 @@ from sopy.messages import (
     UserApiKeyRemoved,
     UserApiKeyView,
 )
+from sopy.provider_backends import group_by_provider
 
 JOURNAL_LENGTH = 10_000
 
@@ -416,14 +417,8 @@ class ConfigDatabase:
         return self._stored_backends(provider), BackendRemoved(provider, url)
 
     def _all_provider_backends(self) -> tuple[ProviderBackends, ...]:
-        grouped: dict[str, list[tuple[str, int]]] = {}
-        for provider, url, weight in self._rows(
-            "SELECT provider, url, weight FROM backends ORDER BY id"
-        ):
-            grouped.setdefault(provider, []).append((url, weight))
-        return tuple(
-            _provider_backends(provider, rows) for provider, rows in sorted(grouped.items())
-        )
+        rows = self._rows("SELECT provider, url, weight FROM backends ORDER BY id")
+        return group_by_provider(Backend(*row) for row in rows)
 
     def _backends_of(self, provider: str) -> ProviderBackends:
         backends = self._stored_backends(provider)
