@@ -36,12 +36,13 @@ log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1024 * 1024
 _SNIFF_SIZE = 4096
-# What a client can do to its own connection: vanish (reset, broken pipe, closed) or break the
-# protocol below our own parsing (a bad websocket handshake or frame). Anything else is a bug.
+# What a client can do to its own connection: vanish (reset, broken pipe, closed) or break a
+# protocol where no reply can answer it (a bad websocket handshake or frame). Anything else is a
+# bug of ours, logged with its traceback.
 _CLIENT_FAILURES = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
-    h11.ProtocolError,
+    h11.RemoteProtocolError,
     trio_websocket.ConnectionClosed,
     trio_websocket.HandshakeError,
 )
