@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from sopy.boolean_text import NotABoolean, parse_boolean
 from sopy.errors import StartupError
 
 BALANCE_STRATEGIES = ("least_in_flight", "round_robin")
@@ -150,8 +151,6 @@ class Settings:
 ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     field.name: f"SOPY_{field.name.upper()}" for field in attrs.fields(Settings)
 }
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -200,9 +199,7 @@ def _number(kind: type, metadata: Mapping[str, Any], value: Any, source: str) ->
 def _boolean(value: Any, source: str) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise StartupError(f"{source} must be true or false (got {value!r})")
+    try:
+        return parse_boolean(str(value), source)
+    except NotABoolean as exc:
+        raise StartupError(str(exc)) from None

@@ -8,24 +8,24 @@ connection's first bytes.
   `/admin/events` websocket, both in `sopy.admin.http_transport`.
 
 This module only translates: lines become `AdminCommand`s for the config actor
-(`ask_config_store`), replies become lines.
+(`ask_config_store`), replies become lines. It also owns the boundary around each connection:
+whatever goes wrong on one connection (a reset, a broken pipe, a protocol error, a bug) ends that
+connection alone and is logged once, so one client can never take the admin plane down.
 """
 
 import logging
 from pathlib import Path
 from typing import Any
 
+import h11
 import orjson
 import trio
+import trio_websocket
 
 from sopy.admin.http_transport import AdminHttp
-from sopy.errors import InvalidJson, PayloadTooLarge, SopyError
-from sopy.messages import (
-    CommandFailed,
-    ConfigRequest,
-    admin_reply_json,
-    parse_admin_command,
-)
+from sopy.codec import admin_reply_json, parse_admin_command
+from sopy.errors import InvalidJson, PayloadTooLarge, SopyError, innermost
+from sopy.messages import CommandFailed, ConfigRequest
 from sopy.protocol.line_reader import LineReader
 from sopy.protocol.replay_stream import ReplayStream
 from sopy.runtime.change_feed import ChangeFeed
@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1024 * 1024
 _SNIFF_SIZE = 4096
+# What a client can do to its own connection: vanish (reset, broken pipe, closed) or break a
+# protocol where no reply can answer it (a bad websocket handshake or frame). Anything else is a
+# bug of ours, logged with its traceback.
+_CLIENT_FAILURES = (
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    h11.RemoteProtocolError,
+    trio_websocket.ConnectionClosed,
+    trio_websocket.HandshakeError,
+)
 
 
 class AdminSocket:
@@ -57,6 +67,21 @@ class AdminSocket:
             task_status.started(self._path)
 
     async def _serve_connection(self, socket_stream: trio.SocketStream) -> None:
+        """Serve one client. Nothing raised here may escape: `trio.serve_listeners` would let it
+        crash the actor, cutting every other connection and event subscriber and taking the
+        socket file away until the supervisor restarts it."""
+        try:
+            await self._converse(socket_stream)
+        except* _CLIENT_FAILURES as failure:
+            cause = innermost(failure)
+            log.info("an admin connection ended early: %s: %s", type(cause).__name__, cause)
+        except* Exception as failure:
+            log.error(
+                "admin connection failed; closed it, other connections are unaffected",
+                exc_info=innermost(failure),
+            )
+
+    async def _converse(self, socket_stream: trio.SocketStream) -> None:
         async with socket_stream:
             stream = ReplayStream(socket_stream)
             first = await _first_bytes(stream)
@@ -74,10 +99,7 @@ class AdminSocket:
             if isinstance(line, bytes) and not line.strip():
                 continue
             reply = await self._answer(line) if isinstance(line, bytes) else _too_long()
-            try:
-                await stream.send_all(orjson.dumps(reply) + b"\n")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+            await stream.send_all(orjson.dumps(reply) + b"\n")
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
@@ -98,10 +120,7 @@ async def _first_bytes(stream: ReplayStream) -> bytes:
     """Read until the first non-blank byte, which says which protocol the client speaks."""
     received = b""
     while not received.strip():
-        try:
-            chunk = await stream.receive_some(_SNIFF_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
+        chunk = await stream.receive_some(_SNIFF_SIZE)
         if not chunk:
             return b""
         received += chunk

@@ -1,17 +1,16 @@
 """Admin command fields given as text (CLI flags, URL path segments, query strings), turned into
 the JSON value the command's field expects. Used by `sopy admin` and the admin REST routes; the
-command itself is still validated by `parse_admin_command`."""
+command itself is still validated by `parse_admin_command`. Booleans are read by
+`sopy.boolean_text`, the same parser as the settings'."""
 
 import typing
 from typing import Any
 
 import attrs
 
+from sopy.boolean_text import NotABoolean, parse_boolean
 from sopy.errors import InvalidField
 from sopy.messages import AdminCommand
-
-_TRUE = ("true", "1", "yes")
-_FALSE = ("false", "0", "no")
 
 
 def field_value(command: type[AdminCommand] | None, field: str, text: str) -> Any:
@@ -20,11 +19,10 @@ def field_value(command: type[AdminCommand] | None, field: str, text: str) -> An
     fields = _fields_of(command)
     field_type: Any = fields[field].type if field in fields else str
     if field_type is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise InvalidField(f"field '{field}' takes true or false (got {text!r})", param=field)
+        try:
+            return parse_boolean(text, f"field '{field}'")
+        except NotABoolean as exc:
+            raise InvalidField(str(exc), param=field) from None
     if field_type == tuple[str, ...]:
         return [item.strip() for item in text.split(",") if item.strip()]
     if field_type is int or int in typing.get_args(field_type):

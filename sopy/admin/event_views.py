@@ -7,7 +7,9 @@ Used by the admin socket's event stream and understood by `sopy events`.
 from typing import Any
 
 from sopy import keys
-from sopy.messages import ConfigEvent, ConfigSnapshot, converter
+from sopy.codec import converter
+from sopy.messages import ConfigEvent, ConfigSnapshot
+from sopy.provider_backends import group_by_provider
 
 
 def snapshot_message(version: int, at: float, snapshot: ConfigSnapshot) -> dict[str, Any]:
@@ -26,9 +28,6 @@ def event_message(version: int, at: float, change: ConfigEvent) -> dict[str, Any
 
 
 def masked(snapshot: ConfigSnapshot) -> dict[str, Any]:
-    urls: dict[str, list[str]] = {}
-    for backend in snapshot.backends:
-        urls.setdefault(backend.provider, []).append(backend.url)
     return {
         "admin_auth": [
             {"name": c.provider, "credentials": keys.mask_credential(c.credential)}
@@ -44,6 +43,9 @@ def masked(snapshot: ConfigSnapshot) -> dict[str, Any]:
             }
             for k in snapshot.user_api_keys
         ],
-        "backends": [{"provider": p, "urls": u} for p, u in sorted(urls.items())],
+        "backends": [
+            {"provider": group.provider, "urls": list(group.urls)}
+            for group in group_by_provider(snapshot.backends)
+        ],
         "model_mappings": converter.unstructure(snapshot.model_mappings),
     }

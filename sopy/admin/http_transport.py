@@ -6,7 +6,6 @@ REST requests become the same `AdminCommand`s as the JSON-lines protocol (throug
 HTTP status: 201 for a creation, the error's status (400, 404, 405, 409, 413, 500) otherwise.
 """
 
-import logging
 import urllib.parse
 from http import HTTPStatus
 from typing import Any
@@ -19,19 +18,12 @@ import trio_websocket
 from sopy.admin.command_text import field_value
 from sopy.admin.event_stream import stream_changes
 from sopy.admin.routes import AdminRoute, match_admin_route
+from sopy.codec import admin_reply_json, parse_admin_command
 from sopy.errors import InvalidField, InvalidJson, InvalidRequest, PayloadTooLarge, SopyError
-from sopy.messages import (
-    CommandFailed,
-    CommandSucceeded,
-    ConfigRequest,
-    admin_reply_json,
-    parse_admin_command,
-)
+from sopy.messages import CommandFailed, CommandSucceeded, ConfigRequest
 from sopy.protocol.replay_stream import ReplayStream
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.config_requests import ask_config_store
-
-log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -214,7 +206,4 @@ async def _respond(
     data = connection.send(response)
     data += connection.send(h11.Data(data=body))
     data += connection.send(h11.EndOfMessage())
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        log.debug("admin HTTP client went away before its reply")
+    await stream.send_all(data)

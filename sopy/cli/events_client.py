@@ -9,7 +9,7 @@ import orjson
 import trio
 import trio_websocket
 
-from sopy.cli.admin_client import AdminUnreachable
+from sopy.cli.admin_client import connect_admin_socket
 
 EVENTS_RESOURCE = "/admin/events"
 
@@ -17,14 +17,12 @@ EVENTS_RESOURCE = "/admin/events"
 async def follow_events(
     socket_path: Path, since: int | None, *, raw: bool, out: TextIO = sys.stdout
 ) -> int:
-    """Print every message until the server closes the stream; returns the exit code."""
-    try:
-        stream = await trio.open_unix_socket(str(socket_path))
-    except OSError as exc:
-        raise AdminUnreachable(
-            f"cannot reach the admin socket at {socket_path} ({exc.strerror}): is `sopy serve` "
-            "running here? Pass --admin-socket or set SOPY_ADMIN_SOCKET to its path."
-        ) from exc
+    """Print every message until the server closes the stream; returns the exit code. Raises
+    AdminUnreachable when the admin socket cannot be reached."""
+    # Not trio.open_unix_socket: when the server's connection queue is full, it returns a
+    # stream that was never connected instead of an error.
+    connected = await trio.to_thread.run_sync(connect_admin_socket, socket_path)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(connected))
     resource = EVENTS_RESOURCE if since is None else f"{EVENTS_RESOURCE}?since={since}"
     async with trio.open_nursery() as nursery:
         try:

@@ -17,6 +17,7 @@ import orjson
 import trio
 
 from sopy.admin.command_text import field_value, is_flag
+from sopy.boolean_text import is_boolean
 from sopy.cli import admin_output
 from sopy.cli.admin_client import AdminUnreachable, send_admin_command
 from sopy.cli.background import start_in_background
@@ -199,9 +200,7 @@ def command_payload(command: str, tokens: Sequence[str]) -> dict[str, Any]:
         position += 1
         if has_inline:
             text = inline
-        elif is_flag(cls, key) and (
-            position >= len(tokens) or tokens[position].lower() not in ("true", "false")
-        ):
+        elif is_flag(cls, key) and (position >= len(tokens) or not is_boolean(tokens[position])):
             text = "true"
         elif position < len(tokens):
             text = tokens[position]

@@ -19,6 +19,7 @@ import attrs
 import orjson
 
 from sopy import keys
+from sopy.codec import config_event_json, parse_config_event
 from sopy.config import secret_box
 from sopy.config.secret_box import SecretBox
 from sopy.errors import Conflict, NotFound, StartupError
@@ -67,9 +68,8 @@ from sopy.messages import (
     UserApiKeyRecord,
     UserApiKeyRemoved,
     UserApiKeyView,
-    config_event_json,
-    parse_config_event,
 )
+from sopy.provider_backends import group_by_provider
 
 JOURNAL_LENGTH = 10_000
 
@@ -417,14 +417,8 @@ class ConfigDatabase:
         return self._stored_backends(provider), BackendRemoved(provider, url)
 
     def _all_provider_backends(self) -> tuple[ProviderBackends, ...]:
-        grouped: dict[str, list[tuple[str, int]]] = {}
-        for provider, url, weight in self._rows(
-            "SELECT provider, url, weight FROM backends ORDER BY id"
-        ):
-            grouped.setdefault(provider, []).append((url, weight))
-        return tuple(
-            _provider_backends(provider, rows) for provider, rows in sorted(grouped.items())
-        )
+        rows = self._rows("SELECT provider, url, weight FROM backends ORDER BY id")
+        return group_by_provider(Backend(*row) for row in rows)
 
     def _backends_of(self, provider: str) -> ProviderBackends:
         backends = self._stored_backends(provider)

@@ -11,7 +11,11 @@ import orjson
 
 from sopy import keys
 from sopy.errors import AuthenticationFailed, ModelNotFound, NoBackendAvailable
-from sopy.messages import ConfigSnapshot, ProviderRoute
+from sopy.messages import ConfigSnapshot, ProviderBackends, ProviderRoute
+from sopy.provider_backends import group_by_provider
+
+# A provider known only by its credential or a mapping routes to no backend.
+_NO_BACKENDS = ProviderBackends("", (), ())
 
 
 @attrs.frozen
@@ -25,9 +29,7 @@ class RouteTable:
 
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
-        backends: dict[str, list[tuple[str, int]]] = {}
-        for backend in snapshot.backends:
-            backends.setdefault(backend.provider, []).append((backend.url, backend.weight))
+        backends = {group.provider: group for group in group_by_provider(snapshot.backends)}
         credentials = {c.provider: c.credential for c in snapshot.credentials}
         chains = {m.model_name: (m.provider, *m.fallbacks) for m in snapshot.model_mappings}
         providers = set(backends) | set(credentials) | {p for c in chains.values() for p in c}
@@ -41,8 +43,8 @@ class RouteTable:
             routes={
                 provider: ProviderRoute(
                     provider,
-                    tuple(url for url, _ in backends.get(provider, ())),
-                    tuple(weight for _, weight in backends.get(provider, ())),
+                    backends.get(provider, _NO_BACKENDS).urls,
+                    backends.get(provider, _NO_BACKENDS).weights,
                     credentials.get(provider),
                 )
                 for provider in providers

@@ -19,7 +19,10 @@ from sopy.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-_BACKLOG = 128
+# As many waiting connections as the system allows (the kernel caps this at
+# net.core.somaxconn; 65535 is trio's choice of "the maximum" too): at 128, a burst of
+# `sopy admin` calls saw EAGAIN.
+_BACKLOG = 0xFFFF
 
 
 @contextlib.asynccontextmanager
