@@ -19,6 +19,7 @@ from sopy.actors.upstream_pool import UpstreamPools
 from sopy.docs.openapi import openapi_json
 from sopy.docs.page import docs_response
 from sopy.errors import (
+    InternalError,
     InvalidJson,
     InvalidRequest,
     MethodNotAllowed,
@@ -32,14 +33,14 @@ from sopy.errors import (
     innermost,
 )
 from sopy.messages import ConfigChanged
-from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, MalformedBody, ServerLimits
+from sopy.protocol.errors import ProtocolError
+from sopy.protocol.events import Header
+from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
 from sopy.routing.route_table import RouteTable
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MAX_HEADER_BYTES = 32 * 1024
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
@@ -82,10 +83,8 @@ class HttpFront:
 
     async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
         settings = self._settings
-        limits = ServerLimits(
-            settings.header_timeout, MAX_HEADER_BYTES, settings.drain_timeout, settings.send_timeout
-        )
-        server = HttpServer(self._serve_request, limits)
+        timeouts = settings.header_timeout, settings.drain_timeout, settings.send_timeout
+        server = HttpServer(self._serve_request, ServerLimits(*timeouts), _render_error)
         async with trio.open_nursery() as nursery:
             try:
                 url: str = await nursery.start(
@@ -104,7 +103,8 @@ class HttpFront:
     async def _serve_request(self, exchange: HttpExchange) -> None:
         request_id = os.urandom(8).hex().encode()
         try:
-            handler = self._handler_for(exchange.method, exchange.path)
+            # Matched as sent: `/v1/chat%2Fcompletions` is not `/v1/chat/completions`.
+            handler = self._handler_for(exchange.method, exchange.raw_path)
             try:
                 self._request_slots.acquire_nowait()
             except trio.WouldBlock:
@@ -205,6 +205,12 @@ class HttpFront:
             log_access(request)
 
 
+def _render_error(status: int, message: str) -> tuple[list[Header], bytes]:
+    """The OpenAI-shaped answer to a request the HTTP server refused by itself."""
+    error = InternalError(message) if status == 500 else InvalidRequest(message)
+    return [(b"content-type", b"application/json")], orjson.dumps(error.openai_body())
+
+
 def _requested_model(body: bytes) -> str:
     try:
         payload = orjson.loads(body)
@@ -240,7 +246,7 @@ async def _read_body(exchange: HttpExchange, settings: Settings) -> bytes:
         while True:
             try:
                 chunk = await exchange.read_body_chunk()
-            except MalformedBody as exc:
+            except ProtocolError as exc:
                 raise InvalidRequest(f"The request body is malformed: {exc}.") from None
             if chunk is None:
                 return b"".join(chunks)

@@ -9,3 +9,14 @@ def first_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | 
         if key == name:
             return value
     return None
+
+
+def connection_options(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names a message's `Connection` headers list (lower case): hop-by-hop
+    headers of that one connection, never forwarded (RFC 9110 7.6.1)."""
+    options: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            options.update(token.strip().lower() for token in value.split(b","))
+    options.discard(b"")
+    return frozenset(options)

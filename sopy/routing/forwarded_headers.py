@@ -4,12 +4,13 @@ Client → upstream: everything but hop-by-hop headers, the client's own credent
 that the upstream connection sets itself; the provider credential is added by the pool.
 Upstream → client: everything but hop-by-hop headers and those the HTTP server sets itself (`date`,
 `server`); `content-length` is dropped so a body that breaks off can never look complete.
+Hop-by-hop are the fixed ones below and, both ways, those the message's `Connection` lists.
 """
 
 from collections.abc import Iterable, Sequence
 
 from sopy.messages import Headers
-from sopy.protocol.headers import first_value
+from sopy.protocol.headers import connection_options, first_value
 
 _HOP_BY_HOP = frozenset(
     {
@@ -46,17 +47,24 @@ def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> H
     The client's accept-encoding is passed on as is (or `identity`), because the body is relayed
     byte for byte: the client must be able to decode whatever the upstream chose.
     """
-    kept = [(name, value) for name, value in client_headers if name not in _NOT_FORWARDED]
+    listed = connection_options(client_headers)
+    kept = [
+        (name, value)
+        for name, value in client_headers
+        if name not in _NOT_FORWARDED and name not in listed
+    ]
     encoding = first_value(client_headers, b"accept-encoding")
     kept.append((b"accept-encoding", b"identity" if encoding is None else encoding))
     return tuple(kept)
 
 
-def client_response_headers(upstream_headers: list[tuple[bytes, bytes]]) -> Headers:
+def client_response_headers(upstream_headers: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """Headers to relay to the client (names are lower case, as parsed)."""
+    listed = connection_options(upstream_headers)
     return tuple(
-        (name.lower(), value)
+        (name, value)
         for name, value in upstream_headers
-        if name.lower() not in _NOT_RELAYED
+        if name not in _NOT_RELAYED and name not in listed
     )
 
 

@@ -1,0 +1,297 @@
+"""Sans-IO HTTP/1.1 parsing for both directions: `RequestParser` for the public server,
+`ResponseParser` for the upstream client. Bytes go in with `feed`; immutable events
+(`sopy.protocol.events`) come out, in order, on `events`; bytes that break HTTP/1.1 or a size
+limit raise `ProtocolError` carrying the status to answer with. Events queued before the error
+stay valid (the requests before a malformed one can still be answered).
+
+Both parsers are one shape over llhttp (httptools, strict mode, ~3 us a message where h11 takes
+~50 us, see bench/README.md) with Sopy's rules on top, the same in both directions: a bound on
+the head's size and on its number of header fields, header values without surrounding
+whitespace, only HTTP/1.0 and 1.1. Requests additionally need exactly one Host (HTTP/1.1) and
+take no Transfer-Encoding but exactly `chunked` (none on HTTP/1.0). tests/test_http_h11_oracle.py
+checks every accept/refuse decision and parsed message against h11, and lists the differences.
+"""
+
+from collections import deque
+from typing import NoReturn
+
+import attrs
+import httptools
+
+from sopy.protocol.errors import ProtocolError
+from sopy.protocol.events import END_OF_MESSAGE, Data, Event, Header, Request, Response
+
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_OWS = b" \t"
+
+
+@attrs.frozen
+class HeadLimits:
+    """How large a message head may be, in bytes and in header fields."""
+
+    max_bytes: int = 32 * 1024
+    max_fields: int = 100
+
+
+class _MessageParser:
+    """What requests and responses share: the event queue, head accounting and limits, header
+    collection. Subclasses make the llhttp parser and build the head event."""
+
+    _what = "message"
+
+    _parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+
+    def __init__(self, limits: HeadLimits) -> None:
+        self.events: deque[Event] = deque()
+        self.messages_ended = 0
+        self.in_message = False
+        self._limits = limits
+        self._headers: list[Header] = []
+        self._head_bytes = 0  # of the current head, as llhttp hands over its parts
+        self._head_fed = 0  # bytes fed while the current head was already incomplete
+        self._in_head = False
+        self._failure: ProtocolError | None = None
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Parse `data`, queueing the events it completes; raise `ProtocolError` if it breaks
+        HTTP/1.1 or a limit (and again on every later call: the stream cannot be resynced)."""
+        if self._failure is not None:
+            raise self._failure
+        head_under_way = self._in_head
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._on_upgrade(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            message = f"malformed HTTP {self._what}: {exc}; send valid HTTP/1.1"
+            malformed = ProtocolError(self._status(400), message)
+            self._fail(self._failure or malformed)
+        if self._in_head and head_under_way:
+            # llhttp buffers the part of a head that has not ended yet; this bounds it.
+            self._head_fed += len(data)
+            if self._head_fed > self._limits.max_bytes:
+                self._fail(self._head_too_large())
+
+    def _fail(self, failure: ProtocolError) -> NoReturn:
+        self._failure = failure
+        raise failure
+
+    def _refuse(self, status: int, message: str) -> NoReturn:
+        """Refuse the message from inside an llhttp callback: llhttp stops, `feed` reports it.
+        `status` is the answer to a request."""
+        self._failure = ProtocolError(self._status(status), message)
+        raise self._failure
+
+    def _status(self, request_status: int) -> int:
+        """The status to answer with, given what the answer to a request would be."""
+        return request_status
+
+    def _on_upgrade(self, rest: bytes | bytearray) -> None:
+        raise NotImplementedError
+
+    def _head_too_large(self) -> ProtocolError:
+        message = (
+            f"the {self._what} head is larger than {self._limits.max_bytes} bytes; "
+            "send fewer or smaller headers"
+        )
+        return ProtocolError(self._status(431), message)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._limits.max_bytes:
+            self._failure = self._head_too_large()
+            raise self._failure
+
+    # llhttp's callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_message = self._in_head = True
+        self._headers = []
+        self._head_bytes = self._head_fed = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # chunked trailers: read and dropped
+        headers = self._headers
+        headers.append((name.lower(), value.rstrip(_OWS)))
+        self._count_head(len(name) + len(value) + 4)
+        if len(headers) > self._limits.max_fields:
+            self._refuse(
+                431,
+                f"the {self._what} has more than {self._limits.max_fields} header fields; "
+                "send fewer",
+            )
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self.messages_ended += 1
+        self.events.append(END_OF_MESSAGE)
+
+    def _http_version(self) -> bytes:
+        version = self._parser.get_http_version()
+        known = _VERSIONS.get(version)
+        if known is None:
+            self._refuse(505, f"HTTP/{version} is not supported here; speak HTTP/1.1")
+        return known
+
+
+class RequestParser(_MessageParser):
+    """Requests as a server reads them; pipelined requests queue up in order. A request asking
+    for a protocol upgrade (or CONNECT) is kept in HTTP/1.1: its Content-Length body is read,
+    `keep_alive` is False, and bytes after it are ignored."""
+
+    _what = "request"
+
+    def __init__(self, limits: HeadLimits) -> None:
+        super().__init__(limits)
+        self._target = b""
+        self._hosts = 0
+        self._transfer_encodings: list[bytes] = []
+        self._upgrading = False
+        self._upgrade_body_left = -1  # >= 0 once upgraded: body bytes still to come
+        self._parser = self._requests = httptools.HttpRequestParser(self)
+
+    def feed(self, data: bytes | bytearray) -> None:
+        if self._upgrade_body_left >= 0:
+            self._feed_upgrade_body(data)
+        else:
+            super().feed(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._target = b""
+        self._hosts = 0
+        self._transfer_encodings = []
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if self._in_head:
+            name = self._headers[-1][0]
+            if name == b"host":
+                self._hosts += 1
+            elif name == b"transfer-encoding":
+                self._transfer_encodings.append(self._headers[-1][1])
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._requests
+        version = self._http_version()
+        self._upgrading = parser.should_upgrade()
+        if self._hosts > 1:
+            self._refuse(400, f"the request has {self._hosts} Host headers; send exactly one")
+        if self._hosts == 0 and version == b"1.1":
+            self._refuse(400, "an HTTP/1.1 request needs a Host header")
+        if self._transfer_encodings:
+            self._check_transfer_encoding(version)
+        headers = tuple(self._headers)
+        expects_continue = version == b"1.1" and any(
+            name == b"expect" and value.lower() == b"100-continue" for name, value in headers
+        )
+        self.events.append(
+            Request(
+                parser.get_method(),
+                self._target,
+                headers,
+                version,
+                version == b"1.1" and parser.should_keep_alive() and not self._upgrading,
+                expects_continue,
+            )
+        )
+
+    def _check_transfer_encoding(self, version: bytes) -> None:
+        if version == b"1.0":
+            self._refuse(
+                400, "HTTP/1.0 has no Transfer-Encoding; send the body with Content-Length"
+            )
+        if self._upgrading:
+            self._refuse(400, "a chunked body cannot come with an Upgrade header")
+        codings = self._transfer_encodings
+        if len(codings) != 1 or codings[0].lower() != b"chunked":
+            self._refuse(
+                501, "only 'Transfer-Encoding: chunked' is supported; or send Content-Length"
+            )
+
+    def on_message_complete(self) -> None:
+        if not self._upgrading:  # an upgrade's body follows the head as raw bytes
+            super().on_message_complete()
+
+    def _on_upgrade(self, rest: bytes | bytearray) -> None:
+        request = self.events[-1]
+        assert isinstance(request, Request), "llhttp upgrades right after a whole head"
+        length = _first(request.headers, b"content-length") or b"0"
+        self._upgrade_body_left = int(length) if length.isdigit() else 0
+        if self._upgrade_body_left == 0:
+            super().on_message_complete()
+        self._feed_upgrade_body(rest)
+
+    def _feed_upgrade_body(self, data: bytes | bytearray) -> None:
+        left = self._upgrade_body_left
+        if left <= 0 or not data:
+            return
+        piece = data[:left]
+        self._upgrade_body_left = left - len(piece)
+        self.events.append(Data(bytes(piece)))
+        if self._upgrade_body_left == 0:
+            super().on_message_complete()
+
+
+class ResponseParser(_MessageParser):
+    """Responses as a client reads them, for requests other than HEAD. A body framed by neither
+    Content-Length nor chunked ends when the connection does: call `feed_eof` then."""
+
+    _what = "response"
+
+    def __init__(self, limits: HeadLimits) -> None:
+        super().__init__(limits)
+        self._ends_at_close = False
+        self._parser = self._responses = httptools.HttpResponseParser(self)
+
+    def _status(self, request_status: int) -> int:
+        return 502  # a backend's broken answer is a bad gateway, whatever broke
+
+    def feed_eof(self) -> None:
+        """The peer closed the connection: the end of a body delimited by closing, or a
+        `ProtocolError` if a message was cut short."""
+        if not self.in_message or self._failure is not None:
+            return
+        if self._ends_at_close and not self._in_head:
+            super().on_message_complete()
+            return
+        self._fail(ProtocolError(502, "the connection closed in the middle of a response"))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._responses
+        version = self._http_version()
+        status = parser.get_status_code()
+        headers = tuple(self._headers)
+        keep_alive = parser.should_keep_alive()
+        self._ends_at_close = not keep_alive and _body_ends_at_close(status, headers)
+        self.events.append(Response(status, headers, version, keep_alive))
+
+    def _on_upgrade(self, rest: bytes | bytearray) -> None:
+        self._fail(ProtocolError(502, "the response switches protocols, which is not supported"))
+
+
+def _body_ends_at_close(status: int, headers: tuple[Header, ...]) -> bool:
+    """Whether a response's body is delimited by closing the connection (RFC 9112 6.3)."""
+    if status < 200 or status in (204, 304):
+        return False
+    coding = _first(headers, b"transfer-encoding")
+    if coding is not None:
+        return not coding.lower().endswith(b"chunked")
+    return _first(headers, b"content-length") is None
+
+
+def _first(headers: tuple[Header, ...], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
