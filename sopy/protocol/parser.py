@@ -38,6 +38,7 @@ class _MessageParser:
     collection. Subclasses make the llhttp parser and build the head event."""
 
     _what = "message"
+    _head_fix = ""  # how the sender can stay within the head limits
 
     _parser: httptools.HttpRequestParser | httptools.HttpResponseParser
 
@@ -90,10 +91,8 @@ class _MessageParser:
         raise NotImplementedError
 
     def _head_too_large(self) -> ProtocolError:
-        message = (
-            f"the {self._what} head is larger than {self._limits.max_bytes} bytes; "
-            "send fewer or smaller headers"
-        )
+        message = f"the {self._what} head is larger than {self._limits.max_bytes} bytes"
+        message += self._head_fix
         return ProtocolError(self._status(431), message)
 
     def _count_head(self, size: int) -> None:
@@ -118,8 +117,8 @@ class _MessageParser:
         if len(headers) > self._limits.max_fields:
             self._refuse(
                 431,
-                f"the {self._what} has more than {self._limits.max_fields} header fields; "
-                "send fewer",
+                f"the {self._what} has more than {self._limits.max_fields} header fields"
+                + self._head_fix,
             )
 
     def on_body(self, body: bytes) -> None:
@@ -144,6 +143,7 @@ class RequestParser(_MessageParser):
     `keep_alive` is False, and bytes after it are ignored."""
 
     _what = "request"
+    _head_fix = "; send fewer or smaller headers"
 
     def __init__(self, limits: HeadLimits) -> None:
         super().__init__(limits)
