@@ -14,9 +14,12 @@ def first_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | 
 def connection_options(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """The header names a message's `Connection` headers list (lower case): hop-by-hop
     headers of that one connection, never forwarded (RFC 9110 7.6.1)."""
-    options: set[bytes] = set()
+    options = _NONE
     for name, value in headers:
         if name == b"connection":
-            options.update(token.strip().lower() for token in value.split(b","))
-    options.discard(b"")
-    return frozenset(options)
+            options = options.union([token.strip().lower() for token in value.split(b",")])
+    return options - _EMPTY_TOKEN
+
+
+_NONE: frozenset[bytes] = frozenset()
+_EMPTY_TOKEN = frozenset({b""})

@@ -39,6 +39,7 @@ class _MessageParser:
 
     _what = "message"
     _head_fix = ""  # how the sender can stay within the head limits
+    _checked_names: frozenset[bytes] = frozenset()  # fields kept aside for on_headers_complete
 
     _parser: httptools.HttpRequestParser | httptools.HttpResponseParser
 
@@ -46,8 +47,10 @@ class _MessageParser:
         self.events: deque[Event] = deque()
         self.messages_ended = 0
         self.in_message = False
-        self._limits = limits
+        self._max_head_bytes = limits.max_bytes
+        self._max_fields = limits.max_fields
         self._headers: list[Header] = []
+        self._checked: list[Header] = []
         self._head_bytes = 0  # of the current head, as llhttp hands over its parts
         self._head_fed = 0  # bytes fed while the current head was already incomplete
         self._in_head = False
@@ -70,7 +73,7 @@ class _MessageParser:
         if self._in_head and head_under_way:
             # llhttp buffers the part of a head that has not ended yet; this bounds it.
             self._head_fed += len(data)
-            if self._head_fed > self._limits.max_bytes:
+            if self._head_fed > self._max_head_bytes:
                 self._fail(self._head_too_large())
 
     def _fail(self, failure: ProtocolError) -> NoReturn:
@@ -91,35 +94,38 @@ class _MessageParser:
         raise NotImplementedError
 
     def _head_too_large(self) -> ProtocolError:
-        message = f"the {self._what} head is larger than {self._limits.max_bytes} bytes"
+        message = f"the {self._what} head is larger than {self._max_head_bytes} bytes"
         message += self._head_fix
         return ProtocolError(self._status(431), message)
 
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self._limits.max_bytes:
+    def _refuse_head(self) -> NoReturn:
+        if self._head_bytes > self._max_head_bytes:
             self._failure = self._head_too_large()
             raise self._failure
+        self._refuse(
+            431, f"the {self._what} has more than {self._max_fields} header fields{self._head_fix}"
+        )
 
-    # llhttp's callbacks
+    # llhttp's callbacks (on the hot path: kept flat)
 
     def on_message_begin(self) -> None:
         self.in_message = self._in_head = True
         self._headers = []
+        self._checked = []
         self._head_bytes = self._head_fed = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # chunked trailers: read and dropped
+        name = name.lower()
+        header = (name, value.rstrip(_OWS))
         headers = self._headers
-        headers.append((name.lower(), value.rstrip(_OWS)))
-        self._count_head(len(name) + len(value) + 4)
-        if len(headers) > self._limits.max_fields:
-            self._refuse(
-                431,
-                f"the {self._what} has more than {self._limits.max_fields} header fields"
-                + self._head_fix,
-            )
+        headers.append(header)
+        if name in self._checked_names:
+            self._checked.append(header)
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head_bytes or len(headers) > self._max_fields:
+            self._refuse_head()
 
     def on_body(self, body: bytes) -> None:
         self.events.append(Data(body))
@@ -144,12 +150,11 @@ class RequestParser(_MessageParser):
 
     _what = "request"
     _head_fix = "; send fewer or smaller headers"
+    _checked_names = frozenset({b"host", b"transfer-encoding", b"expect"})
 
     def __init__(self, limits: HeadLimits) -> None:
         super().__init__(limits)
         self._target = b""
-        self._hosts = 0
-        self._transfer_encodings: list[bytes] = []
         self._upgrading = False
         self._upgrade_body_left = -1  # >= 0 once upgraded: body bytes still to come
         self._parser = self._requests = httptools.HttpRequestParser(self)
@@ -163,56 +168,51 @@ class RequestParser(_MessageParser):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._target = b""
-        self._hosts = 0
-        self._transfer_encodings = []
 
     def on_url(self, url: bytes) -> None:
         self._target += url
-        self._count_head(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        if self._in_head:
-            name = self._headers[-1][0]
-            if name == b"host":
-                self._hosts += 1
-            elif name == b"transfer-encoding":
-                self._transfer_encodings.append(self._headers[-1][1])
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_head_bytes:
+            self._refuse_head()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._requests
         version = self._http_version()
         self._upgrading = parser.should_upgrade()
-        if self._hosts > 1:
-            self._refuse(400, f"the request has {self._hosts} Host headers; send exactly one")
-        if self._hosts == 0 and version == b"1.1":
+        hosts, expects_continue = 0, False
+        transfer_encodings: list[bytes] = []
+        for name, value in self._checked:
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                transfer_encodings.append(value)
+            else:  # expect
+                expects_continue = version == b"1.1" and value.lower() == b"100-continue"
+        if hosts > 1:
+            self._refuse(400, f"the request has {hosts} Host headers; send exactly one")
+        if hosts == 0 and version == b"1.1":
             self._refuse(400, "an HTTP/1.1 request needs a Host header")
-        if self._transfer_encodings:
-            self._check_transfer_encoding(version)
-        headers = tuple(self._headers)
-        expects_continue = version == b"1.1" and any(
-            name == b"expect" and value.lower() == b"100-continue" for name, value in headers
-        )
+        if transfer_encodings:
+            self._check_transfer_encoding(version, transfer_encodings)
         self.events.append(
             Request(
                 parser.get_method(),
                 self._target,
-                headers,
+                tuple(self._headers),
                 version,
                 version == b"1.1" and parser.should_keep_alive() and not self._upgrading,
                 expects_continue,
             )
         )
 
-    def _check_transfer_encoding(self, version: bytes) -> None:
+    def _check_transfer_encoding(self, version: bytes, codings: list[bytes]) -> None:
         if version == b"1.0":
             self._refuse(
                 400, "HTTP/1.0 has no Transfer-Encoding; send the body with Content-Length"
             )
         if self._upgrading:
             self._refuse(400, "a chunked body cannot come with an Upgrade header")
-        codings = self._transfer_encodings
         if len(codings) != 1 or codings[0].lower() != b"chunked":
             self._refuse(
                 501, "only 'Transfer-Encoding: chunked' is supported; or send Content-Length"
