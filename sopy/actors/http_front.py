@@ -83,8 +83,12 @@ class HttpFront:
 
     async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
         settings = self._settings
-        timeouts = settings.header_timeout, settings.drain_timeout, settings.send_timeout
-        server = HttpServer(self._serve_request, ServerLimits(*timeouts), _render_error)
+        limits = ServerLimits(
+            header_timeout=settings.header_timeout,
+            drain_timeout=settings.drain_timeout,
+            send_timeout=settings.send_timeout,
+        )
+        server = HttpServer(self._serve_request, limits, _render_error)
         async with trio.open_nursery() as nursery:
             try:
                 url: str = await nursery.start(

@@ -78,7 +78,9 @@ class _Connection:
         events = self.parser.events
         while not events:
             if self.failure is not None:
-                raise UpstreamBrokeOff(f"the backend broke HTTP/1.1: {self.failure}")
+                raise UpstreamBrokeOff(f"the backend broke HTTP/1.1: {self.failure}") from (
+                    self.failure
+                )
             if self.closed_by_peer:
                 raise UpstreamBrokeOff(when_closed)
             await self.receive()
@@ -135,16 +137,16 @@ class UpstreamResponse:
         assert connection is not None, "the response was closed"
         events = connection.parser.events
         while True:
-            pieces = []
-            event = await connection.next_event("the backend closed the connection mid-response")
+            event: Event | None = await connection.next_event(
+                "the backend closed the connection mid-response"
+            )
+            pieces = []  # all the body that has arrived, handed over in one piece
             while isinstance(event, Data):
                 pieces.append(event.data)
-                if not events:
-                    break
-                event = events.popleft()
+                event = events.popleft() if events else None
             if pieces:
                 yield b"".join(pieces)
-            if not isinstance(event, Data):  # the EndOfMessage
+            if event is not None:  # the EndOfMessage
                 self._read_to_end = True
                 return
 

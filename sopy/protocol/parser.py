@@ -20,6 +20,7 @@ import httptools
 
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import END_OF_MESSAGE, Data, Event, Header, Request, Response
+from sopy.protocol.headers import first_value
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _OWS = b" \t"
@@ -62,14 +63,17 @@ class _MessageParser:
         if self._failure is not None:
             raise self._failure
         head_under_way = self._in_head
+        malformed: ProtocolError | None = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._on_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             message = f"malformed HTTP {self._what}: {exc}; send valid HTTP/1.1"
-            malformed = ProtocolError(self._status(400), message)
-            self._fail(self._failure or malformed)
+            # A callback's refusal is the reason; llhttp only reports that it stopped.
+            malformed = self._failure or ProtocolError(self._status(400), message)
+        if malformed is not None:
+            self._fail(malformed)
         if self._in_head and head_under_way:
             # llhttp buffers the part of a head that has not ended yet; this bounds it.
             self._head_fed += len(data)
@@ -225,7 +229,7 @@ class RequestParser(_MessageParser):
     def _on_upgrade(self, rest: bytes | bytearray) -> None:
         request = self.events[-1]
         assert isinstance(request, Request), "llhttp upgrades right after a whole head"
-        length = _first(request.headers, b"content-length") or b"0"
+        length = first_value(request.headers, b"content-length") or b"0"
         self._upgrade_body_left = int(length) if length.isdigit() else 0
         if self._upgrade_body_left == 0:
             super().on_message_complete()
@@ -281,17 +285,11 @@ class ResponseParser(_MessageParser):
 
 
 def _body_ends_at_close(status: int, headers: tuple[Header, ...]) -> bool:
-    """Whether a response's body is delimited by closing the connection (RFC 9112 6.3)."""
+    """Whether a response's body is delimited by closing the connection: no body status, and
+    neither chunked as the last transfer coding nor a Content-Length (RFC 9112 6.3)."""
     if status < 200 or status in (204, 304):
         return False
-    coding = _first(headers, b"transfer-encoding")
-    if coding is not None:
-        return not coding.lower().endswith(b"chunked")
-    return _first(headers, b"content-length") is None
-
-
-def _first(headers: tuple[Header, ...], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
+    codings = [value for name, value in headers if name == b"transfer-encoding"]
+    if codings:
+        return not codings[-1].lower().endswith(b"chunked")
+    return first_value(headers, b"content-length") is None

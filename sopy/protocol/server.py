@@ -28,6 +28,7 @@ import trio
 
 from sopy.protocol.errors import HttpError, ProtocolError
 from sopy.protocol.events import Data, Header, Request
+from sopy.protocol.headers import first_value
 from sopy.protocol.parser import HeadLimits, RequestParser
 from sopy.protocol.wire import (
     CONTINUE,
@@ -92,10 +93,7 @@ class HttpExchange:
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return first_value(self.headers, name)
 
     async def read_body_chunk(self) -> bytes | None:
         """The next piece of the request body; None once it is complete. Raises
@@ -238,7 +236,7 @@ class _Connection:
             if fed > self.server.limits.head.max_bytes and self.failure is None:
                 # Bytes are dropped from here on: the requests queued so far are the last.
                 self.failure = ProtocolError(
-                    400, "more was pipelined than the gateway holds; wait for each answer"
+                    400, "more was pipelined than the server holds; wait for each answer"
                 )
             self._feed(data)
 
