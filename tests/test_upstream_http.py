@@ -24,7 +24,7 @@ from sopy.protocol.client import (
 )
 from sopy.routing.forwarded_headers import client_response_headers
 from tests.conftest import SopyUnderTest
-from tests.gateway import AUTH, USER_KEY, chat
+from tests.gateway import AUTH, USER_KEY, chat, start_gateway
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
@@ -290,6 +290,16 @@ async def test_kept_alive_connections_are_reused_with_more_than_1024_files_open(
             answers = [await ask(connections, f"http://127.0.0.1:{port}/") for _ in range(4)]
     assert answers == [b"hello 1", b"hello 2", b"hello 3", b"hello 4"]
     assert backend.connections == 2  # the probe's, and one kept alive for all four requests
+
+
+async def test_the_gateway_keeps_answering_with_more_than_1024_files_open(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    gateway = await start_gateway(sopy, nursery, {"gpt-4.1": "openai"})
+    with file_descriptors_held(1100):
+        async with gateway.client() as http:
+            answers = [await http.post("/v1/chat/completions", json=chat()) for _ in range(6)]
+    assert [answer.status_code for answer in answers] == [200] * 6
 
 
 def resident_bytes() -> int:
