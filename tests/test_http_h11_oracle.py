@@ -12,7 +12,7 @@ CI runs a bounded number of examples; set SOPY_FUZZ_EXAMPLES for a longer run (s
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import attrs
@@ -53,11 +53,10 @@ class Outcome:
     refused: bool
 
 
-def normalized(headers: object) -> tuple[tuple[bytes, bytes], ...]:
+def normalized(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
     """Headers as h11 gives them: h11 lower-cases Transfer-Encoding's value."""
-    pairs = [(bytes(name), bytes(value)) for name, value in headers]  # type: ignore[attr-defined]
     return tuple(
-        (name, value.lower() if name == b"transfer-encoding" else value) for name, value in pairs
+        (name, value.lower() if name == b"transfer-encoding" else value) for name, value in headers
     )
 
 
