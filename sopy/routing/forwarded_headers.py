@@ -48,7 +48,7 @@ def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> H
     byte for byte: the client must be able to decode whatever the upstream chose.
     """
     listed = connection_options(client_headers)
-    dropped = (_NOT_FORWARDED | listed) if listed else _NOT_FORWARDED
+    dropped = _NOT_FORWARDED if listed <= _NOT_FORWARDED else _NOT_FORWARDED | listed
     kept = [(name, value) for name, value in client_headers if name not in dropped]
     encoding = first_value(client_headers, b"accept-encoding")
     kept.append((b"accept-encoding", b"identity" if encoding is None else encoding))
@@ -58,7 +58,7 @@ def upstream_request_headers(client_headers: Sequence[tuple[bytes, bytes]]) -> H
 def client_response_headers(upstream_headers: Sequence[tuple[bytes, bytes]]) -> Headers:
     """Headers to relay to the client (names are lower case, as parsed)."""
     listed = connection_options(upstream_headers)
-    dropped = (_NOT_RELAYED | listed) if listed else _NOT_RELAYED
+    dropped = _NOT_RELAYED if listed <= _NOT_RELAYED else _NOT_RELAYED | listed
     return tuple((name, value) for name, value in upstream_headers if name not in dropped)
 
 
