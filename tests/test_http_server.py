@@ -17,6 +17,7 @@ from tests.gateway import (
     AUTH,
     USER_KEY,
     Gateway,
+    chat,
     read_until_closed,
     receive_until,
     start_gateway,
@@ -163,3 +164,68 @@ async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeou
     with contextlib.suppress(trio.BrokenResourceError, ConnectionResetError):
         # The header timeout is 30 s here: only the send timeout can have ended the connection.
         await read_until_closed(stream, within=5)
+
+
+@pytest.mark.parametrize(
+    ("request_line_and_headers", "status", "says"),
+    [
+        (b"GET /hello/x HTTP/1.1\r\n", 400, "needs a Host header"),
+        (b"GET /hello/x HTTP/1.1\r\nHost: sopy\r\nHost: other\r\n", 400, "2 Host headers"),
+        (b"GET /hello/x HTTP/2.0\r\nHost: sopy\r\n", 505, "HTTP/2.0 is not supported"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\n"
+            b"Transfer-Encoding: gzip, chunked\r\n",
+            501,
+            "only 'Transfer-Encoding: chunked'",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n",
+            400,
+            "HTTP/1.0 has no Transfer-Encoding",
+        ),
+    ],
+    ids=["no-host", "two-hosts", "http-2", "te-list", "te-on-http-1.0"],
+)
+async def test_requests_breaking_http_11_get_an_openai_error_with_their_status(
+    gateway: Gateway, request_line_and_headers: bytes, status: int, says: str
+) -> None:
+    stream = await gateway.raw_connection()
+    await stream.send_all(request_line_and_headers + b"\r\n0\r\n\r\n")
+    answer = await read_until_closed(stream, within=5)
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert b"connection: close" in head.lower()
+    error = orjson.loads(body)["error"]
+    assert error["type"] == "invalid_request_error"
+    assert says in error["message"]
+
+
+async def test_an_absolute_form_target_is_served_like_its_path(gateway: Gateway) -> None:
+    stream = await gateway.raw_connection()
+    await stream.send_all(
+        b"GET http://sopy.example:8000/hello/absolute HTTP/1.1\r\nHost: sopy.example\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    answer = await read_until_closed(stream, within=5)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.endswith(b'{"message":"Hello absolute"}')
+
+
+async def test_an_encoded_slash_does_not_make_a_route(gateway: Gateway) -> None:
+    async with gateway.client() as http:
+        response = await http.post("/v1/chat%2Fcompletions", json={"model": "gpt-4.1"})
+        named = await http.get("/hello/J%C3%BCrgen%2Fx")
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "not_found"
+    assert gateway.upstreams("openai")[0].requests == []
+    assert named.json() == {"message": "Hello Jürgen/x"}
+
+
+async def test_headers_the_client_lists_in_connection_are_not_forwarded(gateway: Gateway) -> None:
+    headers = {"connection": "keep-alive, X-Hop-Secret", "x-hop-secret": "1", "x-kept": "2"}
+    async with gateway.client() as http:
+        response = await http.post("/v1/chat/completions", json=chat(), headers=headers)
+    assert response.status_code == 200, response.text
+    forwarded = gateway.upstreams("openai")[0].requests[-1].headers
+    assert "x-hop-secret" not in forwarded
+    assert forwarded["x-kept"] == "2"

@@ -1,5 +1,7 @@
-"""sopy.protocol.wire without sockets: requests parsed the same however the bytes are split, only
-`MalformedRequest` for bad input, and the response framing."""
+"""sopy.protocol.parser and sopy.protocol.wire without sockets: requests and responses parsed the
+same however the bytes are split, only `ProtocolError` for bad input, the limits on heads in both
+directions, Sopy's own request rules, and the response framing. The comparison with h11 is in
+tests/test_http_h11_oracle.py."""
 
 import itertools
 
@@ -7,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sopy.protocol.wire import (
-    MalformedRequest,
-    RequestParser,
-    chunk,
-    complete_response,
-    streamed_response_head,
-)
+from sopy.protocol.errors import ProtocolError
+from sopy.protocol.events import END_OF_MESSAGE, Data, Request, Response
+from sopy.protocol.headers import connection_options
+from sopy.protocol.parser import HeadLimits, RequestParser, ResponseParser
+from sopy.protocol.wire import chunk, complete_response, streamed_response_head
+
+LIMITS = HeadLimits(max_bytes=4096, max_fields=100)
 
 PIPELINED = (
     b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: sopy\r\nContent-Length: 5\r\n"
@@ -25,13 +27,24 @@ PIPELINED = (
 
 
 def parse(pieces: list[bytes]) -> list[tuple[bytes, bytes, bytes, bool, bool, bool]]:
-    parser = RequestParser(max_head_bytes=4096)
+    """(method, target, body, complete, keep_alive, expects_continue) of each request."""
+    parser = RequestParser(LIMITS)
     for piece in pieces:
         parser.feed(piece)
-    return [
-        (r.method, r.target, b"".join(r.body), r.complete, r.keep_alive, r.expects_continue)
-        for r in parser.ready
-    ]
+    requests: list[tuple[bytes, bytes, bytes, bool, bool, bool]] = []
+    head: Request | None = None
+    body = b""
+    for event in [*parser.events, None]:
+        if isinstance(event, Data):
+            body += event.data
+        elif head is not None:
+            complete = event is END_OF_MESSAGE
+            flags = (complete, head.keep_alive, head.expects_continue)
+            requests.append((head.method, head.target, body, *flags))
+            head, body = None, b""
+        if isinstance(event, Request):
+            head = event
+    return requests
 
 
 EXPECTED = [
@@ -55,17 +68,17 @@ def test_how_the_bytes_are_split_does_not_matter(cuts: list[int]) -> None:
 @settings(max_examples=150)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_are_parsed_or_refused_as_malformed(data: bytes) -> None:
-    parser = RequestParser(max_head_bytes=4096)
+    parser = RequestParser(LIMITS)
     try:
         parser.feed(data)
-    except MalformedRequest as exc:
-        assert exc.status in (400, 431)
+    except ProtocolError as exc:
+        assert exc.status in (400, 431, 501, 505)
 
 
 def test_a_head_beyond_the_limit_is_refused_with_431() -> None:
-    parser = RequestParser(max_head_bytes=1024)
+    parser = RequestParser(HeadLimits(max_bytes=1024))
     parser.feed(b"GET / HTTP/1.1\r\nHost: sopy\r\n")
-    with pytest.raises(MalformedRequest) as refused:
+    with pytest.raises(ProtocolError) as refused:
         for _ in range(100):
             parser.feed(b"X-Filler: " + b"f" * 50 + b"\r\n")
     assert refused.value.status == 431
@@ -76,35 +89,35 @@ def test_http_10_requests_do_not_keep_the_connection() -> None:
 
 
 def test_an_upgrade_request_keeps_its_body_and_ends_the_connection() -> None:
-    parser = RequestParser(max_head_bytes=4096)
+    parser = RequestParser(LIMITS)
     parser.feed(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: sopy\r\nConnection: Upgrade\r\n"
         b"Upgrade: h2c\r\nContent-Length: 7\r\n\r\n{}"
     )
-    request = parser.ready.popleft()  # taken by the server before the rest arrives
+    request = parser.events.popleft()  # taken by the server before the rest arrives
     parser.feed(b"{}{}!extra")
-    assert (b"".join(request.body), request.complete, request.keep_alive) == (
-        b"{}{}{}!",
-        True,
-        False,
-    )
+    assert isinstance(request, Request)
+    assert not request.keep_alive
+    assert list(parser.events) == [Data(b"{}"), Data(b"{}{}!"), END_OF_MESSAGE]
 
 
 def test_a_head_over_the_limit_in_a_single_read_is_refused() -> None:
-    with pytest.raises(MalformedRequest) as refused:
-        RequestParser(max_head_bytes=1024).feed(
+    with pytest.raises(ProtocolError) as refused:
+        RequestParser(HeadLimits(max_bytes=1024)).feed(
             b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 2000 + b"\r\n\r\n"
         )
     assert refused.value.status == 431
 
 
 def test_trailers_are_not_taken_for_headers() -> None:
-    parser = RequestParser(max_head_bytes=4096)
+    parser = RequestParser(LIMITS)
     parser.feed(
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: sopy\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n0\r\nAuthorization: Bearer sneaky\r\n\r\n"
     )
-    assert parser.ready[0].header(b"authorization") is None
+    request = parser.events[0]
+    assert isinstance(request, Request)
+    assert b"authorization" not in dict(request.headers)
 
 
 def test_complete_and_chunked_framing() -> None:
@@ -119,3 +132,133 @@ def test_complete_and_chunked_framing() -> None:
     assert b"transfer-encoding: chunked" in streamed_response_head(200, [], chunked=True)
     assert chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
     assert chunk(b"") == b""
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "says"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", 400, "needs a Host header"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "2 Host headers"),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, "HTTP/2.0 is not supported"),
+        (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", 505, "HTTP/0.9 is not supported"),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "only 'Transfer-Encoding: chunked'",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+            501,
+            "only 'Transfer-Encoding: chunked'",
+        ),
+        (
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "HTTP/1.0 has no Transfer-Encoding",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 101 + b"\r\n",
+            431,
+            "more than 100 header fields",
+        ),
+    ],
+    ids=[
+        "no-host",
+        "two-hosts",
+        "http-2",
+        "http-0.9",
+        "te-list",
+        "te-identity",
+        "te-on-1.0",
+        "fields",
+    ],
+)
+def test_requests_breaking_http_11_rules_are_refused_with_their_status(
+    request_bytes: bytes, status: int, says: str
+) -> None:
+    with pytest.raises(ProtocolError, match=says) as refused:
+        RequestParser(LIMITS).feed(request_bytes)
+    assert refused.value.status == status
+
+
+def test_transfer_encoding_chunked_is_accepted_in_any_case() -> None:
+    request = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    )
+    assert parse([request]) == [(b"POST", b"/", b"ok", True, True, False)]
+
+
+def test_a_large_body_and_the_start_of_the_next_head_in_one_read_are_not_a_large_head() -> None:
+    body = b"x" * 5000
+    first = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + body
+    second = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    # The read holds more than the head limit, most of it the first request's body.
+    assert parse([first + second[:20], second[20:]]) == [
+        (b"POST", b"/", body, True, True, False),
+        (b"GET", b"/next", b"", True, True, False),
+    ]
+
+
+def test_header_values_lose_surrounding_whitespace_and_names_their_case() -> None:
+    parser = RequestParser(LIMITS)
+    parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Thing: \t value \t\r\n\r\n")
+    request = parser.events[0]
+    assert isinstance(request, Request)
+    assert request.headers == ((b"host", b"a"), (b"x-thing", b"value"))
+
+
+def test_connection_options_are_the_names_the_connection_headers_list() -> None:
+    headers = [(b"connection", b"close, X-Secret ,"), (b"connection", b"keep-alive")]
+    assert connection_options(headers) == {b"close", b"x-secret", b"keep-alive"}
+    assert connection_options([(b"host", b"a")]) == frozenset()
+
+
+def response_events(*pieces: bytes, eof: bool = False) -> list[object]:
+    parser = ResponseParser(LIMITS)
+    for piece in pieces:
+        parser.feed(piece)
+    if eof:
+        parser.feed_eof()
+    return list(parser.events)
+
+
+def test_responses_come_out_as_events_with_interim_answers_first() -> None:
+    events = response_events(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad:  v \r\n\r\nok"
+    )
+    assert events == [
+        Response(103, ((b"link", b"</a>"),), b"1.1", True),
+        END_OF_MESSAGE,
+        Response(200, ((b"content-length", b"2"), (b"x-pad", b"v")), b"1.1", True),
+        Data(b"ok"),
+        END_OF_MESSAGE,
+    ]
+
+
+def test_a_response_delimited_by_closing_ends_at_eof_and_a_cut_one_is_an_error() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+    assert response_events(head, b"all", eof=True)[-2:] == [Data(b"all"), END_OF_MESSAGE]
+    with pytest.raises(ProtocolError, match="closed in the middle") as cut:
+        response_events(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsome", eof=True)
+    assert cut.value.status == 502
+
+
+@pytest.mark.parametrize(
+    ("head", "says"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n", "larger than 4096 bytes"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 101 + b"\r\n", "more than 100 header fields"),
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"X-Endless: %b\r\n" % (b"e" * 60) * 400,
+            "larger than 4096 bytes",
+        ),
+    ],
+    ids=["size", "fields", "unfinished"],
+)
+def test_a_response_head_beyond_the_limits_is_a_502_protocol_error(head: bytes, says: str) -> None:
+    parser = ResponseParser(LIMITS)
+    with pytest.raises(ProtocolError, match=says) as refused:
+        for start in range(0, len(head), 1000):
+            parser.feed(head[start : start + 1000])
+    assert refused.value.status == 502

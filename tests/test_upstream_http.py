@@ -1,12 +1,18 @@
 """The upstream pools' HTTP/1.1 client against real sockets: TLS, keep-alive reuse, a backend
-that drops kept-alive connections, and refused certificates."""
+that drops kept-alive connections, refused certificates, backends whose heads break the limits,
+and more than 1,024 file descriptors open."""
 
+import contextlib
+import logging
+import os
+import resource
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 
 import attrs
 import h11
+import httpx
 import pytest
 import trio
 import trustme
@@ -17,6 +23,9 @@ from sopy.protocol.client import (
     UpstreamConnections,
     UpstreamRequestRefused,
 )
+from sopy.routing.forwarded_headers import client_response_headers
+from tests.conftest import SopyUnderTest
+from tests.gateway import AUTH, USER_KEY, access_log_line, chat, start_gateway
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
@@ -248,3 +257,125 @@ async def test_an_unasked_answer_on_an_idle_connection_is_not_taken_for_the_next
         await trio.sleep(0.2)
         assert await ask(connections, url) == b"hello 2"
     assert backend.connections == 2
+
+
+@contextlib.contextmanager
+def file_descriptors_held(count: int) -> Iterator[None]:
+    """Hold `count` more file descriptors open (raising the soft RLIMIT_NOFILE to allow it), so
+    that every socket opened meanwhile gets a number above them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = count + 256
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"the hard limit of {hard} open files is below {needed}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+    held: list[int] = []
+    try:
+        held = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+        yield
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_kept_alive_connections_are_reused_with_more_than_1024_files_open(
+    nursery: trio.Nursery,
+) -> None:
+    backend = TinyBackend()
+    port = await serve_plain(nursery, backend.handle)
+    with file_descriptors_held(1100):
+        async with UpstreamConnections(5) as connections:
+            probe = await trio.open_tcp_stream("127.0.0.1", port)
+            assert probe.socket.fileno() >= 1024  # so the client's sockets are above it too
+            await probe.aclose()
+            answers = [await ask(connections, f"http://127.0.0.1:{port}/") for _ in range(4)]
+    assert answers == [b"hello 1", b"hello 2", b"hello 3", b"hello 4"]
+    assert backend.connections == 2  # the probe's, and one kept alive for all four requests
+
+
+async def test_the_gateway_keeps_answering_with_more_than_1024_files_open(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    gateway = await start_gateway(sopy, nursery, {"gpt-4.1": "openai"})
+    with file_descriptors_held(1100):
+        async with gateway.client() as http:
+            answers = [await http.post("/v1/chat/completions", json=chat()) for _ in range(6)]
+    assert [answer.status_code for answer in answers] == [200] * 6
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@attrs.define
+class EndlessHead:
+    """A backend that answers every request with a head that never ends: header lines with
+    `value_size`-byte values until the client hangs up or `limit` bytes are sent. It runs in
+    the test's process, so it also notes the process's peak resident memory while it sends."""
+
+    value_size: int
+    limit: int = 100 * 1024 * 1024
+    sent: int = 0
+    peak_rss: int = 0
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        lines = b"X-Endless: %b\r\n" % (b"e" * self.value_size) * 100
+        try:
+            async with stream:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive_some(65536)
+                await stream.send_all(b"HTTP/1.1 200 OK\r\n")
+                while self.sent < self.limit:
+                    await stream.send_all(lines)
+                    self.sent += len(lines)
+                    self.peak_rss = max(self.peak_rss, resident_bytes())
+        except trio.BrokenResourceError:
+            pass  # the client hung up
+        finally:
+            self.done.set()
+
+
+async def test_an_endless_response_head_is_cut_off_with_memory_bounded(
+    nursery: trio.Nursery,
+) -> None:
+    backend = EndlessHead(value_size=1000)
+    url = f"http://127.0.0.1:{await serve_plain(nursery, backend.handle)}/"
+    before = resident_bytes()
+    async with UpstreamConnections(5) as connections:
+        with pytest.raises(UpstreamBrokeOff, match="response head is larger than 32768 bytes"):
+            await connections.send("POST", url, [], b"{}")
+    with trio.fail_after(10):
+        await backend.done.wait()
+    assert backend.sent < 16 * 1024 * 1024  # what the socket buffers held, not the 100 MiB
+    assert backend.peak_rss - before < 32 * 1024 * 1024
+
+
+async def test_a_backend_head_beyond_the_limits_reaches_the_client_as_a_502(
+    sopy: SopyUnderTest, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
+    backend = EndlessHead(value_size=20)
+    port = await serve_plain(nursery, backend.handle)
+    async with await sopy.admin() as admin:
+        await admin.ok("add_backend", provider="rogue", url=f"http://127.0.0.1:{port}", weight=1)
+        await admin.ok("add_admin_auth", name="rogue", credentials="sk-rogue-credential")
+        await admin.ok("add_model_mapping", model_name="rogue-model", provider="rogue")
+        await admin.ok("add_user_api_key", api_key=USER_KEY, description="tests")
+    async with httpx.AsyncClient(base_url=sopy.http_url, headers=AUTH) as http:
+        response = await http.post("/v1/chat/completions", json=chat("rogue-model"))
+    assert response.status_code == 502, response.text
+    line = await access_log_line(caplog, response.headers["x-request-id"])
+    assert "the response has more than 100 header fields" in line
+    assert backend.sent < 16 * 1024 * 1024
+
+
+def test_headers_a_backend_lists_in_connection_are_not_relayed() -> None:
+    upstream = [
+        (b"connection", b"X-Backend-Hop"),
+        (b"x-backend-hop", b"internal"),
+        (b"content-type", b"application/json"),
+    ]
+    assert client_response_headers(upstream) == [(b"content-type", b"application/json")]

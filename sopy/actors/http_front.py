@@ -31,6 +31,7 @@ from sopy.actors.relay import (
 from sopy.docs.openapi import openapi_json
 from sopy.docs.page import docs_response
 from sopy.errors import (
+    InternalError,
     InvalidJson,
     InvalidRequest,
     NoBackendAvailable,
@@ -43,7 +44,9 @@ from sopy.errors import (
     innermost,
 )
 from sopy.messages import ConfigChanged
-from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, MalformedBody, ServerLimits
+from sopy.protocol.errors import ProtocolError
+from sopy.protocol.events import Header
+from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
     PublicDispatcher,
@@ -57,7 +60,6 @@ from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 32 * 1024
 _HELLO_NAME_PREFIX = public_route("hello_name").prefix
 
 
@@ -106,9 +108,11 @@ class HttpFront:
     async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
         settings = self._settings
         limits = ServerLimits(
-            settings.header_timeout, MAX_HEADER_BYTES, settings.drain_timeout, settings.send_timeout
+            header_timeout=settings.header_timeout,
+            drain_timeout=settings.drain_timeout,
+            send_timeout=settings.send_timeout,
         )
-        server = HttpServer(self._serve_request, limits)
+        server = HttpServer(self._serve_request, limits, _render_error)
         async with trio.open_nursery() as nursery:
             try:
                 url: str = await nursery.start(
@@ -127,7 +131,8 @@ class HttpFront:
     async def _serve_request(self, exchange: HttpExchange) -> None:
         request_id = os.urandom(8).hex().encode()
         try:
-            handler = self._handler_for(exchange.method, exchange.path)
+            # Matched as sent: `/v1/chat%2Fcompletions` is not `/v1/chat/completions`.
+            handler = self._handler_for(exchange.method, exchange.raw_path)
             try:
                 self._request_slots.acquire_nowait()
             except trio.WouldBlock:
@@ -207,6 +212,12 @@ class HttpFront:
             log_access(request)
 
 
+def _render_error(status: int, message: str) -> tuple[list[Header], bytes]:
+    """The OpenAI-shaped answer to a request the HTTP server refused by itself."""
+    error = InternalError(message) if status == 500 else InvalidRequest(message)
+    return [(b"content-type", b"application/json")], orjson.dumps(error.openai_body())
+
+
 def _requested_model(body: bytes) -> str:
     try:
         payload = orjson.loads(body)
@@ -250,7 +261,7 @@ async def _read_body(exchange: HttpExchange, settings: Settings, share: ByteShar
         while True:
             try:
                 chunk = await exchange.read_body_chunk()
-            except MalformedBody as exc:
+            except ProtocolError as exc:
                 raise InvalidRequest(f"The request body is malformed: {exc}.") from None
             if chunk is None:
                 return first if grown is None else bytes(grown)

@@ -1,7 +1,8 @@
 """A lean HTTP/1.1 client for the upstream pools: keep-alive connections per backend origin over
-trio TCP streams (TLS for https); requests are written in one piece, responses parsed with
-httptools (llhttp), bodies handed over as raw bytes (transfer framing removed, content encoding
-kept, as they are relayed).
+trio TCP streams (TLS for https); requests are written in one piece, responses parsed by
+`sopy.protocol.parser` (heads bounded in size and header count, as the server bounds requests),
+bodies handed over as raw bytes (transfer framing removed, content encoding kept, as they are
+relayed). Every error it raises is an `HttpError`.
 
 It does only what a pool needs, so a request costs a fraction of what a general-purpose client
 spends: httpx's layers and httpcore's pool, which rescans every connection on each request, were
@@ -9,20 +10,22 @@ the largest library cost on the proxy path, and h11 spent ~50 us per exchange wh
 spends ~3 us (see bench/README.md). Connections unused for `idle_timeout` are closed by
 `close_unused`. Timeouts other than connecting are the caller's cancel scopes; a response that
 is cancelled or not read to its end closes its connection instead of returning it to the pool.
+It does not speak to egress proxies (no CONNECT, no HTTP(S)_PROXY): backends are reached directly.
 """
 
 import re
-import select
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
 from types import TracebackType
 
 import attrs
-import httptools
 import trio
 
+from sopy.protocol.errors import HttpError, ProtocolError
+from sopy.protocol.events import Data, Event, Header, Response
 from sopy.protocol.headers import first_value
+from sopy.protocol.parser import HeadLimits, ResponseParser
 
 _RECEIVE_SIZE = 65536
 _UNSAFE = re.compile(rb"[\x00\r\n]")
@@ -31,7 +34,7 @@ _UNSAFE = re.compile(rb"[\x00\r\n]")
 _COPY_BODIES_BELOW = 64 * 1024
 
 
-class UpstreamConnectError(Exception):
+class UpstreamConnectError(HttpError):
     """No connection to the backend could be made."""
 
 
@@ -39,12 +42,13 @@ class UpstreamConnectTimeout(UpstreamConnectError):
     """The backend did not accept a connection within the connect timeout."""
 
 
-class UpstreamRequestRefused(Exception):
+class UpstreamRequestRefused(HttpError):
     """The request cannot be written safely (a header holds a control character)."""
 
 
-class UpstreamBrokeOff(Exception):
-    """The connection failed or the backend broke the protocol after the request was sent."""
+class UpstreamBrokeOff(HttpError):
+    """The connection failed or the backend broke the protocol (or the head limits) after the
+    request was sent."""
 
 
 @attrs.frozen
@@ -60,88 +64,54 @@ class Origin:
         return (host if self.port == default else f"{host}:{self.port}").encode()
 
 
-class _ResponseEvents:
-    """httptools' callbacks for one connection, collecting the current response; interim 1xx
-    answers are skipped."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.head_done = False
-        self.complete = False
-        self.unexpected = False
-        self.keep_alive = False
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-
-    def next_response(self) -> None:
-        self.head_done = self.complete = False
-        self.headers = []
-        self.body = []
-
-    def on_message_begin(self) -> None:
-        if self.complete:
-            self.unexpected = True  # bytes beyond the answer to our one request
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.head_done:  # after the head: chunked trailers, not relayed
-            self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        if self.parser.get_status_code() >= 200:
-            self.head_done = True
-        else:
-            self.headers = []
-
-    def on_body(self, body: bytes) -> None:
-        if not self.unexpected:
-            self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.unexpected:
-            return
-        self.complete = self.head_done
-        # Asked now: once the message is over, the parser no longer knows.
-        self.keep_alive = self.parser.should_keep_alive()
-
-
 @attrs.define(eq=False)
 class _Connection:
     origin: Origin
     stream: trio.abc.Stream
-    fileno: int | None  # of a plain TCP connection, for the staleness check
-    events: _ResponseEvents = attrs.field(factory=_ResponseEvents)
+    socket: trio.socket.SocketType | None  # of a plain TCP connection, for the staleness check
+    parser: ResponseParser
     idle_since: float = 0.0
     closed_by_peer: bool = False
     received_any: bool = False
+    failure: ProtocolError | None = None  # once set, the connection is not reused
+
+    async def next_event(self, when_closed: str) -> Event:
+        """The next event of the response under way; `UpstreamBrokeOff` (saying `when_closed`
+        if the backend just closed) when there will be none."""
+        events = self.parser.events
+        while not events:
+            if self.failure is not None:
+                raise UpstreamBrokeOff(f"the backend broke HTTP/1.1: {self.failure}") from (
+                    self.failure
+                )
+            if self.closed_by_peer:
+                raise UpstreamBrokeOff(when_closed)
+            await self.receive()
+        return events.popleft()
 
     async def receive(self) -> None:
         """Feed the parser the next bytes from the backend."""
-        if self.closed_by_peer:
-            raise UpstreamBrokeOff("the backend closed the connection mid-response")
         try:
             data = await self.stream.receive_some(_RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise UpstreamBrokeOff(f"the connection failed: {exc}") from exc
-        if not data:
-            self.closed_by_peer = True
-            return
-        self.received_any = True
-        events = self.events
         try:
-            events.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if not events.complete:
-                raise UpstreamBrokeOff(f"the backend broke HTTP/1.1: {exc!r}") from exc
-            events.unexpected = True  # junk after a whole answer: answer kept, connection not
+            if data:
+                self.received_any = True
+                self.parser.feed(data)
+            else:
+                self.closed_by_peer = True
+                self.parser.feed_eof()
+        except ProtocolError as exc:
+            # Events before the error still count: an answer followed by junk is kept.
+            self.failure = exc
 
     def looks_stale(self) -> bool:
         """Whether an idle plain connection has something to read: the backend closed it, or
-        sent something unasked (e.g. a 408 on its own idle timeout). TLS connections may carry
-        session tickets, so they are not checked; a failed reuse is retried instead."""
-        if self.fileno is None:
-            return False
-        readable, _, _ = select.select([self.fileno], [], [], 0)
-        return bool(readable)
+        sent something unasked (e.g. a 408 on its own idle timeout). trio polls the socket, so
+        any file descriptor number works. TLS connections may carry session tickets, so they
+        are not checked; a failed reuse is retried instead."""
+        return self.socket is not None and self.socket.is_readable()
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -151,17 +121,15 @@ class _Connection:
 class UpstreamResponse:
     """A response whose head has arrived; read its body, then `aclose()` it."""
 
-    def __init__(self, connections: "UpstreamConnections", connection: _Connection) -> None:
-        self.status: int = connection.events.parser.get_status_code()
-        self.headers: list[tuple[bytes, bytes]] = connection.events.headers
+    def __init__(
+        self, connections: "UpstreamConnections", connection: _Connection, head: Response
+    ) -> None:
+        self.status = head.status
+        self.headers = head.headers
+        self._keep_alive = head.keep_alive
         self._connections = connections
         self._connection: _Connection | None = connection
         self._read_to_end = False
-        # Without Content-Length or chunked framing, the body ends when the connection does.
-        coding = (self.header(b"transfer-encoding") or "").rstrip().lower()
-        self._ends_at_close = self.header(b"content-length") is None and not coding.endswith(
-            "chunked"
-        )
 
     def header(self, name: bytes) -> str | None:
         value = first_value(self.headers, name)
@@ -170,16 +138,20 @@ class UpstreamResponse:
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         connection = self._connection
         assert connection is not None, "the response was closed"
-        events = connection.events
+        events = connection.parser.events
         while True:
-            if events.body:
-                data = b"".join(events.body)
-                events.body.clear()
-                yield data
-            if events.complete or (connection.closed_by_peer and self._ends_at_close):
+            event: Event | None = await connection.next_event(
+                "the backend closed the connection mid-response"
+            )
+            pieces = []  # all the body that has arrived, handed over in one piece
+            while isinstance(event, Data):
+                pieces.append(event.data)
+                event = events.popleft() if events else None
+            if pieces:
+                yield b"".join(pieces)
+            if event is not None:  # the EndOfMessage
                 self._read_to_end = True
                 return
-            await connection.receive()
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.aiter_raw()])
@@ -188,12 +160,13 @@ class UpstreamResponse:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        events = connection.events
         reusable = (
             self._read_to_end
-            and not events.unexpected
+            and self._keep_alive
+            and connection.failure is None
             and not connection.closed_by_peer
-            and events.keep_alive
+            and not connection.parser.in_message
+            and not connection.parser.events  # bytes beyond the answer to our one request
         )
         if reusable:
             await self._connections.keep(connection)
@@ -210,8 +183,10 @@ class UpstreamConnections:
         max_idle_per_origin: int = 256,
         tls: ssl.SSLContext | None = None,
         idle_timeout: float = 30.0,
+        head_limits: HeadLimits | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
+        self._head_limits = head_limits or HeadLimits()
         self._max_idle = max_idle_per_origin
         self._idle_timeout = idle_timeout
         self._idle: dict[Origin, list[_Connection]] = {}
@@ -232,7 +207,7 @@ class UpstreamConnections:
                 await connection.close()
 
     async def send(
-        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+        self, method: str, url: str, headers: list[Header], body: bytes
     ) -> UpstreamResponse:
         """Send a request and return once the response head has arrived."""
         origin, target = _split(url)
@@ -280,8 +255,6 @@ class UpstreamConnections:
     async def _exchange(
         self, connection: _Connection, request: tuple[bytes, ...]
     ) -> UpstreamResponse:
-        events = connection.events
-        events.next_response()
         connection.received_any = False
         try:
             try:
@@ -289,23 +262,25 @@ class UpstreamConnections:
                     await connection.stream.send_all(piece)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise UpstreamBrokeOff(f"the connection failed: {exc}") from exc
-            while not events.head_done:
-                await connection.receive()
-                if connection.closed_by_peer and not events.head_done:
-                    raise UpstreamBrokeOff("the backend closed the connection without answering")
-            return UpstreamResponse(self, connection)
+            while True:
+                event = await connection.next_event(
+                    "the backend closed the connection without answering"
+                )
+                if isinstance(event, Response) and event.status >= 200:
+                    return UpstreamResponse(self, connection, event)
+                # An interim (1xx) answer, or its end: the final answer follows.
         except BaseException:
             await connection.close()
             raise
 
     async def _connect(self, origin: Origin) -> _Connection:
-        fileno: int | None = None
+        plain: trio.socket.SocketType | None = None
         try:
             with trio.fail_after(self._connect_timeout):
                 tcp = await trio.open_tcp_stream(origin.host, origin.port)
                 stream: trio.abc.Stream = tcp
                 if origin.scheme == "http":
-                    fileno = tcp.socket.fileno()
+                    plain = tcp.socket
                 else:
                     tls = trio.SSLStream(
                         stream, self._tls, server_hostname=origin.host, https_compatible=True
@@ -324,11 +299,11 @@ class UpstreamConnections:
             # trio reports a failed TLS handshake as BrokenResourceError caused by the SSLError.
             reason = exc.__cause__ or exc
             raise UpstreamConnectError(str(reason) or type(reason).__name__) from exc
-        return _Connection(origin, stream, fileno)
+        return _Connection(origin, stream, plain, ResponseParser(self._head_limits))
 
 
 def _request_bytes(
-    method: str, target: str, origin: Origin, headers: list[tuple[bytes, bytes]], body: bytes
+    method: str, target: str, origin: Origin, headers: list[Header], body: bytes
 ) -> tuple[bytes, ...]:
     """The whole request in the pieces to write: head with Content-Length framing, and body."""
     lines = [f"{method} {target} HTTP/1.1\r\nhost: ".encode(), origin.host_header, b"\r\n"]

@@ -1,11 +1,12 @@
 """Sopy's HTTP/1.1 server for the public API: one task per connection over trio sockets, its
-requests handled in that task one after another (keep-alive, pipelining); parsing and framing
-are `sopy.protocol.wire`'s.
+requests handled in that task one after another (keep-alive, pipelining); parsing is
+`sopy.protocol.parser`'s, framing `sopy.protocol.wire`'s. The application gives a handler per
+exchange and `render_error`, which shapes the answers the server gives itself.
 
 It owns the connection-level rules: a request head must arrive within `header_timeout` (which
-also bounds how long a connection may sit idle between requests) and within `max_head_bytes`; a
-client that leaves a response write blocked for `send_timeout` is disconnected; a
-malformed request gets an OpenAI-shaped 4xx and the connection is closed; `Expect: 100-continue`
+also bounds how long a connection may sit idle between requests) and within the head limits; a
+client that leaves a response write blocked for `send_timeout` is disconnected; a malformed
+request gets a 4xx/5xx from `render_error` and the connection is closed; `Expect: 100-continue`
 is answered only when the handler starts reading the body; a response sent before the request
 body has arrived closes the connection after it; and on `stop` the listeners close, idle
 connections close, and busy ones finish their current request (for up to `drain_timeout`).
@@ -17,22 +18,21 @@ parsing and framing, which httptools does in ~3 us (see bench/README.md).
 """
 
 import logging
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import attrs
-import orjson
 import trio
 
-from sopy.errors import InvalidRequest, SopyError
+from sopy.protocol.errors import HttpError, ProtocolError
+from sopy.protocol.events import Data, Header, Request
+from sopy.protocol.headers import first_value
+from sopy.protocol.parser import HeadLimits, RequestParser
 from sopy.protocol.wire import (
     CONTINUE,
     LAST_CHUNK,
-    Header,
-    MalformedRequest,
-    ParsedRequest,
-    RequestParser,
     chunk,
     complete_response,
     has_body,
@@ -44,44 +44,47 @@ log = logging.getLogger(__name__)
 _RECEIVE_SIZE = 65536
 _LINGER_SECONDS = 1.0
 _CLOSE = (b"connection", b"close")
+_ABSOLUTE_FORM = re.compile(rb"(?i:https?)://[^/?#]*")
 
 
-class ClientGone(Exception):
+class ClientGone(HttpError):
     """The client closed its connection before its request had arrived."""
-
-
-class MalformedBody(Exception):
-    """The request body broke HTTP/1.1 framing (e.g. a bad chunk size)."""
 
 
 @attrs.frozen
 class ServerLimits:
     header_timeout: float
-    max_head_bytes: int
     drain_timeout: float
     send_timeout: float
+    head: HeadLimits = attrs.field(factory=HeadLimits)
 
 
 Handler = Callable[["HttpExchange"], Awaitable[None]]
+RenderError = Callable[[int, str], tuple[Sequence[Header], bytes]]
+"""The headers and body of an error answer, given its status and what went wrong: the
+application decides what its errors look like."""
 
 
 class HttpExchange:
     """One request and the response to it. Send either `respond` once, or `start_response`,
     any number of `send_chunk` and one `end_response`."""
 
-    def __init__(self, connection: "_Connection", request: ParsedRequest) -> None:
+    def __init__(self, connection: "_Connection", request: Request, ordinal: int) -> None:
         self._connection = connection
-        self._request = request
+        self._ordinal = ordinal  # the request's number on its connection, from 1
         self.method = request.method.decode("ascii")
-        target = request.target.decode("latin-1")
+        target = _origin_form(request.target).decode("latin-1")
         self.raw_path, _, self.query = target.partition("?")
         self.path = urllib.parse.unquote(self.raw_path)
         self.headers: Sequence[Header] = request.headers
         self.response_started = False
         self.response_finished = False
         self.last_on_connection = False
+        self._keep_alive = request.keep_alive
+        self._expects_continue = request.expects_continue
+        self._body_read = False
         self._body_allowed = self.method != "HEAD"
-        self._chunked = request.http_11
+        self._chunked = request.http_version == b"1.1"
 
     @property
     def target(self) -> str:
@@ -90,23 +93,29 @@ class HttpExchange:
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case), or None."""
-        return self._request.header(name)
+        return first_value(self.headers, name)
 
     async def read_body_chunk(self) -> bytes | None:
-        """The next piece of the request body; None once it is complete."""
-        request, connection = self._request, self._connection
-        while not request.body:
-            if request.complete:
-                return None
-            if connection.malformed is not None:
-                raise MalformedBody(str(connection.malformed))
+        """The next piece of the request body; None once it is complete. Raises
+        `ProtocolError` if the body breaks HTTP/1.1, `ClientGone` if the client left."""
+        if self._body_read:
+            return None
+        connection = self._connection
+        events = connection.parser.events
+        while not events:
+            if connection.failure is not None:
+                raise connection.failure
             if connection.gone:
                 raise ClientGone
-            if request.expects_continue:
-                request.expects_continue = False
+            if self._expects_continue:
+                self._expects_continue = False
                 await connection.write(CONTINUE)
             await connection.receive()
-        return request.body.popleft()
+        event = events.popleft()
+        if isinstance(event, Data):
+            return event.data
+        self._body_read = True  # EndOfMessage: what follows is the next request's
+        return None
 
     async def respond(self, status: int, headers: Sequence[Header], body: bytes) -> None:
         """A complete response: `headers`, Content-Length, then `body`."""
@@ -148,11 +157,11 @@ class HttpExchange:
     def _begin_response(self) -> list[Header]:
         """Note that the response has started; the connection headers it must carry."""
         self.response_started = True
-        connection, request = self._connection, self._request
+        connection = self._connection
         self.last_on_connection = (
             connection.server.draining
-            or not request.keep_alive
-            or not request.complete
+            or not self._keep_alive
+            or connection.parser.messages_ended < self._ordinal
             or not self._chunked
         )
         # Draining, a request not read whole, or the client asked: the connection's last answer.
@@ -166,33 +175,39 @@ class _Connection:
     def __init__(self, server: "HttpServer", stream: trio.SocketStream) -> None:
         self.server = server
         self.stream = stream
-        self.parser = RequestParser(server.limits.max_head_bytes)
+        self.parser = RequestParser(server.limits.head)
+        self.requests_taken = 0
         self.gone = False
-        self.malformed: MalformedRequest | None = None
+        self.failure: ProtocolError | None = None
         self.writing_since: float | None = None
         self.waiting_for_request: trio.CancelScope | None = None  # idle: drain may close it
 
-    async def next_request(self) -> ParsedRequest | None:
-        """The next request whose head has arrived, or None if the client closed first."""
-        ready = self.parser.ready
-        while not ready:
-            if self.malformed is not None:
-                raise self.malformed
-            if self.gone:
-                return None
-            await self.receive()
-        return ready.popleft()
+    async def next_request(self) -> Request | None:
+        """The next request whose head has arrived, or None if the client closed first. What
+        is left of the previous request's body, unread by its handler, is dropped."""
+        events = self.parser.events
+        while True:
+            while not events:
+                if self.failure is not None:
+                    raise self.failure
+                if self.gone:
+                    return None
+                await self.receive()
+            event = events.popleft()
+            if isinstance(event, Request):
+                self.requests_taken += 1
+                return event
 
     async def receive(self) -> None:
         """Feed the parser the client's next bytes (or note that it is gone)."""
         self._feed(await self._receive_some())
 
     def _feed(self, data: bytes) -> None:
-        if data and self.malformed is None:
+        if data and self.failure is None:
             try:
                 self.parser.feed(data)
-            except MalformedRequest as exc:
-                self.malformed = exc
+            except ProtocolError as exc:
+                self.failure = exc
 
     async def write(self, data: bytes) -> None:
         """Send `data`. A write that stays blocked is cut off by the server's watchdog (see
@@ -218,10 +233,10 @@ class _Connection:
         while not self.gone:
             data = await self._receive_some()
             fed += len(data)
-            if fed > self.server.limits.max_head_bytes and self.malformed is None:
+            if fed > self.server.limits.head.max_bytes and self.failure is None:
                 # Bytes are dropped from here on: the requests queued so far are the last.
-                self.malformed = MalformedRequest(
-                    400, "more was pipelined than the gateway holds; wait for each answer"
+                self.failure = ProtocolError(
+                    400, "more was pipelined than the server holds; wait for each answer"
                 )
             self._feed(data)
 
@@ -252,9 +267,10 @@ class _Connection:
 class HttpServer:
     """Serve `handler` on TCP listeners until `stop` returns, then drain."""
 
-    def __init__(self, handler: Handler, limits: ServerLimits) -> None:
+    def __init__(self, handler: Handler, limits: ServerLimits, render_error: RenderError) -> None:
         self.handler = handler
         self.limits = limits
+        self.render_error = render_error
         self.draining = False
         self._connections: set[_Connection] = set()
 
@@ -323,14 +339,14 @@ class HttpServer:
                 waiting.cancel()
             try:
                 request = await connection.next_request()
-            except MalformedRequest as exc:
-                await _refuse_malformed(connection, exc)
+            except ProtocolError as exc:
+                await self._refuse(connection, exc)
                 return False
             finally:
                 connection.waiting_for_request = None
         if waiting.cancelled_caught or request is None:
             return False
-        exchange = HttpExchange(connection, request)
+        exchange = HttpExchange(connection, request, connection.requests_taken)
         try:
             await self.handler(exchange)
         except Exception:
@@ -338,9 +354,8 @@ class HttpServer:
             log.exception("unexpected error serving %s %.200r", exchange.method, exchange.path)
             if exchange.response_started:
                 return False
-            await _answer_error(
-                exchange, SopyError("the gateway failed on this request; see its log")
-            )
+            headers, body = self.render_error(500, "the server failed on this request; see its log")
+            await exchange.respond(500, headers, body)
         return (
             exchange.response_finished
             and not exchange.last_on_connection
@@ -348,18 +363,22 @@ class HttpServer:
             and not self.draining
         )
 
-
-async def _refuse_malformed(connection: _Connection, exc: MalformedRequest) -> None:
-    error = InvalidRequest(f"{exc}; send a valid HTTP/1.1 request")
-    headers = [(b"content-type", b"application/json"), _CLOSE]
-    await connection.write(
-        complete_response(exc.status, headers, orjson.dumps(error.openai_body()))
-    )
+    async def _refuse(self, connection: _Connection, error: ProtocolError) -> None:
+        """Answer a request that broke HTTP/1.1, then close."""
+        headers, body = self.render_error(error.status, str(error))
+        await connection.write(complete_response(error.status, [*headers, _CLOSE], body))
 
 
-async def _answer_error(exchange: HttpExchange, error: SopyError) -> None:
-    headers = [(b"content-type", b"application/json")]
-    await exchange.respond(error.status, headers, orjson.dumps(error.openai_body()))
+def _origin_form(target: bytes) -> bytes:
+    """The path and query of a request target; an absolute-form target (`http://host/path`,
+    as sent to proxies) names the resource as well as its origin-form does (RFC 9112 3.2.2)."""
+    if target[:1] == b"/":
+        return target
+    absolute = _ABSOLUTE_FORM.match(target)
+    if absolute is None:
+        return target  # asterisk or authority form: no resource path
+    path = target[absolute.end() :]
+    return path if path[:1] == b"/" else b"/" + path
 
 
 def _url(listener: trio.SocketListener) -> str:

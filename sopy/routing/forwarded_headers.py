@@ -6,12 +6,13 @@ Client → upstream: everything but hop-by-hop headers, the client's own credent
 that the upstream connection sets itself; then the provider credential.
 Upstream → client: everything but hop-by-hop headers and those the HTTP server sets itself (`date`,
 `server`); `content-length` is dropped so a body that breaks off can never look complete.
+Hop-by-hop are the fixed ones below and, both ways, those the message's `Connection` lists.
 """
 
 from collections.abc import Iterable, Sequence
 
-from sopy.messages import Headers
-from sopy.protocol.headers import first_value
+from sopy.protocol.events import Header
+from sopy.protocol.headers import connection_options, first_value
 
 _HOP_BY_HOP = frozenset(
     {
@@ -50,7 +51,9 @@ def upstream_request_headers(
     The client's accept-encoding is passed on as is (or `identity`), because the body is relayed
     byte for byte: the client must be able to decode whatever the upstream chose.
     """
-    kept = [(name, value) for name, value in client_headers if name not in _NOT_FORWARDED]
+    listed = connection_options(client_headers)
+    dropped = _NOT_FORWARDED if listed <= _NOT_FORWARDED else _NOT_FORWARDED | listed
+    kept = [(name, value) for name, value in client_headers if name not in dropped]
     encoding = first_value(client_headers, b"accept-encoding")
     kept.append((b"accept-encoding", b"identity" if encoding is None else encoding))
     if credential is not None:
@@ -58,13 +61,12 @@ def upstream_request_headers(
     return kept
 
 
-def client_response_headers(upstream_headers: Headers) -> list[tuple[bytes, bytes]]:
-    """The backend's response headers that the client may see (names in lower case)."""
-    return [
-        (name.lower(), value)
-        for name, value in upstream_headers
-        if name.lower() not in _NOT_RELAYED
-    ]
+def client_response_headers(upstream_headers: Sequence[tuple[bytes, bytes]]) -> list[Header]:
+    """The backend's response headers that the client may see (names are lower case, as
+    parsed)."""
+    listed = connection_options(upstream_headers)
+    dropped = _NOT_RELAYED if listed <= _NOT_RELAYED else _NOT_RELAYED | listed
+    return [(name, value) for name, value in upstream_headers if name not in dropped]
 
 
 def is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
