@@ -456,13 +456,17 @@ Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
 
 @attrs.frozen
 class ProviderRoute:
-    """Where a provider's requests go: its backend base URLs with their weights, and its
-    credential."""
+    """Where a provider's requests for one model go: its backend base URLs with their weights,
+    its credential and kind, and the model name the provider knows."""
 
     provider: str
     urls: tuple[str, ...]
     weights: tuple[int, ...]
     credential: str | None = attrs.field(repr=False)
+    # How the provider takes its credential and which wire formats it serves natively.
+    kind: str = "openai"
+    # The `model` to send this provider for the model the client asked for; None: unchanged.
+    upstream_model: str | None = None
 
 
 @attrs.frozen

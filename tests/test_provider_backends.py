@@ -38,6 +38,12 @@ async def test_list_backends_the_event_snapshot_and_the_route_table_agree(
             await admin.ok(
                 "add_backend", provider=backend.provider, url=backend.url, weight=backend.weight
             )
+        for group in GROUPED:
+            await admin.ok(
+                "add_model_mapping",
+                model_name=f"model-of-{group.provider}",
+                provider=group.provider,
+            )
         listed = await admin.ok("list_backends")
     subscriber = await open_events(nursery, sopy.settings.admin_socket)
     snapshot_message = await next_message(subscriber)
@@ -50,7 +56,7 @@ async def test_list_backends_the_event_snapshot_and_the_route_table_agree(
     assert snapshot_message["snapshot"]["backends"] == [
         {"provider": g.provider, "urls": list(g.urls)} for g in GROUPED
     ]
-    routes = RouteTable.from_snapshot(snapshot).routes
-    assert {p: (r.urls, r.weights) for p, r in routes.items()} == {
+    chains = RouteTable.from_snapshot(snapshot).chains
+    assert {c[0].provider: (c[0].urls, c[0].weights) for c in chains.values()} == {
         g.provider: (g.urls, g.weights) for g in GROUPED
     }

@@ -23,31 +23,28 @@ class RouteTable:
     version: int
     key_ids_by_hash: Mapping[str, int]
     inactive_key_hashes: frozenset[str]
-    providers_by_model: Mapping[str, tuple[str, ...]]
-    routes: Mapping[str, ProviderRoute]
+    # Each mapped model's provider, then its fallbacks, as the pools need them.
+    chains: Mapping[str, tuple[ProviderRoute, ...]]
     models_body: bytes
 
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
         backends = {group.provider: group for group in group_by_provider(snapshot.backends)}
         credentials = {c.provider: c.credential for c in snapshot.credentials}
-        chains = {m.model_name: (m.provider, *m.fallbacks) for m in snapshot.model_mappings}
-        providers = set(backends) | set(credentials) | {p for c in chains.values() for p in c}
+
+        def route(provider: str) -> ProviderRoute:
+            found = backends.get(provider, _NO_BACKENDS)
+            return ProviderRoute(provider, found.urls, found.weights, credentials.get(provider))
+
         return cls(
             version=snapshot.version,
             key_ids_by_hash={k.key_hash: k.id for k in snapshot.user_api_keys if k.active},
             inactive_key_hashes=frozenset(
                 k.key_hash for k in snapshot.user_api_keys if not k.active
             ),
-            providers_by_model=chains,
-            routes={
-                provider: ProviderRoute(
-                    provider,
-                    backends.get(provider, _NO_BACKENDS).urls,
-                    backends.get(provider, _NO_BACKENDS).weights,
-                    credentials.get(provider),
-                )
-                for provider in providers
+            chains={
+                m.model_name: tuple(route(provider) for provider in (m.provider, *m.fallbacks))
+                for m in snapshot.model_mappings
             },
             models_body=orjson.dumps(
                 {
@@ -92,7 +89,7 @@ class RouteTable:
 
     def routes_for(self, model: str) -> tuple[ProviderRoute, ...]:
         """The model's provider, then its fallbacks in order, leaving out any without backends."""
-        chain = self.providers_by_model.get(model)
+        chain = self.chains.get(model)
         if chain is None:
             raise ModelNotFound(
                 f"The model '{model}' does not exist or you do not have access to it. "
@@ -100,9 +97,9 @@ class RouteTable:
                 "with `sopy admin add_model_mapping`.",
                 param="model",
             )
-        routes = tuple(self.routes[provider] for provider in chain if self.routes[provider].urls)
+        routes = tuple(route for route in chain if route.urls)
         if not routes:
-            provider = chain[0]
+            provider = chain[0].provider
             raise NoBackendAvailable(
                 f"Model '{model}' is mapped to provider '{provider}', which has no backend URL. "
                 f"An admin can add one with `sopy admin add_backend --provider {provider} "
