@@ -300,14 +300,14 @@ async def test_requests_are_recorded_with_headers_and_body(
 
 
 async def test_unknown_route_is_an_openai_404(client: httpx.AsyncClient) -> None:
-    response = await client.post("/embeddings", json={})
+    response = await client.post("/fine_tuning/jobs", json={})
 
     assert response.status_code == 404
     assert response.headers["x-mock-upstream"] == NAME
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert (error["param"], error["code"]) == (None, None)
-    assert "/v1/embeddings" in error["message"]
+    assert "/v1/fine_tuning/jobs" in error["message"]
 
 
 async def test_invalid_json_is_an_openai_400(client: httpx.AsyncClient) -> None:
