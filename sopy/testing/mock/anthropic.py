@@ -2,7 +2,8 @@
 and `POST /v1/messages/count_tokens`, with errors in Anthropic's shape.
 
 In strict mode (`MockUpstream(anthropic_strict=True)`) the request is checked as Anthropic
-checks it: an `x-api-key` header (401 otherwise), an `anthropic-version` header (400), and a
+checks it: a credential, in `x-api-key` or `Authorization: Bearer` (401 otherwise), an
+`anthropic-version` header (400), and a
 well-formed body: a string `model`, an integer `max_tokens` (not for count_tokens), `messages`
 whose roles are only `user` and `assistant`, alternating and starting with `user`, and a system
 prompt only as the top-level `system`. Without strict mode only what the mock needs is checked.
@@ -29,9 +30,14 @@ CACHE_READ_TOKENS = 0
 
 
 def check_headers(exchange: Exchange) -> None:
-    """Anthropic's header checks, for strict mode."""
+    """Anthropic's header checks, for strict mode.
+
+    The credential may come as `x-api-key` or as `Authorization: Bearer`, which is how the
+    `anthropic` SDK (2.x) sends an API key; tests read `requests` to see which form arrived.
+    """
     headers = exchange.request.headers
-    if not headers.get("x-api-key"):
+    bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not (headers.get("x-api-key") or bearer):
         raise RouteError(401, "x-api-key header is required", error_type="authentication_error")
     if not headers.get("anthropic-version"):
         raise RouteError(400, "anthropic-version: header is required")
