@@ -96,6 +96,31 @@ async def test_stream_has_event_lines_and_no_done(base_url: str) -> None:
     assert "[DONE]" not in response.text
 
 
+async def test_stream_faults_apply_to_the_responses_stream(base_url: str) -> None:
+    body = {"model": "gpt-test", "input": "hi", "stream": True, "mock": {"reset_after": 3}}
+    received: list[str] = []
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        async with (
+            httpx.AsyncClient() as http,
+            http.stream("POST", f"{base_url}/responses", json=body) as response,
+        ):
+            async for line in response.aiter_lines():
+                received.append(line)
+
+    assert sum(line.startswith("event: ") for line in received) == 3
+
+
+async def test_an_injected_status_is_an_openai_error(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.responses.create(
+            model="gpt-test", input="hi", extra_body={"mock": {"status": 429, "retry_after": 0}}
+        )
+
+    assert refused.value.response.headers["retry-after"] == "0"
+    assert refused.value.code == "rate_limit_exceeded"
+
+
 async def test_a_named_tool_is_called(client: openai.AsyncOpenAI) -> None:
     response = await client.responses.create(
         model="gpt-test", input="call get_weather for Paris", tools=[WEATHER_TOOL]

@@ -14,7 +14,12 @@ from typing import Any
 
 import orjson
 
-from sopy.testing.mock.http import Exchange, RouteError, json_object, send_stream, sse_event
+from sopy.testing.mock.exchange import Exchange, send_parts
+from sopy.testing.mock.http import (
+    RouteError,
+    json_object,
+    sse_event,
+)
 from sopy.testing.mock.text import (
     pieces_of,
     reply_text,
@@ -135,7 +140,7 @@ async def create_message(exchange: Exchange, *, strict: bool) -> None:
         await exchange.response.json(200, message)
         return
     events = stream_events(message, pieces)
-    await send_stream(exchange.response, [sse_event(e, event=e["type"]) for e in events])
+    await send_parts(exchange, [sse_event(e, event=e["type"]) for e in events])
 
 
 def stream_events(message: dict[str, Any], pieces: list[str]) -> list[dict[str, Any]]:

@@ -230,22 +230,3 @@ _ANTHROPIC_ERROR_TYPES = {
     429: "rate_limit_error",
     529: "overloaded_error",
 }
-
-
-@attrs.frozen
-class Exchange:
-    """What a route handler needs: the request, its number in this mock's life, where to answer,
-    and the mock's name to echo."""
-
-    request: ReceivedRequest
-    number: int
-    response: MockResponse
-    upstream_name: str
-
-
-async def send_stream(response: MockResponse, events: Iterable[bytes]) -> None:
-    """A whole server-sent event stream, one event per body part as a provider sends them."""
-    await response.start(200, b"text/event-stream", [(b"cache-control", b"no-cache")])
-    for event in events:
-        await response.send_part(event)
-    await response.finish()

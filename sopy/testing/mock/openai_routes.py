@@ -15,13 +15,12 @@ from typing import Any
 
 import orjson
 
+from sopy.testing.mock.exchange import Exchange, send_parts
 from sopy.testing.mock.http import (
-    Exchange,
     FormPart,
     RouteError,
     json_object,
     required_string,
-    send_stream,
 )
 from sopy.testing.mock.text import CREATED, pieces_of, reply_text, token_count
 
@@ -79,7 +78,7 @@ async def complete_text(exchange: Exchange) -> None:
             chunks.append({**_text_chunk(completion_id, model, "", None), "choices": []})
             chunks[-1]["usage"] = usage
         events = [_data_event(chunk) for chunk in chunks] + [b"data: [DONE]\n\n"]
-        await send_stream(exchange.response, events)
+        await send_parts(exchange, events)
         return
     completion = _text_chunk(completion_id, model, "".join(pieces), "stop")
     await exchange.response.json(200, {**completion, "usage": usage})
@@ -260,11 +259,7 @@ async def speak(exchange: Exchange) -> None:
     content_type = SPEECH_CONTENT_TYPES.get(audio_format) if isinstance(audio_format, str) else None
     if content_type is None:
         raise RouteError(400, f"Unknown response_format {audio_format!r}.", param="response_format")
-    response = exchange.response
-    await response.start(200, content_type)
-    for part in speech_parts(exchange.upstream_name, model, spoken):
-        await response.send_part(part)
-    await response.finish()
+    await send_parts(exchange, speech_parts(exchange.upstream_name, model, spoken), content_type)
 
 
 def speech_parts(upstream_name: str, model: str, spoken: str) -> list[bytes]:

@@ -16,12 +16,11 @@ from typing import Any
 import attrs
 import orjson
 
+from sopy.testing.mock.exchange import Exchange, send_parts
 from sopy.testing.mock.http import (
-    Exchange,
     RouteError,
     json_object,
     required_string,
-    send_stream,
     sse_event,
 )
 from sopy.testing.mock.text import (
@@ -256,11 +255,10 @@ async def create(exchange: Exchange, store: ResponseStore) -> None:
     """POST /v1/responses: JSON, or with stream=true the SSE event sequence."""
     payload = json_object(exchange.request.body)
     run = run_response(exchange.upstream_name, exchange.number, payload, store)
-    response = exchange.response
     if payload.get("stream") is not True:
-        await response.json(200, run.response)
+        await exchange.response.json(200, run.response)
         return
-    await send_stream(response, sse_events(run))
+    await send_parts(exchange, sse_events(run))
 
 
 async def retrieve(exchange: Exchange, store: ResponseStore, response_id: str) -> None:

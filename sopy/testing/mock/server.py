@@ -49,6 +49,7 @@ from sopy.testing.mock.chat import (
     last_user_text,
     parse_chat_request,
 )
+from sopy.testing.mock.exchange import Exchange
 from sopy.testing.mock.faults import (
     NO_FAULTS,
     Faults,
@@ -58,7 +59,6 @@ from sopy.testing.mock.faults import (
     retry_after_header,
 )
 from sopy.testing.mock.http import (
-    Exchange,
     Headers,
     MockResponse,
     ReceivedRequest,
@@ -227,7 +227,8 @@ class MockUpstream:
         try:
             route = self._route(request, is_anthropic)
             if route != self._complete_chat:
-                await _act_out_simple_faults(request, self.name)
+                faults = await _act_out_simple_faults(request, self.name)
+                exchange = attrs.evolve(exchange, faults=faults)
             await route(exchange)
         except RouteError as error:
             body = (
@@ -416,16 +417,17 @@ def _raise(error: RouteError) -> _Route:
     raise error
 
 
-async def _act_out_simple_faults(request: ReceivedRequest, upstream_name: str) -> None:
-    """The `"mock"` faults every JSON route honours: a delay before the headers, an error."""
+async def _act_out_simple_faults(request: ReceivedRequest, upstream_name: str) -> Faults:
+    """The `"mock"` faults every JSON route honours: a delay before the headers, an error; the
+    stream faults (`chunk_delay`, `reset_after`) are left to `send_parts`."""
     if not request.headers.get("content-type", "").startswith("application/json"):
-        return
+        return NO_FAULTS
     try:
         payload = orjson.loads(request.body)
     except orjson.JSONDecodeError:
-        return  # the route itself reports the bad body
+        return NO_FAULTS  # the route itself reports the bad body
     if not isinstance(payload, dict) or "mock" not in payload:
-        return
+        return NO_FAULTS
     faults = parse_faults(payload["mock"])
     await trio.sleep(faults.headers_delay)
     if faults.status is not None:
@@ -434,6 +436,7 @@ async def _act_out_simple_faults(request: ReceivedRequest, upstream_name: str) -
             f"mock upstream {upstream_name} injected status {faults.status}",
             headers=retry_after_header(faults.retry_after),
         )
+    return faults
 
 
 async def _refuse_websocket(scope: WebsocketScope, send: ASGISendCallable, message: str) -> None:
