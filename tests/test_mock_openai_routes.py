@@ -132,15 +132,18 @@ async def test_image_generation_is_b64_json_echoing_model_and_prompt(
 async def test_image_edit_echoes_the_model_field_and_the_file_size(
     client: openai.AsyncOpenAI, mock: MockUpstream
 ) -> None:
-    picture = ("cat.png", b"\x89PNG" + b"\0" * 96, "image/png")
+    # Every byte value, CR LF pairs and a fake boundary among them: the file must arrive whole.
+    content = b"\x89PNG" + bytes(range(256)) + b"\r\n--boundary\r\n" * 3 + b"\0" * 4
+    picture = ("cat.png", content, "image/png")
 
     result = await client.images.edit(model="image-test", image=picture, prompt="add a hat")
 
     assert result.data is not None
-    assert result.data[0].revised_prompt == "image-test edited 100 bytes: add a hat"
+    assert result.data[0].revised_prompt == f"image-test edited {len(content)} bytes: add a hat"
     form = mock.requests[-1].form()
     assert form["model"].text == "image-test"
     assert form["image"].filename == "cat.png"
+    assert form["image"].value == content
 
 
 async def test_transcription_echoes_model_and_byte_count(client: openai.AsyncOpenAI) -> None:

@@ -30,9 +30,6 @@ from sopy.testing.mock.text import (
     tool_names,
 )
 
-# The cached share of the input the mock reports, so that usage carries every token kind.
-CACHE_READ_TOKENS = 0
-
 
 def check_headers(exchange: Exchange) -> None:
     """Anthropic's header checks, for strict mode.
@@ -124,7 +121,7 @@ async def create_message(exchange: Exchange, *, strict: bool) -> None:
         "input_tokens": _input_tokens(payload),
         "output_tokens": len(pieces),
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": CACHE_READ_TOKENS,
+        "cache_read_input_tokens": 0,
     }
     message = {
         "id": f"msg_{prefix}",

@@ -240,19 +240,19 @@ class MockUpstream:
 
     def _route(self, request: ReceivedRequest, is_anthropic: bool) -> _Route:
         method, path = request.method, request.path
-        unknown = RouteError(404, f"Unknown route: {method} {path}", error_type=None)
+        unknown = RouteError(404, f"Unknown route: {method} {path}")
         if self.chat_only and (method, path) not in _CHAT_ONLY_ROUTES:
             raise unknown
         if self.anthropic_strict and not is_anthropic:
-            raise RouteError(404, f"Unknown route: {method} {path}", error_type="not_found_error")
+            raise unknown
         if is_anthropic:
             if method != "POST":
                 raise unknown
             return self._anthropic_route(path)
-        route = self._openai_routes.get((method, path))
-        if route is not None:
-            return route
-        return self._response_id_route(method, path) or _raise(unknown)
+        route = self._openai_routes.get((method, path)) or self._response_id_route(method, path)
+        if route is None:
+            raise unknown
+        return route
 
     def _anthropic_route(self, path: str) -> _Route:
         strict = self.anthropic_strict
@@ -411,10 +411,6 @@ class MockUpstream:
             if remaining:
                 await trio.sleep(delay)
         await response.finish()
-
-
-def _raise(error: RouteError) -> _Route:
-    raise error
 
 
 async def _act_out_simple_faults(request: ReceivedRequest, upstream_name: str) -> Faults:
