@@ -69,6 +69,18 @@ async def test_no_websocket_flag_is_named_on_the_listening_line() -> None:
     assert "without the Responses WebSocket mode" in line
 
 
+async def test_base_path_flag_serves_the_api_there() -> None:
+    process, _, base_url = await start_mock("--base-path", "/openai/v1")
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            models = await http.get("/models")
+    finally:
+        await stop(process)
+
+    assert base_url.endswith("/openai/v1")
+    assert models.status_code == 200
+
+
 def test_chat_only_and_anthropic_strict_flags_exclude_each_other() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sopy", "mock-upstream", "--chat-only", "--anthropic-strict"],

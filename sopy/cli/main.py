@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
         help="serve only Anthropic's /v1/messages routes, checking headers and bodies strictly",
     )
     mock.add_argument(
+        "--base-path",
+        default="/v1",
+        help="where the API lives, e.g. /openai/v1 as at Azure OpenAI; default /v1",
+    )
+    mock.add_argument(
         "--no-websocket",
         action="store_true",
         help="refuse the Responses WebSocket mode (404 to the upgrade)",
@@ -257,6 +262,7 @@ def _mock_upstream(args: argparse.Namespace, _rest: list[str]) -> int:
             chat_only=args.chat_only,
             anthropic_strict=args.anthropic_strict,
             websocket=not args.no_websocket,
+            base_path=args.base_path,
         )
     except ValueError as error:
         # Out-of-range options are rejected before the server starts: a usage mistake.

@@ -5,9 +5,11 @@ The server is hypercorn serving a plain ASGI app on trio. This module owns the r
 modes, the records tests read (`requests`, `websocket_messages`, `disconnects`, `in_flight`,
 `padding_sent`, `injected`) and the chat completion faults; the routes' payloads come from
 `chat`, `openai_routes`, `responses` and `anthropic`. Every route lives under `/v1`, as at a
-real provider, so a backend URL is the mock's base URL plus `/v1`.
+real provider, so a backend URL is the mock's base URL plus `/v1` (or its `base_path`).
 
-Modes: the default serves every route; `chat_only` serves only `GET /v1/models` and
+`base_path` (default `/v1`) is where the API lives, e.g. `/openai/v1` as at Azure OpenAI or
+`/v1beta/openai` as at Gemini; `requests` record the path as received. Modes: the default serves
+every route; `chat_only` serves only `GET /v1/models` and
 `POST /v1/chat/completions` and answers 404 to everything else, as a typical self-hosted server
 does; `anthropic_strict` serves only the Messages routes and checks headers and bodies as
 Anthropic does; `websocket=False` refuses the Responses WebSocket mode (404 to the upgrade), as
@@ -101,7 +103,10 @@ class MockUpstream:
         chat_only: bool = False,
         anthropic_strict: bool = False,
         websocket: bool = True,
+        base_path: str = "/v1",
     ) -> None:
+        if not re.fullmatch(r"(/[^/]+)+", base_path):
+            raise ValueError(f"base_path must be a path like /v1 or /openai/v1, not {base_path!r}")
         if not fault_kinds:
             raise ValueError("fault_kinds must name at least one RandomFault")
         if not 0.0 <= failure_rate <= 1.0:
@@ -117,6 +122,7 @@ class MockUpstream:
         self.chat_only = chat_only
         self.anthropic_strict = anthropic_strict
         self.websocket = websocket and not (chat_only or anthropic_strict)
+        self.base_path = base_path
         self.injected: Counter[str] = Counter()
         self._random = random.Random(seed)
         self.requests: list[ReceivedRequest] = []
@@ -221,11 +227,12 @@ class MockUpstream:
 
     async def _respond(self, exchange: Exchange) -> None:
         request = exchange.request
-        is_anthropic = request.path in _ANTHROPIC_PATHS
+        route_path = self._route_path(request.path)
+        is_anthropic = route_path in _ANTHROPIC_PATHS
         if is_anthropic:
             exchange.response.request_id_header = b"request-id"
         try:
-            route = self._route(request, is_anthropic)
+            route = self._route(request, route_path, is_anthropic)
             if route != self._complete_chat:
                 faults = await _act_out_simple_faults(request, self.name)
                 exchange = attrs.evolve(exchange, faults=faults)
@@ -238,9 +245,18 @@ class MockUpstream:
             )
             await exchange.response.json(error.status, body, error.headers)
 
-    def _route(self, request: ReceivedRequest, is_anthropic: bool) -> _Route:
-        method, path = request.method, request.path
-        unknown = RouteError(404, f"Unknown route: {method} {path}")
+    def _route_path(self, path: str) -> str | None:
+        """The path of a route in the table (`/v1/...`), if `path` is under the base path."""
+        if not path.startswith(self.base_path + "/"):
+            return None
+        return "/v1" + path.removeprefix(self.base_path)
+
+    def _route(self, request: ReceivedRequest, path: str | None, is_anthropic: bool) -> _Route:
+        """The handler for `path`, the request's path seen from the base path (None if outside)."""
+        method = request.method
+        unknown = RouteError(404, f"Unknown route: {method} {request.path}")
+        if path is None:
+            raise unknown
         if self.chat_only and (method, path) not in _CHAT_ONLY_ROUTES:
             raise unknown
         if self.anthropic_strict and not is_anthropic:
@@ -313,7 +329,7 @@ class MockUpstream:
                 query=scope["query_string"].decode("latin-1"),
             )
         )
-        if not self.websocket or scope["path"] != "/v1/responses":
+        if not self.websocket or self._route_path(scope["path"]) != "/v1/responses":
             await _refuse_websocket(scope, send, f"Unknown route: GET {scope['path']} (websocket)")
             return
         await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
@@ -462,6 +478,7 @@ def run_mock_upstream(
     chat_only: bool = False,
     anthropic_strict: bool = False,
     websocket: bool = True,
+    base_path: str = "/v1",
 ) -> None:
     """Run a mock upstream in the foreground until SIGINT or SIGTERM (`sopy mock-upstream`).
 
@@ -475,6 +492,7 @@ def run_mock_upstream(
         chat_only=chat_only,
         anthropic_strict=anthropic_strict,
         websocket=websocket,
+        base_path=base_path,
     )
     trio.run(_serve_until_signalled, upstream, host, port)
 
@@ -490,7 +508,7 @@ async def _serve_until_signalled(upstream: MockUpstream, host: str, port: int) -
 
 
 def _listening_line(upstream: MockUpstream, base_url: str) -> str:
-    line = f"mock upstream '{upstream.name}' listening on {base_url}/v1"
+    line = f"mock upstream '{upstream.name}' listening on {base_url}{upstream.base_path}"
     if upstream.chat_only:
         line += ", chat completions and models only"
     elif upstream.anthropic_strict:
