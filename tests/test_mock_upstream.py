@@ -300,14 +300,39 @@ async def test_requests_are_recorded_with_headers_and_body(
 
 
 async def test_unknown_route_is_an_openai_404(client: httpx.AsyncClient) -> None:
-    response = await client.post("/embeddings", json={})
+    response = await client.post("/fine_tuning/jobs", json={})
 
     assert response.status_code == 404
     assert response.headers["x-mock-upstream"] == NAME
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert (error["param"], error["code"]) == (None, None)
-    assert "/v1/embeddings" in error["message"]
+    assert "/v1/fine_tuning/jobs" in error["message"]
+
+
+async def test_a_base_path_moves_every_route_under_it(nursery: trio.Nursery) -> None:
+    upstream = MockUpstream(NAME, base_path="/openai/v1")
+    origin = await nursery.start(upstream.serve)
+
+    async with httpx.AsyncClient(base_url=origin) as client:
+        moved = await client.post("/openai/v1/chat/completions", json=chat_body())
+        embedded = await client.post("/openai/v1/embeddings", json={"model": "m", "input": "x"})
+        default = await client.post("/v1/chat/completions", json=chat_body())
+
+    assert (moved.status_code, embedded.status_code) == (200, 200)
+    assert default.status_code == 404
+    assert "/v1/chat/completions" in default.json()["error"]["message"]
+    assert [request.path for request in upstream.requests] == [
+        "/openai/v1/chat/completions",
+        "/openai/v1/embeddings",
+        "/v1/chat/completions",
+    ]
+
+
+@pytest.mark.parametrize("base_path", ["v1", "/v1/", "/", ""])
+def test_a_base_path_must_be_a_path(base_path: str) -> None:
+    with pytest.raises(ValueError, match="base_path"):
+        MockUpstream(NAME, base_path=base_path)
 
 
 async def test_invalid_json_is_an_openai_400(client: httpx.AsyncClient) -> None:

@@ -98,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     secret_key.set_defaults(handler=_print_secret_key)
 
-    mock = actions.add_parser("mock-upstream", help="run the bundled mock OpenAI upstream")
+    mock = actions.add_parser(
+        "mock-upstream", help="run the bundled mock OpenAI and Anthropic provider"
+    )
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9000)
     mock.add_argument("--name", default="mock")
@@ -114,6 +116,27 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="how long a random hang holds back the headers; default 30",
+    )
+    modes = mock.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--chat-only",
+        action="store_true",
+        help="serve only /v1/chat/completions and /v1/models, 404 to the rest",
+    )
+    modes.add_argument(
+        "--anthropic-strict",
+        action="store_true",
+        help="serve only Anthropic's /v1/messages routes, checking headers and bodies strictly",
+    )
+    mock.add_argument(
+        "--base-path",
+        default="/v1",
+        help="where the API lives, e.g. /openai/v1 as at Azure OpenAI; default /v1",
+    )
+    mock.add_argument(
+        "--no-websocket",
+        action="store_true",
+        help="refuse the Responses WebSocket mode (404 to the upgrade)",
     )
     mock.set_defaults(handler=_mock_upstream)
     return parser
@@ -236,6 +259,10 @@ def _mock_upstream(args: argparse.Namespace, _rest: list[str]) -> int:
             failure_rate=args.failure_rate,
             seed=args.seed,
             hang_seconds=args.hang_seconds,
+            chat_only=args.chat_only,
+            anthropic_strict=args.anthropic_strict,
+            websocket=not args.no_websocket,
+            base_path=args.base_path,
         )
     except ValueError as error:
         # Out-of-range options are rejected before the server starts: a usage mistake.
