@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from sopy.config.database import ConfigDatabase
-from sopy.config.secret_box import SecretBox, new_secret_key, secret_box_for
+from sopy.config.secret_box import SecretBox, box_from_key_file, new_secret_key
 from sopy.errors import StartupError
 from sopy.messages import AddAdminAuth, RotateSecretKey
 from sopy.settings import Settings
@@ -73,7 +73,7 @@ async def test_restarting_needs_the_same_key(nursery: trio.Nursery, settings: Se
 async def test_credentials_stored_before_a_key_was_set_are_sealed_on_start(
     nursery: trio.Nursery, settings: Settings
 ) -> None:
-    plain = await start(nursery, settings)
+    plain = await start(nursery, attrs.evolve(settings, no_secret_key=True))
     async with await plain.admin() as admin:
         await admin.ok("add_admin_auth", name="openai", credentials=CREDENTIAL)
     await plain.stop()
@@ -162,7 +162,7 @@ def test_a_key_file_readable_by_others_is_refused(workdir: Path) -> None:
     key_file.write_text(new_secret_key() + "\n")
     os.chmod(key_file, 0o644)
     with pytest.raises(StartupError, match="chmod 600"):
-        secret_box_for(None, key_file)
+        box_from_key_file(key_file, create=False)
 
 
 def test_a_malformed_key_is_refused_with_how_to_make_one() -> None:
