@@ -94,9 +94,10 @@ from sopy.messages import (
 from sopy.runtime.private_files import (
     existing_private_file,
     file_beside,
+    make_private,
     open_private,
+    own_file_exists,
     require_private_directory,
-    write_private_file,
 )
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,8 @@ class ConfigDatabase:
                     version += 1
                     self._record_change(version, now, change)
         except (sqlite3.Error, OSError) as exc:
+            if writes:
+                self._restore_version_mark()
             raise self._unavailable(exc, writes=writes) from None
         self.version = version
         return Applied(result, change, None if change is None else self.load_snapshot())
@@ -384,7 +387,7 @@ class ConfigDatabase:
     def _record_change(self, version: int, now: float, change: ConfigEvent) -> None:
         # The mark goes first: a crash before the commit leaves it one ahead, which costs a
         # skipped version, never a reused one.
-        write_private_file(self._version_mark, f"{version}\n")
+        self._write_version_mark(version)
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'config_version'", (version,))
         self._db.execute(
             "INSERT INTO config_events (version, at, event) VALUES (?, ?, ?)",
@@ -685,7 +688,26 @@ class ConfigDatabase:
             )
             self.version = marked
         elif marked < self.version:
-            write_private_file(self._version_mark, f"{self.version}\n")
+            self._write_version_mark(self.version)
+
+    def _restore_version_mark(self) -> None:
+        """After a failed commit the mark is back at the committed version, so a restart does
+        not take the failed attempt for a lost database. If even this fails, the mark stays one
+        ahead, which skips a version but never reuses one."""
+        with contextlib.suppress(OSError):
+            self._write_version_mark(self.version)
+
+    def _write_version_mark(self, version: int) -> None:
+        """Durably record `version` as used. Rewritten in place: a few bytes in one block need
+        no new space, so on a full disk it is the database that reports the fact."""
+        text = f"{version}\n".encode()
+        descriptor = open_private(self._version_mark, os.O_WRONLY)
+        try:
+            os.pwrite(descriptor, text, 0)
+            os.ftruncate(descriptor, len(text))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def _read_version_mark(self) -> int:
         if not existing_private_file(self._version_mark, "config version mark", "--db-path"):
@@ -801,10 +823,9 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, tuple[int, int]]:
     """A connection to `path` and the (device, inode) of the file it opened."""
     what, flag = "config database", "--db-path"
     try:
-        exists = existing_private_file(path, what, flag)
-        # Files SQLite left behind after a crash, narrowed to 0600 like the database.
-        for companion in ("-wal", "-shm"):
-            existing_private_file(Path(f"{path}{companion}"), f"{what} file", flag)
+        exists = own_file_exists(path, what, flag)
+        for companion in _COMPANIONS:
+            own_file_exists(Path(f"{path}{companion}"), what, flag)
         if not exists:
             # SQLite gives the -wal and -shm files the database file's mode: create it 0600.
             os.close(open_private(path, os.O_RDWR | os.O_EXCL))
@@ -848,12 +869,15 @@ def _require_sopy_database(connection: sqlite3.Connection, path: Path) -> None:
     problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
     if problems != ["ok"]:
         raise StartupError(_damaged(path, problems[0]))
+    # Only now that the file is known to be Sopy's: an older Sopy created it readable by all.
+    for companion in ("", *_COMPANIONS):
+        make_private(Path(f"{path}{companion}"), "config database file")
 
 
 def _damaged(path: Path, detail: str) -> str:
     return (
-        f"the config database {path} is damaged ({detail}); restore it from a backup, or move "
-        "it away to start with an empty configuration"
+        f"the config database {path} is damaged ({' '.join(detail.split())}); restore it from a "
+        "backup, or move it away to start with an empty configuration"
     )
 
 
@@ -866,6 +890,11 @@ def _startup_error(exc: sqlite3.Error, path: Path) -> StartupError:
         )
     if primary == _SQLITE_CORRUPT:
         return StartupError(_damaged(path, str(exc)))
+    if primary == _SQLITE_CANTOPEN:
+        return StartupError(
+            f"cannot open the config database {path} ({exc}); Sopy's user must be able to read "
+            "and write it and create files beside it, on a filesystem mounted read-write"
+        )
     if _is_full(exc):
         return StartupError(f"cannot prepare the config database {path}: the disk is full")
     if _is_locked(exc):
@@ -881,12 +910,15 @@ def _startup_error(exc: sqlite3.Error, path: Path) -> StartupError:
     return StartupError(f"cannot open the config database {path}: {exc}")
 
 
+# The files SQLite keeps beside a database in WAL mode.
+_COMPANIONS = ("-wal", "-shm")
 # SQLite's primary result codes (the low byte of an extended code).
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_READONLY = 8
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 
 

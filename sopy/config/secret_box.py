@@ -20,8 +20,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from sopy.errors import StartupError
 from sopy.keys import fernet_for
 from sopy.runtime.private_files import (
-    existing_private_file,
     file_beside,
+    own_file_exists,
     require_private_directory,
     write_private_file,
 )
@@ -108,14 +108,14 @@ def box_from_key_file(path: Path, *, create: bool) -> SecretBox:
     require_private_directory(path, "secret key file", "--secret-key-file")
     with contextlib.suppress(FileNotFoundError):
         mode = path.lstat().st_mode
-        # Refused, not narrowed as `existing_private_file` would: the key may have been seen.
+        # Refused, not narrowed: the key may have been seen.
         if stat.S_ISREG(mode) and mode & 0o077:
             raise StartupError(
                 f"the secret key file {path} is readable by other users; the key may have been "
                 "seen: run chmod 600 on it, then rotate the key"
             )
     try:
-        exists = existing_private_file(path, "secret key file", "--secret-key-file")
+        exists = own_file_exists(path, "secret key file", "--secret-key-file")
         if not exists and create:
             write_key_file(path, new_secret_key())
             log.info("created the secret key file %s (mode 0600)", path)

@@ -7,6 +7,7 @@ here, so each gets the same rules: its directory belongs to us and is writable b
 and not a symbolic link, and a new file is created mode 0600 without following a link.
 """
 
+import contextlib
 import logging
 import os
 import stat
@@ -42,8 +43,16 @@ def require_private_directory(path: Path, what: str, flag: str) -> None:
 
 
 def existing_private_file(path: Path, what: str, flag: str) -> bool:
-    """Whether `path` exists; if it does it must be our own regular file, not a link. A file of
-    ours that others may read (written by an older Sopy) is narrowed to mode 0600."""
+    """Whether `path` exists as a file that is private to us (see `own_file_exists`), narrowing
+    its mode to 0600 first if an older Sopy left it readable by others."""
+    exists = own_file_exists(path, what, flag)
+    if exists:
+        make_private(path, what)
+    return exists
+
+
+def own_file_exists(path: Path, what: str, flag: str) -> bool:
+    """Whether `path` exists; if it does it must be our own regular file, not a link."""
     try:
         status = path.lstat()
     except FileNotFoundError:
@@ -63,10 +72,15 @@ def existing_private_file(path: Path, what: str, flag: str) -> bool:
             f"the {what} {path} belongs to another user (uid {status.st_uid}); Sopy uses only "
             f"files of its own user: move it away or choose another path with {flag}"
         )
-    if status.st_mode & _GROUP_OR_OTHERS:
-        os.chmod(path, PRIVATE_MODE, follow_symlinks=False)
-        log.warning("%s %s was readable by other users; it is now mode 0600", what, path)
     return True
+
+
+def make_private(path: Path, what: str) -> None:
+    """Narrow an existing file of ours to mode 0600 if group or others may read it."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.lstat().st_mode & _GROUP_OR_OTHERS:
+            os.chmod(path, PRIVATE_MODE, follow_symlinks=False)
+            log.warning("%s %s was readable by other users; it is now mode 0600", what, path)
 
 
 def open_private(path: Path, flags: int) -> int:
