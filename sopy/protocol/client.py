@@ -14,6 +14,7 @@ It does not speak to egress proxies (no CONNECT, no HTTP(S)_PROXY): backends are
 """
 
 import re
+import select
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -68,7 +69,9 @@ class Origin:
 class _Connection:
     origin: Origin
     stream: trio.abc.Stream
-    socket: trio.socket.SocketType | None  # of a plain TCP connection, for the staleness check
+    # Polls a plain TCP connection's socket for the staleness check: made once per connection,
+    # so that each reuse costs one poll call, not a poll object's creation and registration too.
+    readable: "select.poll | None"
     parser: ResponseParser
     idle_since: float = 0.0
     closed_by_peer: bool = False
@@ -108,10 +111,10 @@ class _Connection:
 
     def looks_stale(self) -> bool:
         """Whether an idle plain connection has something to read: the backend closed it, or
-        sent something unasked (e.g. a 408 on its own idle timeout). trio polls the socket, so
-        any file descriptor number works. TLS connections may carry session tickets, so they
-        are not checked; a failed reuse is retried instead."""
-        return self.socket is not None and self.socket.is_readable()
+        sent something unasked (e.g. a 408 on its own idle timeout). It is polled (not
+        selected), so any file descriptor number works. TLS connections may carry session
+        tickets, so they are not checked; a failed reuse is retried instead."""
+        return self.readable is not None and bool(self.readable.poll(0))
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -274,13 +277,14 @@ class UpstreamConnections:
             raise
 
     async def _connect(self, origin: Origin) -> _Connection:
-        plain: trio.socket.SocketType | None = None
+        readable: select.poll | None = None
         try:
             with trio.fail_after(self._connect_timeout):
                 tcp = await trio.open_tcp_stream(origin.host, origin.port)
                 stream: trio.abc.Stream = tcp
                 if origin.scheme == "http":
-                    plain = tcp.socket
+                    readable = select.poll()
+                    readable.register(tcp.socket.fileno(), select.POLLIN)
                 else:
                     tls = trio.SSLStream(
                         stream, self._tls, server_hostname=origin.host, https_compatible=True
@@ -299,7 +303,7 @@ class UpstreamConnections:
             # trio reports a failed TLS handshake as BrokenResourceError caused by the SSLError.
             reason = exc.__cause__ or exc
             raise UpstreamConnectError(str(reason) or type(reason).__name__) from exc
-        return _Connection(origin, stream, plain, ResponseParser(self._head_limits))
+        return _Connection(origin, stream, readable, ResponseParser(self._head_limits))
 
 
 def _request_bytes(
