@@ -5,6 +5,7 @@ and more than 1,024 file descriptors open."""
 import contextlib
 import logging
 import os
+import re
 import resource
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -220,6 +221,23 @@ async def test_a_header_with_a_line_break_is_never_written() -> None:
             await connections.send(
                 "POST", "http://127.0.0.1:9/", [(b"x-evil", b"a\r\nInjected: 1")], b""
             )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        (b"x-evil", b"a\rb"),
+        (b"x-evil", b"a\nb"),
+        (b"x-evil", b"a\x00b"),
+        (b"x-evil\r\ninjected", b"1"),
+        (b"x-evil\x00", b"1"),
+    ],
+)
+async def test_no_header_with_a_cr_lf_or_nul_is_written(header: tuple[bytes, bytes]) -> None:
+    headers = [(b"content-type", b"application/json"), header, (b"x-after", b"ok")]
+    async with UpstreamConnections(5) as connections:
+        with pytest.raises(UpstreamRequestRefused, match=re.escape(f"header {header[0]!r} holds")):
+            await connections.send("POST", "http://127.0.0.1:9/", headers, b"")
 
 
 async def test_a_switching_protocols_answer_is_a_broken_response(nursery: trio.Nursery) -> None:
