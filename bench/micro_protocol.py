@@ -43,11 +43,16 @@ CASES = ("request parse", "response parse", "header forwarding")
 
 
 def _steps() -> dict[str, Callable[[], object]]:
-    """One callable per case, doing that case's work for one request."""
-    try:
+    """One callable per case, doing that case's work for one request, from the checkout at the
+    head of PYTHONPATH (asserted: an editable install's import hook would otherwise lend a
+    checkout the modules it lacks)."""
+    import sopy
+
+    checkout = Path(sopy.__file__).parent
+    assert checkout == Path(os.environ["PYTHONPATH"]) / "sopy", checkout
+    if (checkout / "protocol").is_dir():
         return _protocol_steps()
-    except ImportError:
-        return _http_wire_steps()
+    return _http_wire_steps()
 
 
 def _protocol_steps() -> dict[str, Callable[[], object]]:
@@ -130,7 +135,7 @@ def _measure(number: int) -> dict[str, float]:
 
 
 def _run_in(root: Path, number: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(root.resolve())}
     out = subprocess.run(
         [sys.executable, __file__, "--worker", "--number", str(number)],
         env=env,
