@@ -119,6 +119,8 @@ async def startup_error(settings: Settings) -> StartupError:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_sopy, settings, trio.Event())
+            # It started after all: stop it, so that the test fails instead of hanging.
+            nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         matched, _ = group.split(StartupError)
         assert matched is not None, group

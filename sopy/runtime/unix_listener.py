@@ -2,7 +2,8 @@
 expose the socket with loose permissions, and remove it again on the way out.
 
 The socket is bound under a temporary name, made mode 0600 and only then renamed onto its real
-path, so there is no moment at which another user could connect.
+path, so there is no moment at which another user could connect. Its directory gets the same
+check as every file Sopy keeps (`sopy.runtime.private_files`).
 """
 
 import contextlib
