@@ -264,6 +264,22 @@ def _public_schemas() -> dict[str, Any]:
         "ChatMessage": _chat_message_schema(),
         "ChatCompletion": _chat_completion_schema(),
         "ServerSentEvent": _server_sent_event_schema(),
+        "ResponseRequest": {
+            "type": "object",
+            "description": "An OpenAI Responses API request. Sopy checks only `model`, "
+            "`stream` and `previous_response_id`, and forwards the body unchanged.",
+            "required": ["model"],
+            "properties": {
+                "model": {"type": "string"},
+                "stream": {"type": "boolean"},
+                "previous_response_id": {"type": "string"},
+            },
+        },
+        "Response": {
+            "type": "object",
+            "description": "The backend's answer (a response object, a deletion, a list of "
+            "input items), relayed unchanged.",
+        },
         "OpenAIError": _openai_error_schema(),
         "OpenAPIDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
     }

@@ -26,7 +26,9 @@ from sopy.errors import (
     NoBackendAvailable,
     NotFound,
     PayloadTooLarge,
+    PreviousResponseNotFound,
     RequestTimeout,
+    ResponseNotFound,
     ServerBusy,
     SopyError,
     UpstreamError,
@@ -56,6 +58,18 @@ MODEL_REQUEST_ERRORS: tuple[type[SopyError], ...] = (
     UpstreamTimeout,
 )
 
+# A follow-up on a stored response goes where the response was made, or nowhere.
+RESPONSE_FOLLOW_UP_ERRORS: tuple[type[SopyError], ...] = (
+    ResponseNotFound,
+    *(error for error in MODEL_REQUEST_ERRORS if error is not ModelNotFound),
+)
+
+_FOLLOW_UP = (
+    "Sent to the very backend that made the response (Sopy remembers it for "
+    "`--response-affinity-ttl`), with the provider's credential; only the user key that "
+    "created the response reaches it, any other gets the same 404 as for an unknown id. "
+)
+
 # The `Settings` field whose value bounds each error the front answers with.
 ERROR_LIMITS: Mapping[type[SopyError], str] = {
     PayloadTooLarge: "max_body_bytes",
@@ -74,6 +88,8 @@ class PublicHandler(enum.Enum):
     HEALTH = enum.auto()
     MODELS = enum.auto()
     PROXY = enum.auto()
+    RESPONSES = enum.auto()
+    RESPONSE_FOLLOW_UP = enum.auto()
     OPENAPI = enum.auto()
     DOCS = enum.auto()
 
@@ -204,6 +220,74 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         needs_key=True,
         request_body="ChatCompletionRequest",
         errors=MODEL_REQUEST_ERRORS,
+    ),
+    PublicRoute(
+        method="POST",
+        path="/v1/responses",
+        handler=PublicHandler.RESPONSES,
+        operation_id="create_response",
+        tag="openai",
+        summary="Create a model response (Responses API)",
+        description="Forwarded byte for byte to a backend of the model's provider, relayed as "
+        "it arrives (`stream: true`: server-sent events). Sopy remembers which backend made "
+        "each response, so its follow-ups below and a later request naming it as "
+        "`previous_response_id` reach that backend (another key's or an unknown id: 404 "
+        "`previous_response_not_found`).",
+        reply=Reply(
+            "The response, or with `stream: true` its events as server-sent events.",
+            {JSON: "Response", EVENT_STREAM: "ServerSentEvent"},
+        ),
+        needs_key=True,
+        request_body="ResponseRequest",
+        errors=(*MODEL_REQUEST_ERRORS, PreviousResponseNotFound),
+    ),
+    PublicRoute(
+        method="GET",
+        path="/v1/responses/{response_id}",
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="get_response",
+        tag="openai",
+        summary="Retrieve a stored response",
+        description=_FOLLOW_UP,
+        reply=Reply("The response, as its backend returns it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
+    ),
+    PublicRoute(
+        method="DELETE",
+        path="/v1/responses/{response_id}",
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="delete_response",
+        tag="openai",
+        summary="Delete a stored response",
+        description=_FOLLOW_UP + "Once the backend confirms, Sopy forgets the id.",
+        reply=Reply("The deletion, as its backend confirms it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
+    ),
+    PublicRoute(
+        method="POST",
+        path="/v1/responses/{response_id}/cancel",
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="cancel_response",
+        tag="openai",
+        summary="Cancel a background response",
+        description=_FOLLOW_UP,
+        reply=Reply("The response, as its backend returns it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
+    ),
+    PublicRoute(
+        method="GET",
+        path="/v1/responses/{response_id}/input_items",
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="list_response_input_items",
+        tag="openai",
+        summary="List a stored response's input items",
+        description=_FOLLOW_UP + "The query string (`limit`, `order`, `after`...) is passed on.",
+        reply=Reply("A page of input items, as its backend returns it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
     ),
     PublicRoute(
         method="GET",
