@@ -131,6 +131,15 @@ class Conflict(SopyError):
     code = "conflict"
 
 
+class UpgradeRequired(SopyError):
+    """The WebSocket mode cannot be served (no provider the gateway routes to supports it, or
+    the request did not ask for a websocket upgrade): use the plain HTTP route instead."""
+
+    status = 426
+    type = "invalid_request_error"
+    code = "websocket_not_supported"
+
+
 class PayloadTooLarge(SopyError):
     """The request body is larger than the limit."""
 

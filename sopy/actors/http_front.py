@@ -28,6 +28,12 @@ from sopy.actors.relay import (
     log_access,
     proxy,
 )
+from sopy.actors.websocket_relay import (
+    WebsocketClient,
+    WebsocketOutcome,
+    WebsocketSupport,
+    relay_websocket,
+)
 from sopy.docs.openapi import openapi_json
 from sopy.docs.page import docs_response
 from sopy.errors import (
@@ -43,6 +49,7 @@ from sopy.errors import (
     ServerBusy,
     SopyError,
     StartupError,
+    UpgradeRequired,
     innermost,
 )
 from sopy.messages import ConfigChanged, ProviderRoute
@@ -81,6 +88,7 @@ class HttpFront:
     ) -> None:
         self._settings = settings
         self._affinity = affinity
+        self._websocket_support = WebsocketSupport()
         self._feed = feed
         self._inbox_for = inbox_for
         self._bodies_in_flight = ByteBudget(settings.max_body_bytes_in_flight)
@@ -97,6 +105,7 @@ class HttpFront:
             PublicHandler.PROXY: self._proxy,
             PublicHandler.RESPONSES: self._create_response,
             PublicHandler.RESPONSE_FOLLOW_UP: self._follow_up_response,
+            PublicHandler.RESPONSES_WEBSOCKET: self._responses_websocket,
             PublicHandler.OPENAPI: self._openapi,
             PublicHandler.DOCS: self._docs,
         }
@@ -289,6 +298,43 @@ class HttpFront:
             raise
         except ClientGone:
             request.status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            log_access(request)
+
+    async def _responses_websocket(self, exchange: HttpExchange, rid: bytes) -> None:
+        """GET /v1/responses with `Upgrade: websocket`: the WebSocket mode, relayed to a
+        backend's own (`sopy.actors.websocket_relay`), or a 426 before upgrading."""
+        request = ProxiedRequest(rid)
+        outcome = WebsocketOutcome()
+        try:
+            table = self._route_table()
+            request.key_id = self._authenticate(table, exchange)
+            upgrade = exchange.header(b"upgrade")
+            if upgrade is None or upgrade.lower() != b"websocket":
+                raise UpgradeRequired(
+                    "GET /v1/responses is the Responses API's WebSocket mode: send "
+                    "'Upgrade: websocket', or create a response with POST /v1/responses."
+                )
+            self._websocket_support.check_any_usable(table.providers)
+            client = WebsocketClient(request.key_id, rid.decode(), tuple(exchange.headers))
+            await relay_websocket(
+                exchange,
+                client,
+                table,
+                self._websocket_support,
+                self._affinity,
+                self._settings,
+                outcome,
+            )
+            request.model, request.status, request.failure = (
+                outcome.model,
+                outcome.status,
+                outcome.failure,
+            )
+            request.provider, request.backend = outcome.provider, outcome.backend
+        except SopyError as error:
+            request.status = error.status
             raise
         finally:
             log_access(request)

@@ -31,6 +31,7 @@ from sopy.errors import (
     ResponseNotFound,
     ServerBusy,
     SopyError,
+    UpgradeRequired,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamResponseTooLarge,
@@ -90,6 +91,7 @@ class PublicHandler(enum.Enum):
     PROXY = enum.auto()
     RESPONSES = enum.auto()
     RESPONSE_FOLLOW_UP = enum.auto()
+    RESPONSES_WEBSOCKET = enum.auto()
     OPENAPI = enum.auto()
     DOCS = enum.auto()
 
@@ -240,6 +242,23 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         needs_key=True,
         request_body="ResponseRequest",
         errors=(*MODEL_REQUEST_ERRORS, PreviousResponseNotFound),
+    ),
+    PublicRoute(
+        method="GET",
+        path="/v1/responses",
+        handler=PublicHandler.RESPONSES_WEBSOCKET,
+        operation_id="responses_websocket",
+        tag="openai",
+        summary="Responses API WebSocket mode (Upgrade: websocket)",
+        description="Codex's transport: upgrade to a websocket, then send `response.create` "
+        "messages and receive the Responses events, one JSON message each, relayed to a "
+        "backend's own WebSocket mode (chosen by the first message's `model` or "
+        "`previous_response_id`). If no provider serves the mode, the upgrade is answered at "
+        "once with 426, so clients fall back to POST /v1/responses; after the upgrade, a "
+        "failure is one `error` event, then the connection closes.",
+        reply=Reply("Switching to the WebSocket protocol.", {}, status=101),
+        needs_key=True,
+        errors=(UpgradeRequired, NoBackendAvailable),
     ),
     PublicRoute(
         method="GET",
