@@ -1,8 +1,9 @@
 """The supervisor: one trio nursery that starts every actor under `supervise` (restart with
 backoff), and stops them all when asked.
 
-Actors are started in dependency order: the config actor publishes its snapshot before anything
-that serves requests starts. Stopping drains first: the HTTP front stops accepting and lets
+Actors are started in dependency order: the config actor publishes its snapshot, and the
+response affinity store loads the remembered response ids, before anything that serves requests
+starts. Stopping drains first: the HTTP front stops accepting and lets
 in-flight requests and streams finish for up to `drain_timeout`, then everything is cancelled.
 """
 

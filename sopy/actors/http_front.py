@@ -7,6 +7,11 @@ config actor's latest snapshot (no disk and no await on the config actor on the 
 path), and hands each model request to `sopy.actors.relay`, which forwards it to the provider's
 upstream pool and relays the answer back as it arrives.
 
+The Responses API is stateful: the front remembers in `ResponseAffinity` (in memory; made
+durable by `sopy.actors.response_affinity_store`) which backend made each response, for which
+user key, and sends its follow-ups (`/v1/responses/{id}...`, `previous_response_id`) to that one
+backend only. Its WebSocket mode is handed to `sopy.actors.websocket_relay`.
+
 Request bodies are bounded twice: each by `max_body_bytes` (413), all those held at once by
 `max_body_bytes_in_flight` (503 with Retry-After). A body is held from the moment it is announced
 (or, chunked, as it arrives) until its request is over, as the pool may resend it to another

@@ -87,7 +87,7 @@ class WebsocketClient:
 
     key_id: int | None
     request_id: str
-    headers: tuple[tuple[bytes, bytes], ...]
+    headers: tuple[tuple[bytes, bytes], ...] = attrs.field(repr=False)  # has the user key
 
 
 @attrs.define
