@@ -109,7 +109,8 @@ class Reply:
 @attrs.frozen(kw_only=True)
 class PublicRoute:
     """`path` is an OpenAPI template: a `{parameter}` is one path segment, except that a
-    parameter ending the template takes the rest of the path (so names may contain '/').
+    parameter ending the template takes the rest of the path (so names may contain '/') unless
+    `last_parameter_takes_rest` is False (an id, which has sub-routes of its own).
     `includes_subpaths` makes the route answer every path under its own as well."""
 
     method: str
@@ -124,6 +125,9 @@ class PublicRoute:
     request_body: str | None = None
     errors: tuple[type[SopyError], ...] = ()
     includes_subpaths: bool = False
+    last_parameter_takes_rest: bool = True
+    # OpenAPI links from the success answer: operation id -> its parameters, as expressions.
+    links: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
     @property
     def path_parameters(self) -> list[str]:
@@ -152,7 +156,7 @@ class PublicRoute:
         for index, piece in enumerate(pieces):
             if index % 2 == 0:
                 regex += re.escape(piece)
-            elif index == len(pieces) - 2 and not pieces[-1]:
+            elif index == len(pieces) - 2 and not pieces[-1] and self.last_parameter_takes_rest:
                 regex += ".+"
             else:
                 regex += "[^/]+"
@@ -242,6 +246,15 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         needs_key=True,
         request_body="ResponseRequest",
         errors=(*MODEL_REQUEST_ERRORS, PreviousResponseNotFound),
+        links={
+            operation: {"response_id": "$response.body#/id"}
+            for operation in (
+                "get_response",
+                "list_response_input_items",
+                "cancel_response",
+                "delete_response",
+            )
+        },
     ),
     PublicRoute(
         method="GET",
@@ -263,24 +276,13 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
     PublicRoute(
         method="GET",
         path="/v1/responses/{response_id}",
+        last_parameter_takes_rest=False,
         handler=PublicHandler.RESPONSE_FOLLOW_UP,
         operation_id="get_response",
         tag="openai",
         summary="Retrieve a stored response",
         description=_FOLLOW_UP,
         reply=Reply("The response, as its backend returns it.", {JSON: "Response"}),
-        needs_key=True,
-        errors=RESPONSE_FOLLOW_UP_ERRORS,
-    ),
-    PublicRoute(
-        method="DELETE",
-        path="/v1/responses/{response_id}",
-        handler=PublicHandler.RESPONSE_FOLLOW_UP,
-        operation_id="delete_response",
-        tag="openai",
-        summary="Delete a stored response",
-        description=_FOLLOW_UP + "Once the backend confirms, Sopy forgets the id.",
-        reply=Reply("The deletion, as its backend confirms it.", {JSON: "Response"}),
         needs_key=True,
         errors=RESPONSE_FOLLOW_UP_ERRORS,
     ),
@@ -305,6 +307,19 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         summary="List a stored response's input items",
         description=_FOLLOW_UP + "The query string (`limit`, `order`, `after`...) is passed on.",
         reply=Reply("A page of input items, as its backend returns it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
+    ),
+    PublicRoute(
+        method="DELETE",
+        path="/v1/responses/{response_id}",
+        last_parameter_takes_rest=False,
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="delete_response",
+        tag="openai",
+        summary="Delete a stored response",
+        description=_FOLLOW_UP + "Once the backend confirms, Sopy forgets the id.",
+        reply=Reply("The deletion, as its backend confirms it.", {JSON: "Response"}),
         needs_key=True,
         errors=RESPONSE_FOLLOW_UP_ERRORS,
     ),
