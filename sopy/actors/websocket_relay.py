@@ -244,8 +244,12 @@ def _remembering(
     assert provider is not None and backend is not None
 
     def remember(message: str | bytes) -> None:
-        marker = '"response.created"' if isinstance(message, str) else b'"response.created"'
-        if marker in message:  # type: ignore[operator]
+        # A cheap look first: most messages are deltas.
+        if isinstance(message, str):
+            created = '"response.created"' in message
+        else:
+            created = b'"response.created"' in message
+        if created:
             response_id = id_of_created_event(message)
             if response_id is not None:
                 affinity.remember(response_id, provider, backend, key_id)

@@ -65,6 +65,8 @@ class ResponseIdWatcher:
 
     def feed(self, chunk: bytes) -> None:
         """The next piece of an event stream."""
+        if self.done:
+            return
         self._seen += len(chunk)
         self._line += chunk
         *lines, rest = self._line.split(b"\n")
