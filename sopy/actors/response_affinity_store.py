@@ -6,7 +6,8 @@ started, so the supervisor starts the front only after; then every `FLUSH_INTERV
 once more when it is stopped, it writes the changes the front noted since the last write in one
 transaction on its own worker thread. Requests never wait for it.
 
-The file lives beside the config database, created 0600 like every file Sopy writes.
+The file lives beside the config database, under the same private-file rules
+(`sopy.runtime.private_files`).
 """
 
 import logging
@@ -19,6 +20,7 @@ import trio
 
 from sopy.errors import StartupError
 from sopy.routing.response_affinity import PendingChange, ResponseAffinity, ResponseOwner
+from sopy.runtime.private_files import existing_private_file, open_private
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,12 @@ class ResponseAffinityStore:
             await trio.to_thread.run_sync(_write, database, changes, limiter=self._thread)
 
     def _open(self) -> sqlite3.Connection:
+        what, flag = "response affinity database", "--db-path"
         try:
-            # Created 0600 before SQLite opens it: response ids are the users' data.
-            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+            # Same rules as the config database's: ours, not a link, 0600 (which SQLite gives
+            # its -wal and -shm files too).
+            if not existing_private_file(self._path, what, flag):
+                os.close(open_private(self._path, os.O_RDWR))
             database = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             database.execute("PRAGMA journal_mode = WAL")
             database.execute(_SCHEMA)
