@@ -94,6 +94,20 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class ResponseNotFound(NotFound):
+    """No stored Responses API response with this id was made with the caller's key (it never
+    existed, expired, was deleted, or belongs to another key: the caller cannot tell which)."""
+
+    code = "response_not_found"
+
+
+class PreviousResponseNotFound(NotFound):
+    """`previous_response_id` names no response the caller's key made, as for
+    `ResponseNotFound`."""
+
+    code = "previous_response_not_found"
+
+
 class MethodNotAllowed(SopyError):
     """The path exists, but not with this method; the `Allow` header lists its methods."""
 
@@ -115,6 +129,15 @@ class Conflict(SopyError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class UpgradeRequired(SopyError):
+    """The WebSocket mode cannot be served (no provider the gateway routes to supports it, or
+    the request did not ask for a websocket upgrade): use the plain HTTP route instead."""
+
+    status = 426
+    type = "invalid_request_error"
+    code = "websocket_not_supported"
 
 
 class PayloadTooLarge(SopyError):

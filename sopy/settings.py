@@ -143,6 +143,20 @@ class Settings:
     max_concurrent_requests: int = attrs.field(
         default=1000, metadata=_about("requests served at once; more get a 503", low=1)
     )
+    response_affinity_max: int = attrs.field(
+        default=1_000_000,
+        metadata=_about(
+            "Responses API response ids remembered with the backend that made them "
+            "(for follow-ups); the oldest are forgotten beyond",
+            low=1,
+        ),
+    )
+    response_affinity_ttl: float = attrs.field(
+        default=30 * 24 * 3600.0,
+        metadata=_about(
+            "seconds a response id is remembered (OpenAI keeps responses 30 days)", low=1.0
+        ),
+    )
     drain_timeout: float = attrs.field(
         default=30.0,
         metadata=_about("seconds in-flight requests may finish after SIGTERM", low=0.0),

@@ -1,8 +1,9 @@
 """The supervisor: one trio nursery that starts every actor under `supervise` (restart with
 backoff), and stops them all when asked.
 
-Actors are started in dependency order: the config actor publishes its snapshot before anything
-that serves requests starts. Stopping drains first: the HTTP front stops accepting and lets
+Actors are started in dependency order: the config actor publishes its snapshot, and the
+response affinity store loads the remembered response ids, before anything that serves requests
+starts. Stopping drains first: the HTTP front stops accepting and lets
 in-flight requests and streams finish for up to `drain_timeout`, then everything is cancelled.
 """
 
@@ -15,8 +16,10 @@ import trio
 from sopy.actors.admin_socket import AdminSocket
 from sopy.actors.config_store import ConfigStore
 from sopy.actors.http_front import HttpFront
+from sopy.actors.response_affinity_store import ResponseAffinityStore, affinity_database_path
 from sopy.actors.upstream_pool import OpenTransport, ProviderPools, open_connections
 from sopy.messages import ConfigRequest
+from sopy.routing.response_affinity import ResponseAffinity
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.supervision import supervise
 from sopy.settings import Settings
@@ -49,12 +52,15 @@ async def run_sopy(
     config_send, config_receive = trio.open_memory_channel[ConfigRequest](CONFIG_INBOX_SIZE)
     store = ConfigStore(settings, config_receive, feed)
     pools = ProviderPools(feed, settings, open_transport)
-    front = HttpFront(settings, feed, pools.inbox_for)
+    affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl)
+    affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity)
+    front = HttpFront(settings, feed, pools.inbox_for, affinity)
     admin = AdminSocket(settings.admin_socket, config_send, feed, settings.event_buffer)
     async with trio.open_nursery() as nursery:
         await nursery.start(supervise, "config_store", store.run)
         admin_path = await nursery.start(supervise, "admin_socket", admin.run)
         await nursery.start(supervise, "provider_pools", pools.run)
+        await nursery.start(supervise, "response_affinity_store", affinity_store.run)
         http_url = await nursery.start(supervise, "http_front", front.run)
         task_status.started(RunningSopy(http_url, admin_path, feed))
         await shutdown.wait()

@@ -40,10 +40,11 @@ def documented_public_operations() -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-def concrete_path(route: PublicRoute) -> str:
+def concrete_path(route: PublicRoute, values: dict[str, str] | None = None) -> str:
+    """The route's path with each parameter's value from `values`, else `sopy`."""
     path = route.path
     for name in route.path_parameters:
-        path = path.replace(f"{{{name}}}", "sopy")
+        path = path.replace(f"{{{name}}}", (values or {}).get(name, "sopy"))
     return path
 
 
@@ -172,6 +173,18 @@ def test_a_parameter_inside_a_path_is_one_segment_and_the_most_literal_template_
         dispatcher.handler_for("GET", "/v1/responses/")
 
 
+def test_a_trailing_id_parameter_is_one_segment_when_its_route_says_so() -> None:
+    dispatcher = PublicDispatcher(PUBLIC_ROUTES, HANDLERS)
+
+    assert dispatcher.handler_for("GET", "/v1/responses/resp_1") == "RESPONSE_FOLLOW_UP"
+    assert dispatcher.handler_for("DELETE", "/v1/responses/resp_1") == "RESPONSE_FOLLOW_UP"
+    with pytest.raises(MethodNotAllowed) as refused:
+        dispatcher.handler_for("DELETE", "/v1/responses/resp_1/cancel")
+    assert refused.value.allowed == ["POST"]
+    with pytest.raises(NotFound):
+        dispatcher.handler_for("GET", "/v1/responses/resp_1/elsewhere")
+
+
 def test_a_known_path_with_another_method_is_a_405_listing_the_allowed_ones() -> None:
     routes = (
         route("GET", "/v1/things", PublicHandler.MODELS),
@@ -243,15 +256,30 @@ async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
     return await start_gateway(sopy, nursery, {"gpt-4.1": "openai"})
 
 
-async def request(http: httpx.AsyncClient, entry: PublicRoute) -> httpx.Response:
-    body = chat("gpt-4.1") if entry.request_body is not None else None
-    return await http.request(entry.method, concrete_path(entry), json=body)
+# A body the gateway and the mock upstream accept, for each request body schema.
+EXAMPLE_BODIES: dict[str, dict[str, Any]] = {
+    "ChatCompletionRequest": chat("gpt-4.1"),
+    # In the background, so that it can be cancelled.
+    "ResponseRequest": {"model": "gpt-4.1", "input": "hi", "background": True},
+}
+
+
+async def request(
+    http: httpx.AsyncClient, entry: PublicRoute, values: dict[str, str] | None = None
+) -> httpx.Response:
+    body = EXAMPLE_BODIES[entry.request_body] if entry.request_body is not None else None
+    return await http.request(entry.method, concrete_path(entry, values), json=body)
 
 
 async def test_every_table_route_answers_its_documented_success(gateway: Gateway) -> None:
     async with gateway.client() as http:
+        # The stored-response routes need a response that exists.
+        made = await http.post("/v1/responses", json=EXAMPLE_BODIES["ResponseRequest"])
+        values = {"response_id": made.json()["id"]}
         for entry in PUBLIC_ROUTES:
-            response = await request(http, entry)
+            if entry.reply.status == 101:
+                continue  # a websocket upgrade: tests/test_responses_websocket.py
+            response = await request(http, entry, values)
 
             assert response.status_code == entry.reply.status, (entry.path, response.text)
             media_type = response.headers["content-type"].split(";")[0]
@@ -269,13 +297,14 @@ async def test_exactly_the_routes_that_need_a_key_refuse_a_request_without_one(
             assert (response.status_code == 401) == entry.needs_key, (entry.path, response.text)
 
 
-async def test_another_method_on_a_table_route_is_a_405_naming_the_table_method(
+async def test_another_method_on_a_table_route_is_a_405_naming_the_table_methods(
     gateway: Gateway,
 ) -> None:
     async with httpx.AsyncClient(base_url=gateway.root_url, headers=AUTH) as http:
         for entry in PUBLIC_ROUTES:
-            other = "DELETE" if entry.method != "DELETE" else "PUT"
+            methods = sorted({route.method for route in PUBLIC_ROUTES if route.path == entry.path})
+            other = next(method for method in ("DELETE", "PUT") if method not in methods)
             refused = await http.request(other, concrete_path(entry))
 
             assert refused.status_code == 405, entry.path
-            assert refused.headers["allow"] == entry.method, entry.path
+            assert refused.headers["allow"] == ", ".join(methods), entry.path

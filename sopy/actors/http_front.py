@@ -7,6 +7,11 @@ config actor's latest snapshot (no disk and no await on the config actor on the 
 path), and hands each model request to `sopy.actors.relay`, which forwards it to the provider's
 upstream pool and relays the answer back as it arrives.
 
+The Responses API is stateful: the front remembers in `ResponseAffinity` (in memory; made
+durable by `sopy.actors.response_affinity_store`) which backend made each response, for which
+user key, and sends its follow-ups (`/v1/responses/{id}...`, `previous_response_id`) to that one
+backend only. Its WebSocket mode is handed to `sopy.actors.websocket_relay`.
+
 Request bodies are bounded twice: each by `max_body_bytes` (413), all those held at once by
 `max_body_bytes_in_flight` (503 with Retry-After). A body is held from the moment it is announced
 (or, chunked, as it arrives) until its request is over, as the pool may resend it to another
@@ -28,6 +33,12 @@ from sopy.actors.relay import (
     log_access,
     proxy,
 )
+from sopy.actors.websocket_relay import (
+    WebsocketClient,
+    WebsocketOutcome,
+    WebsocketSupport,
+    relay_websocket,
+)
 from sopy.docs.openapi import openapi_json
 from sopy.docs.page import docs_response
 from sopy.errors import (
@@ -37,13 +48,16 @@ from sopy.errors import (
     NoBackendAvailable,
     NotFound,
     PayloadTooLarge,
+    PreviousResponseNotFound,
     RequestTimeout,
+    ResponseNotFound,
     ServerBusy,
     SopyError,
     StartupError,
+    UpgradeRequired,
     innermost,
 )
-from sopy.messages import ConfigChanged
+from sopy.messages import ConfigChanged, ProviderRoute
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
@@ -53,6 +67,8 @@ from sopy.routing.public_routes import (
     PublicHandler,
     public_route,
 )
+from sopy.routing.response_affinity import ResponseAffinity, ResponseOwner
+from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.routing.route_table import RouteTable
 from sopy.runtime.byte_budget import ByteBudget, ByteShare
 from sopy.runtime.change_feed import ChangeFeed
@@ -61,14 +77,23 @@ from sopy.settings import Settings
 log = logging.getLogger(__name__)
 
 _HELLO_NAME_PREFIX = public_route("hello_name").prefix
+_RESPONSE_ID_PREFIX = public_route("get_response").prefix
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
 
 
 class HttpFront:
-    def __init__(self, settings: Settings, feed: ChangeFeed, inbox_for: ProviderInbox) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        feed: ChangeFeed,
+        inbox_for: ProviderInbox,
+        affinity: ResponseAffinity,
+    ) -> None:
         self._settings = settings
+        self._affinity = affinity
+        self._websocket_support = WebsocketSupport()
         self._feed = feed
         self._inbox_for = inbox_for
         self._bodies_in_flight = ByteBudget(settings.max_body_bytes_in_flight)
@@ -83,6 +108,9 @@ class HttpFront:
             PublicHandler.HEALTH: self._health,
             PublicHandler.MODELS: self._models,
             PublicHandler.PROXY: self._proxy,
+            PublicHandler.RESPONSES: self._create_response,
+            PublicHandler.RESPONSE_FOLLOW_UP: self._follow_up_response,
+            PublicHandler.RESPONSES_WEBSOCKET: self._responses_websocket,
             PublicHandler.OPENAPI: self._openapi,
             PublicHandler.DOCS: self._docs,
         }
@@ -211,6 +239,137 @@ class HttpFront:
         finally:
             log_access(request)
 
+    async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
+        """POST /v1/responses: by model, or with `previous_response_id` to the backend that
+        made that response; the id of the response made is remembered for its follow-ups."""
+        request = ProxiedRequest(rid)
+        try:
+            table = self._route_table()
+            request.key_id = self._authenticate(table, exchange)
+            with self._bodies_in_flight.share() as body_share:
+                body = await _read_body(exchange, self._settings, body_share)
+                payload = _request_payload(body)
+                request.model = _model_of(payload)
+                previous_id = _previous_response_id(payload)
+                if previous_id is None:
+                    routes = table.routes_for(request.model)
+                else:
+                    owner = self._affinity.owner_for(previous_id, request.key_id)
+                    if owner is None:
+                        raise PreviousResponseNotFound(
+                            f"Previous response with id '{previous_id}' not found. It was not "
+                            "made with this API key through this gateway, or it expired or was "
+                            "deleted; start a new conversation without it.",
+                            param="previous_response_id",
+                        )
+                    routes = (_pinned(table, owner, request.model, previous_id),)
+                request.response_ids = ResponseIdWatcher(self._remembering(request))
+                await proxy(self._inbox_for, routes, request, exchange, body)
+        except SopyError as error:
+            request.status = error.status
+            raise
+        except ClientGone:
+            request.status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            log_access(request)
+
+    def _remembering(self, request: ProxiedRequest) -> Callable[[str], None]:
+        def remember(response_id: str) -> None:
+            assert request.provider is not None and request.backend is not None
+            self._affinity.remember(response_id, request.provider, request.backend, request.key_id)
+
+        return remember
+
+    async def _follow_up_response(self, exchange: HttpExchange, rid: bytes) -> None:
+        """GET/DELETE /v1/responses/{id}, its cancel and input_items: to the backend that made
+        the response, for the key that made it only."""
+        request = ProxiedRequest(rid)
+        try:
+            table = self._route_table()
+            request.key_id = self._authenticate(table, exchange)
+            response_id = exchange.raw_path[len(_RESPONSE_ID_PREFIX) :].split("/", 1)[0]
+            owner = self._affinity.owner_for(response_id, request.key_id)
+            if owner is None:
+                raise _response_not_found(response_id)
+            route = _pinned(table, owner, None, response_id)
+            with self._bodies_in_flight.share() as body_share:
+                body = await _read_body(exchange, self._settings, body_share)
+                await proxy(self._inbox_for, (route,), request, exchange, body)
+            if exchange.method == "DELETE" and request.status == 200:
+                self._affinity.forget(response_id)
+        except SopyError as error:
+            request.status = error.status
+            raise
+        except ClientGone:
+            request.status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            log_access(request)
+
+    async def _responses_websocket(self, exchange: HttpExchange, rid: bytes) -> None:
+        """GET /v1/responses with `Upgrade: websocket`: the WebSocket mode, relayed to a
+        backend's own (`sopy.actors.websocket_relay`), or a 426 before upgrading."""
+        request = ProxiedRequest(rid)
+        outcome = WebsocketOutcome()
+        try:
+            table = self._route_table()
+            request.key_id = self._authenticate(table, exchange)
+            upgrade = exchange.header(b"upgrade")
+            if upgrade is None or upgrade.lower() != b"websocket":
+                raise UpgradeRequired(
+                    "GET /v1/responses is the Responses API's WebSocket mode: send "
+                    "'Upgrade: websocket', or create a response with POST /v1/responses."
+                )
+            self._websocket_support.check_any_usable(table.providers)
+            client = WebsocketClient(request.key_id, rid.decode(), tuple(exchange.headers))
+            await relay_websocket(
+                exchange,
+                client,
+                table,
+                self._websocket_support,
+                self._affinity,
+                self._settings,
+                outcome,
+            )
+            request.model, request.status, request.failure = (
+                outcome.model,
+                outcome.status,
+                outcome.failure,
+            )
+            request.provider, request.backend = outcome.provider, outcome.backend
+        except SopyError as error:
+            request.status = error.status
+            raise
+        finally:
+            log_access(request)
+
+
+def _pinned(table: RouteTable, owner: ResponseOwner, model: str | None, rid: str) -> ProviderRoute:
+    route = table.pinned_route(owner.provider, owner.backend, model)
+    if route is None:
+        raise ResponseNotFound(
+            f"Response with id '{rid}' is stored on a backend of provider '{owner.provider}' "
+            "that is no longer in the gateway's configuration, so it cannot be reached."
+        )
+    return route
+
+
+def _response_not_found(response_id: str) -> ResponseNotFound:
+    return ResponseNotFound(
+        f"Response with id '{response_id}' not found. Only responses made with this API key "
+        "through this gateway can be reached, until they expire or are deleted."
+    )
+
+
+def _previous_response_id(payload: dict[str, object]) -> str | None:
+    previous_id = payload.get("previous_response_id")
+    if previous_id is not None and (not isinstance(previous_id, str) or not previous_id):
+        raise InvalidRequest(
+            "'previous_response_id' must be a non-empty string.", param="previous_response_id"
+        )
+    return previous_id
+
 
 def _render_error(status: int, message: str) -> tuple[list[Header], bytes]:
     """The OpenAI-shaped answer to a request the HTTP server refused by itself."""
@@ -219,6 +378,10 @@ def _render_error(status: int, message: str) -> tuple[list[Header], bytes]:
 
 
 def _requested_model(body: bytes) -> str:
+    return _model_of(_request_payload(body))
+
+
+def _request_payload(body: bytes) -> dict[str, object]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -228,6 +391,10 @@ def _requested_model(body: bytes) -> str:
         ) from None
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    return payload
+
+
+def _model_of(payload: dict[str, object]) -> str:
     model = payload.get("model")
     if model is None:
         raise InvalidRequest("You must provide a model parameter.", param="model")

@@ -43,6 +43,7 @@ from sopy.messages import (
 )
 from sopy.protocol.server import HttpExchange
 from sopy.routing.forwarded_headers import client_response_headers
+from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
 
@@ -79,6 +80,8 @@ class ProxiedRequest:
     upstream_seconds: float = 0.0
     finished: bool = False
     failure: str | None = None
+    # Set for a Responses API request: learns the id of the response relayed.
+    response_ids: ResponseIdWatcher | None = None
 
 
 async def proxy(
@@ -218,6 +221,8 @@ async def _pump(
     headers = client_response_headers(start.headers)
     if start.body is not None:
         request.finished = True
+        if request.response_ids is not None:
+            request.response_ids.whole(start.status, start.body)
         await send_complete(exchange, start.status, headers, start.body, request.rid)
         return
     await _relay_stream(start.status, headers, events, exchange, request)
@@ -234,12 +239,18 @@ async def _relay_stream(
     them (the head included), so a burst from the upstream costs one write, not one each."""
     ready, end = _take_ready(events)
     headers.append((b"x-request-id", request.rid))
+    watcher = request.response_ids if status == 200 else None
+    if watcher is not None:
+        watcher.feed(ready)
     await exchange.start_response(status, headers, ready)
     while end is None:
         event = await _next_event(events)
         if isinstance(event, ResponseChunk):
             ready, end = _take_ready(events)
-            await exchange.send_chunk(event.data + ready)
+            data = event.data + ready
+            if watcher is not None and not watcher.done:
+                watcher.feed(data)
+            await exchange.send_chunk(data)
         else:
             end = event
     # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.

@@ -183,6 +183,11 @@ def _public_operation(route: PublicRoute) -> dict[str, Any]:
             for media_type, schema_name in route.reply.content.items()
         },
     }
+    if route.links:
+        success["links"] = {
+            operation_id: {"operationId": operation_id, "parameters": dict(parameters)}
+            for operation_id, parameters in route.links.items()
+        }
     limits = {error: _setting_limit(name) for error, name in ERROR_LIMITS.items()}
     errors = _error_responses(route.answers, _ref("OpenAIError"), limits, _request_id_header())
     operation["responses"] = {str(route.reply.status): success, **errors}
@@ -264,6 +269,35 @@ def _public_schemas() -> dict[str, Any]:
         "ChatMessage": _chat_message_schema(),
         "ChatCompletion": _chat_completion_schema(),
         "ServerSentEvent": _server_sent_event_schema(),
+        "ResponseRequest": {
+            "type": "object",
+            "description": "An OpenAI Responses API request. Sopy checks only `model`, "
+            "`stream` and `previous_response_id`, and forwards the body unchanged, so any "
+            "other field the provider accepts works.",
+            "required": ["model", "input"],
+            "properties": {
+                "model": {"type": "string", "minLength": 1, "description": "A mapped model name."},
+                "input": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": {"type": "object"}},
+                    ]
+                },
+                "stream": {"type": "boolean"},
+                "previous_response_id": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "A response made with the same key; it goes to the backend "
+                    "that made it.",
+                },
+            },
+            "examples": [{"model": "gpt-4.1", "input": "Hello!"}],
+        },
+        "Response": {
+            "type": "object",
+            "description": "The backend's answer (a response object, a deletion, a list of "
+            "input items), relayed unchanged.",
+        },
         "OpenAIError": _openai_error_schema(),
         "OpenAPIDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
     }

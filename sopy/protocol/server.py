@@ -30,6 +30,7 @@ from sopy.protocol.errors import HttpError, ProtocolError
 from sopy.protocol.events import Data, Header, Request
 from sopy.protocol.headers import first_value
 from sopy.protocol.parser import HeadLimits, RequestParser
+from sopy.protocol.replay_stream import ReplayStream
 from sopy.protocol.wire import (
     CONTINUE,
     LAST_CHUNK,
@@ -70,6 +71,7 @@ class HttpExchange:
 
     def __init__(self, connection: "_Connection", request: Request, ordinal: int) -> None:
         self._connection = connection
+        self._request = request
         self._ordinal = ordinal  # the request's number on its connection, from 1
         self.method = request.method.decode("ascii")
         target = _origin_form(request.target).decode("latin-1")
@@ -147,6 +149,19 @@ class HttpExchange:
         """Return when the client closes its connection (call once the body has been read).
         Bytes of a pipelined next request are kept for it."""
         await self._connection.wait_closed_by_client()
+
+    def take_over(self) -> trio.abc.Stream:
+        """Hand the connection to another protocol (a websocket upgrade) instead of answering:
+        the stream returned reads this request's head again (as the other protocol's
+        handshake), then whatever the client sends next. The server sends nothing more on the
+        connection and closes it once the handler returns."""
+        self.response_started = self.response_finished = self.last_on_connection = True
+        request = self._request
+        head = b"%s %s HTTP/%s\r\n" % (request.method, request.target, request.http_version)
+        head += b"".join(b"%s: %s\r\n" % header for header in request.headers) + b"\r\n"
+        stream = ReplayStream(self._connection.stream)
+        stream.unread(head)
+        return stream
 
     def _framed(self, data: bytes) -> bytes:
         if not self._body_allowed:

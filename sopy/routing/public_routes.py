@@ -26,9 +26,12 @@ from sopy.errors import (
     NoBackendAvailable,
     NotFound,
     PayloadTooLarge,
+    PreviousResponseNotFound,
     RequestTimeout,
+    ResponseNotFound,
     ServerBusy,
     SopyError,
+    UpgradeRequired,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamResponseTooLarge,
@@ -56,6 +59,18 @@ MODEL_REQUEST_ERRORS: tuple[type[SopyError], ...] = (
     UpstreamTimeout,
 )
 
+# A follow-up on a stored response goes where the response was made, or nowhere.
+RESPONSE_FOLLOW_UP_ERRORS: tuple[type[SopyError], ...] = (
+    ResponseNotFound,
+    *(error for error in MODEL_REQUEST_ERRORS if error is not ModelNotFound),
+)
+
+_FOLLOW_UP = (
+    "Sent to the very backend that made the response (Sopy remembers it for "
+    "`--response-affinity-ttl`), with the provider's credential; only the user key that "
+    "created the response reaches it, any other gets the same 404 as for an unknown id. "
+)
+
 # The `Settings` field whose value bounds each error the front answers with.
 ERROR_LIMITS: Mapping[type[SopyError], str] = {
     PayloadTooLarge: "max_body_bytes",
@@ -74,6 +89,9 @@ class PublicHandler(enum.Enum):
     HEALTH = enum.auto()
     MODELS = enum.auto()
     PROXY = enum.auto()
+    RESPONSES = enum.auto()
+    RESPONSE_FOLLOW_UP = enum.auto()
+    RESPONSES_WEBSOCKET = enum.auto()
     OPENAPI = enum.auto()
     DOCS = enum.auto()
 
@@ -91,7 +109,8 @@ class Reply:
 @attrs.frozen(kw_only=True)
 class PublicRoute:
     """`path` is an OpenAPI template: a `{parameter}` is one path segment, except that a
-    parameter ending the template takes the rest of the path (so names may contain '/').
+    parameter ending the template takes the rest of the path (so names may contain '/') unless
+    `last_parameter_takes_rest` is False (an id, which has sub-routes of its own).
     `includes_subpaths` makes the route answer every path under its own as well."""
 
     method: str
@@ -106,6 +125,9 @@ class PublicRoute:
     request_body: str | None = None
     errors: tuple[type[SopyError], ...] = ()
     includes_subpaths: bool = False
+    last_parameter_takes_rest: bool = True
+    # OpenAPI links from the success answer: operation id -> its parameters, as expressions.
+    links: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
     @property
     def path_parameters(self) -> list[str]:
@@ -134,7 +156,7 @@ class PublicRoute:
         for index, piece in enumerate(pieces):
             if index % 2 == 0:
                 regex += re.escape(piece)
-            elif index == len(pieces) - 2 and not pieces[-1]:
+            elif index == len(pieces) - 2 and not pieces[-1] and self.last_parameter_takes_rest:
                 regex += ".+"
             else:
                 regex += "[^/]+"
@@ -204,6 +226,102 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         needs_key=True,
         request_body="ChatCompletionRequest",
         errors=MODEL_REQUEST_ERRORS,
+    ),
+    PublicRoute(
+        method="POST",
+        path="/v1/responses",
+        handler=PublicHandler.RESPONSES,
+        operation_id="create_response",
+        tag="openai",
+        summary="Create a model response (Responses API)",
+        description="Forwarded byte for byte to a backend of the model's provider, relayed as "
+        "it arrives (`stream: true`: server-sent events). Sopy remembers which backend made "
+        "each response, so its follow-ups below and a later request naming it as "
+        "`previous_response_id` reach that backend (another key's or an unknown id: 404 "
+        "`previous_response_not_found`).",
+        reply=Reply(
+            "The response, or with `stream: true` its events as server-sent events.",
+            {JSON: "Response", EVENT_STREAM: "ServerSentEvent"},
+        ),
+        needs_key=True,
+        request_body="ResponseRequest",
+        errors=(*MODEL_REQUEST_ERRORS, PreviousResponseNotFound),
+        links={
+            operation: {"response_id": "$response.body#/id"}
+            for operation in (
+                "get_response",
+                "list_response_input_items",
+                "cancel_response",
+                "delete_response",
+            )
+        },
+    ),
+    PublicRoute(
+        method="GET",
+        path="/v1/responses",
+        handler=PublicHandler.RESPONSES_WEBSOCKET,
+        operation_id="responses_websocket",
+        tag="openai",
+        summary="Responses API WebSocket mode (Upgrade: websocket)",
+        description="Codex's transport: upgrade to a websocket, then send `response.create` "
+        "messages and receive the Responses events, one JSON message each, relayed to a "
+        "backend's own WebSocket mode (chosen by the first message's `model` or "
+        "`previous_response_id`). If no provider serves the mode, the upgrade is answered at "
+        "once with 426, so clients fall back to POST /v1/responses; after the upgrade, a "
+        "failure is one `error` event, then the connection closes.",
+        reply=Reply("Switching to the WebSocket protocol.", {}, status=101),
+        needs_key=True,
+        errors=(UpgradeRequired, NoBackendAvailable),
+    ),
+    PublicRoute(
+        method="GET",
+        path="/v1/responses/{response_id}",
+        last_parameter_takes_rest=False,
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="get_response",
+        tag="openai",
+        summary="Retrieve a stored response",
+        description=_FOLLOW_UP,
+        reply=Reply("The response, as its backend returns it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
+    ),
+    PublicRoute(
+        method="POST",
+        path="/v1/responses/{response_id}/cancel",
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="cancel_response",
+        tag="openai",
+        summary="Cancel a background response",
+        description=_FOLLOW_UP,
+        reply=Reply("The response, as its backend returns it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
+    ),
+    PublicRoute(
+        method="GET",
+        path="/v1/responses/{response_id}/input_items",
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="list_response_input_items",
+        tag="openai",
+        summary="List a stored response's input items",
+        description=_FOLLOW_UP + "The query string (`limit`, `order`, `after`...) is passed on.",
+        reply=Reply("A page of input items, as its backend returns it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
+    ),
+    PublicRoute(
+        method="DELETE",
+        path="/v1/responses/{response_id}",
+        last_parameter_takes_rest=False,
+        handler=PublicHandler.RESPONSE_FOLLOW_UP,
+        operation_id="delete_response",
+        tag="openai",
+        summary="Delete a stored response",
+        description=_FOLLOW_UP + "Once the backend confirms, Sopy forgets the id.",
+        reply=Reply("The deletion, as its backend confirms it.", {JSON: "Response"}),
+        needs_key=True,
+        errors=RESPONSE_FOLLOW_UP_ERRORS,
     ),
     PublicRoute(
         method="GET",

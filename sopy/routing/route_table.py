@@ -26,6 +26,8 @@ class RouteTable:
     # Each mapped model's provider, then its fallbacks, as the pools need them.
     chains: Mapping[str, tuple[ProviderRoute, ...]]
     models_body: bytes
+    # Every provider with a backend, for requests pinned to one (Responses API follow-ups).
+    providers: Mapping[str, ProviderRoute] = attrs.field(factory=dict)
 
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
@@ -46,6 +48,7 @@ class RouteTable:
                 m.model_name: tuple(route(provider) for provider in (m.provider, *m.fallbacks))
                 for m in snapshot.model_mappings
             },
+            providers={provider: route(provider) for provider in backends},
             models_body=orjson.dumps(
                 {
                     "object": "list",
@@ -106,3 +109,13 @@ class RouteTable:
                 "--url https://...`."
             )
         return routes
+
+    def pinned_route(self, provider: str, backend: str, model: str | None) -> ProviderRoute | None:
+        """`provider`'s route narrowed to its one `backend` (so the pool can neither retry on
+        another backend nor the front fall back to another provider), as `model`'s chain has it
+        if the chain includes the provider; None if the backend is no longer configured."""
+        chain = self.chains.get(model, ()) if model is not None else ()
+        route = next((r for r in chain if r.provider == provider), self.providers.get(provider))
+        if route is None or backend not in route.urls:
+            return None
+        return attrs.evolve(route, urls=(backend,), weights=(1,))

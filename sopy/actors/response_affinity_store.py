@@ -1,0 +1,113 @@
+"""The response affinity store actor: the only owner of `sopy_responses.db`.
+
+It keeps the HTTP front's in-memory `ResponseAffinity` (response id -> provider, backend, user
+key, expiry) across restarts. On start it loads the file into the map before it reports itself
+started, so the supervisor starts the front only after; then every `FLUSH_INTERVAL` seconds, and
+once more when it is stopped, it writes the changes the front noted since the last write in one
+transaction on its own worker thread. Requests never wait for it.
+
+The file lives beside the config database, under the same private-file rules
+(`sopy.runtime.private_files`).
+"""
+
+import logging
+import os
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+
+import trio
+
+from sopy.errors import StartupError
+from sopy.routing.response_affinity import PendingChange, ResponseAffinity, ResponseOwner
+from sopy.runtime.private_files import existing_private_file, open_private
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 1.0
+DATABASE_NAME = "sopy_responses.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS response_owners (
+    response_id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    key_id INTEGER,
+    expires_at REAL NOT NULL
+)
+"""
+
+
+def affinity_database_path(config_database: Path) -> Path:
+    return config_database.parent / DATABASE_NAME
+
+
+class ResponseAffinityStore:
+    def __init__(self, path: Path, affinity: ResponseAffinity) -> None:
+        self._path = path
+        self._affinity = affinity
+        self._thread = trio.CapacityLimiter(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        database = await trio.to_thread.run_sync(self._open, limiter=self._thread)
+        try:
+            entries = await trio.to_thread.run_sync(_load, database, limiter=self._thread)
+            self._affinity.load(entries)
+            log.info("%d response ids loaded from %s", len(self._affinity), self._path)
+            task_status.started()
+            while True:
+                await trio.sleep(FLUSH_INTERVAL)
+                await self._flush(database)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush(database)
+                await trio.to_thread.run_sync(database.close, limiter=self._thread)
+
+    async def _flush(self, database: sqlite3.Connection) -> None:
+        changes = self._affinity.take_changes()
+        if changes:
+            await trio.to_thread.run_sync(_write, database, changes, limiter=self._thread)
+
+    def _open(self) -> sqlite3.Connection:
+        what, flag = "response affinity database", "--db-path"
+        try:
+            # Same rules as the config database's: ours, not a link, 0600 (which SQLite gives
+            # its -wal and -shm files too).
+            if not existing_private_file(self._path, what, flag):
+                os.close(open_private(self._path, os.O_RDWR))
+            database = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            database.execute("PRAGMA journal_mode = WAL")
+            database.execute(_SCHEMA)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StartupError(
+                f"cannot open the response affinity database {self._path}: {exc}. Check that "
+                "its directory (the config database's) is writable and the file is Sopy's."
+            ) from exc
+        return database
+
+
+def _load(database: sqlite3.Connection) -> list[tuple[str, ResponseOwner]]:
+    rows = database.execute(
+        "SELECT response_id, provider, backend, key_id, expires_at FROM response_owners "
+        "ORDER BY expires_at"
+    )
+    return [(row[0], ResponseOwner(row[1], row[2], row[3], row[4])) for row in rows]
+
+
+def _write(database: sqlite3.Connection, changes: Mapping[str, PendingChange]) -> None:
+    written = [
+        (response_id, owner.provider, owner.backend, owner.key_id, owner.expires_at)
+        for response_id, owner in changes.items()
+        if owner is not None
+    ]
+    deleted = [(response_id,) for response_id, owner in changes.items() if owner is None]
+    database.execute("BEGIN")
+    try:
+        database.executemany(
+            "INSERT OR REPLACE INTO response_owners VALUES (?, ?, ?, ?, ?)", written
+        )
+        database.executemany("DELETE FROM response_owners WHERE response_id = ?", deleted)
+        database.execute("COMMIT")
+    except BaseException:
+        database.execute("ROLLBACK")
+        raise

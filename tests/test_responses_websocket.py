@@ -1,0 +1,121 @@
+"""The Responses API's WebSocket mode through the gateway (Codex's transport): relayed to a
+backend's own WebSocket mode with the provider's credential, and refused with a 426 before
+upgrading once the provider is known not to serve it, so clients fall back to HTTP."""
+
+import attrs
+import openai
+import orjson
+import pytest
+import trio
+import trio_websocket
+
+from sopy.settings import Settings
+from sopy.testing.mock_upstream import MockUpstream
+from tests.conftest import SopyUnderTest
+from tests.gateway import USER_KEY, Gateway, start_gateway_with
+
+MODEL = "gpt-4.1"
+AUTH = [(b"authorization", f"Bearer {USER_KEY}".encode())]
+
+
+async def _gateway(sopy: SopyUnderTest, nursery: trio.Nursery, *, websocket: bool) -> Gateway:
+    upstreams = {"openai": [MockUpstream("openai-0", websocket=websocket)]}
+    return await start_gateway_with(sopy, nursery, upstreams, {MODEL: "openai"})
+
+
+def _url(gateway: Gateway) -> str:
+    return gateway.base_url.replace("http://", "ws://") + "/responses"
+
+
+async def _events(
+    connection: trio_websocket.WebSocketConnection, request: dict[str, object]
+) -> list[dict[str, object]]:
+    await connection.send_message(orjson.dumps({"type": "response.create", **request}).decode())
+    events = []
+    with trio.fail_after(10):
+        while not events or events[-1]["type"] not in ("response.completed", "error"):
+            events.append(orjson.loads(await connection.get_message()))
+    return events
+
+
+async def test_websocket_mode_is_relayed_to_the_backend_with_the_provider_credential(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    gateway = await _gateway(sopy, nursery, websocket=True)
+    (upstream,) = gateway.upstreams("openai")
+
+    async with trio_websocket.open_websocket_url(_url(gateway), extra_headers=AUTH) as connection:
+        first = await _events(connection, {"model": MODEL, "input": "tell me"})
+        first_id = first[-1]["response"]["id"]  # type: ignore[index]
+        second = await _events(
+            connection, {"model": MODEL, "input": "more", "previous_response_id": first_id}
+        )
+
+    assert first[0]["type"] == "response.created"
+    assert second[-1]["type"] == "response.completed"
+    handshake = upstream.requests[-1]
+    assert (handshake.method, handshake.path) == ("GET", "/v1/responses")
+    assert handshake.headers["authorization"] == f"Bearer {gateway.providers['openai'].credential}"
+    assert len(upstream.websocket_messages) == 2
+    # The response made over the websocket is followed up over HTTP on its backend.
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key=USER_KEY, max_retries=0
+    ) as client:
+        assert (await client.responses.retrieve(first_id)).id == first_id
+
+
+async def test_a_provider_without_the_mode_is_answered_426_before_upgrading(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    gateway = await _gateway(sopy, nursery, websocket=False)
+
+    # The first attempt learns that the backend refuses the mode: one error event, then close.
+    async with trio_websocket.open_websocket_url(_url(gateway), extra_headers=AUTH) as connection:
+        (refused,) = await _events(connection, {"model": MODEL, "input": "hi"})
+    assert refused["status"] == 426
+    assert refused["error"]["code"] == "websocket_not_supported"  # type: ignore[index]
+
+    # Every later upgrade is refused at once, in HTTP, before any websocket exists.
+    with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+        async with trio_websocket.open_websocket_url(_url(gateway), extra_headers=AUTH):
+            pass
+    assert rejected.value.status_code == 426
+    assert rejected.value.body is not None
+    error = orjson.loads(rejected.value.body)["error"]
+    assert error["code"] == "websocket_not_supported"
+    assert "POST /v1/responses" in error["message"]
+
+
+async def test_an_upgrade_without_a_key_gets_401(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    gateway = await _gateway(sopy, nursery, websocket=True)
+
+    with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+        async with trio_websocket.open_websocket_url(_url(gateway)):
+            pass
+
+    assert rejected.value.status_code == 401
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return attrs.evolve(settings, max_body_bytes=4096)
+
+
+async def test_a_client_message_over_the_body_limit_closes_the_connection(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    gateway = await _gateway(sopy, nursery, websocket=True)
+    (upstream,) = gateway.upstreams("openai")
+
+    async with trio_websocket.open_websocket_url(_url(gateway), extra_headers=AUTH) as connection:
+        await _events(connection, {"model": MODEL, "input": "hi"})
+        await connection.send_message(
+            orjson.dumps({"type": "response.create", "model": MODEL, "input": "x" * 5000}).decode()
+        )
+        with pytest.raises(trio_websocket.ConnectionClosed) as closed, trio.fail_after(10):
+            await connection.get_message()
+
+    assert closed.value.reason.code == 1009
+    assert len(upstream.websocket_messages) == 1
