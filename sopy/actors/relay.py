@@ -42,7 +42,9 @@ from sopy.messages import (
     UpstreamFailed,
 )
 from sopy.protocol.server import HttpExchange
+from sopy.routing import model_field
 from sopy.routing.forwarded_headers import client_response_headers
+from sopy.routing.model_field import Span
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
 
@@ -79,6 +81,11 @@ class ProxiedRequest:
     upstream_seconds: float = 0.0
     finished: bool = False
     failure: str | None = None
+    # Where the model lies in a multipart/form-data body; None for a JSON body until a provider
+    # needs the model renamed (`upstream_body` locates it then, once).
+    form_model_span: Span | None = None
+    json_model_span: Span | None = None
+    upstream_request_id: bytes | None = None
 
 
 async def proxy(
@@ -140,7 +147,7 @@ async def _forward(
         method=exchange.method,
         path=exchange.target,
         headers=tuple(exchange.headers),
-        body=body,
+        body=upstream_body(route, request, body),
         route=route,
         reply_to=events_send,
     )
@@ -159,6 +166,23 @@ async def _forward(
     else:
         request.pool_inbox = inbox
     return events
+
+
+def upstream_body(route: ProviderRoute, request: ProxiedRequest, body: bytes) -> bytes:
+    """The body for `route`'s provider: as the client sent it, except for a provider that knows
+    the model by another name (its `upstream_model`), whose name replaces the model's value."""
+    model = route.upstream_model
+    if model is None or model == request.model:
+        return body
+    if request.form_model_span is not None:
+        return model_field.with_model(body, request.form_model_span, model.encode())
+    if request.json_model_span is None:
+        request.json_model_span = model_field.json_model_span(body)
+    # The front only forwards a JSON body whose model is a string.
+    assert request.json_model_span is not None
+    return model_field.with_model(
+        body, request.json_model_span, model_field.json_model_value(model)
+    )
 
 
 def _cancel_forward(request: ProxiedRequest) -> None:
