@@ -1,6 +1,7 @@
 """Every OpenAI route besides chat, as the official OpenAI SDK uses it, through a live Sopy to the
 mock upstream: routed by the body's model (or the form's `model` field) and passed through."""
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,13 @@ from sopy.settings import Settings
 from sopy.testing.mock.openai_routes import embedding_vector, speech_parts
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, start_gateway, start_gateway_with
+from tests.gateway import (
+    USER_KEY,
+    Gateway,
+    access_log_line,
+    start_gateway,
+    start_gateway_with,
+)
 
 AUDIO = b"RIFF" + bytes(range(256)) * 40
 
@@ -245,3 +252,54 @@ async def test_a_non_chat_route_falls_back_to_the_next_provider(
     [received] = gateway.upstreams("spare")[0].requests
     assert received.path == f"/v1/{route}"
     assert received.headers["authorization"] == "Bearer sk-spare-provider-credential"
+
+
+async def test_account_version_and_idempotency_headers_reach_the_provider(
+    gateway: Gateway,
+) -> None:
+    # Given a client that names its organization, project, API betas and an idempotency key
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url,
+        api_key=USER_KEY,
+        organization="org-abc",
+        project="proj_123",
+        max_retries=0,
+    ) as client:
+        # When it makes a request
+        await client.embeddings.create(
+            model="text-embedding-3-small",
+            input="x",
+            extra_headers={
+                "OpenAI-Beta": "assistants=v2",
+                "anthropic-beta": "tools-2024-04-04",
+                "anthropic-version": "2023-06-01",
+                "Idempotency-Key": "retry-me-once",
+            },
+        )
+    # Then the provider sees each of them, and its own credential instead of the user key
+    headers = _upstream(gateway).requests[-1].headers
+    assert headers["openai-organization"] == "org-abc"
+    assert headers["openai-project"] == "proj_123"
+    assert headers["openai-beta"] == "assistants=v2"
+    assert headers["anthropic-beta"] == "tools-2024-04-04"
+    assert headers["anthropic-version"] == "2023-06-01"
+    assert headers["idempotency-key"] == "retry-me-once"
+    assert headers["authorization"] == "Bearer sk-openai-provider-credential"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_backend_request_id_is_relayed_and_logged_beside_sopys(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
+    async with gateway.client(gateway.base_url) as client:
+        response = await client.post(
+            "/completions", json={"model": "gpt-4.1", "prompt": "hi", "stream": stream}
+        )
+    assert response.status_code == 200
+    sopy_id = response.headers["x-request-id"]
+    upstream_id = response.headers["x-upstream-request-id"]
+    assert upstream_id and upstream_id != sopy_id
+    assert response.headers.get_list("x-request-id") == [sopy_id]
+    line = await access_log_line(caplog, sopy_id)
+    assert f" upstream_request_id={upstream_id} " in line + " "

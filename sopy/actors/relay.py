@@ -43,7 +43,7 @@ from sopy.messages import (
 )
 from sopy.protocol.server import HttpExchange
 from sopy.routing import model_field
-from sopy.routing.forwarded_headers import client_response_headers
+from sopy.routing.forwarded_headers import client_response_headers, upstream_request_id
 from sopy.routing.model_field import Span
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
@@ -85,7 +85,8 @@ class ProxiedRequest:
     # needs the model renamed (`upstream_body` locates it then, once).
     form_model_span: Span | None = None
     json_model_span: Span | None = None
-    upstream_request_id: bytes | None = None
+    # What the client was sent of the backend's headers, for the log line's upstream id.
+    response_headers: list[tuple[bytes, bytes]] | None = None
 
 
 async def proxy(
@@ -239,7 +240,7 @@ async def _pump(
         )
         return
     assert isinstance(start, ResponseStart), start
-    headers = client_response_headers(start.headers)
+    headers = request.response_headers = client_response_headers(start.headers)
     if start.body is not None:
         request.finished = True
         await send_complete(exchange, start.status, headers, start.body, request.rid)
@@ -344,12 +345,16 @@ def _sse_error_event(request: ProxiedRequest) -> bytes:
 
 def log_access(request: ProxiedRequest) -> None:
     """The one `sopy.access` line for a /v1 request; never a key or a credential. Values a
-    client chose are escaped and capped; a failure's detail, in the pool's words, ends it."""
+    client chose are escaped and capped, as is the backend's own id for the request; a
+    failure's detail, in the pool's words, ends it."""
     if not access_log.isEnabledFor(logging.INFO):
         return
+    upstream_id = (
+        None if request.response_headers is None else upstream_request_id(request.response_headers)
+    )
     access_log.info(
         "request %s key=%s model=%s provider=%s backend=%s status=%d upstream_ms=%.1f "
-        "attempts=%d total_ms=%.1f%s",
+        "attempts=%d total_ms=%.1f upstream_request_id=%s%s",
         request.rid.decode(),
         request.key_id if request.key_id is not None else "-",
         loggable(request.model),
@@ -359,6 +364,7 @@ def log_access(request: ProxiedRequest) -> None:
         request.upstream_seconds * 1000,
         request.attempts,
         (trio.current_time() - request.began) * 1000,
+        "-" if upstream_id is None else loggable(upstream_id.decode("latin-1")),
         ""
         if request.failure is None
         else f" error={loggable(request.failure, MAX_LOGGED_FAILURE_CHARS)}",

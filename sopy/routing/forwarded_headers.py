@@ -5,7 +5,12 @@ front's relay calls `client_response_headers` (what the client sees).
 Client → upstream: everything but hop-by-hop headers, the client's own credentials and headers
 that the upstream connection sets itself; then the provider credential.
 Upstream → client: everything but hop-by-hop headers and those the HTTP server sets itself (`date`,
-`server`); `content-length` is dropped so a body that breaks off can never look complete.
+`server`); `content-length` is dropped so a body that breaks off can never look complete. The
+backend's own `x-request-id` reaches the client as `x-upstream-request-id`, since `x-request-id`
+is Sopy's id for the request.
+Client → upstream includes what selects an account or an API version at the provider
+(`OpenAI-Organization`, `OpenAI-Project`, `OpenAI-Beta`, `anthropic-beta`, `anthropic-version`)
+and `Idempotency-Key`, so that a retried request is still recognised upstream.
 Hop-by-hop are the fixed ones below and, both ways, those the message's `Connection` lists.
 """
 
@@ -35,12 +40,12 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
     b"api-key",
     b"x-api-key",
     b"cookie",
-    b"openai-organization",
-    b"openai-project",
     b"accept-encoding",
     b"expect",
 }
-_NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
+_NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length"}
+_UPSTREAM_REQUEST_ID = b"x-request-id"
+UPSTREAM_REQUEST_ID_FOR_CLIENT = b"x-upstream-request-id"
 
 
 def upstream_request_headers(
@@ -63,10 +68,23 @@ def upstream_request_headers(
 
 def client_response_headers(upstream_headers: Sequence[tuple[bytes, bytes]]) -> list[Header]:
     """The backend's response headers that the client may see (names are lower case, as
-    parsed)."""
+    parsed), its request id renamed."""
     listed = connection_options(upstream_headers)
     dropped = _NOT_RELAYED if listed <= _NOT_RELAYED else _NOT_RELAYED | listed
-    return [(name, value) for name, value in upstream_headers if name not in dropped]
+    return [
+        (UPSTREAM_REQUEST_ID_FOR_CLIENT if name == _UPSTREAM_REQUEST_ID else name, value)
+        for name, value in upstream_headers
+        if name not in dropped
+    ]
+
+
+def upstream_request_id(client_headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The backend's id for the request among the headers the client gets: OpenAI's
+    (renamed) or Anthropic's `request-id`."""
+    for name, value in client_headers:
+        if name in (UPSTREAM_REQUEST_ID_FOR_CLIENT, b"request-id"):
+            return value
+    return None
 
 
 def is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
