@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 import trio
 
-from sopy.actors.front_responses import send_body, send_json
+from sopy.actors.front_responses import send_body, send_complete, send_json
 from sopy.actors.relay import (
     CLIENT_CLOSED_REQUEST,
     ProviderInbox,
@@ -47,6 +47,7 @@ from sopy.messages import ConfigChanged
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
+from sopy.routing.cors import CorsPolicy
 from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
@@ -90,6 +91,7 @@ class HttpFront:
             PublicHandler.DOCS: self._docs,
         }
         self._handler_for = PublicDispatcher(PUBLIC_ROUTES, handlers).handler_for
+        self._cors = CorsPolicy(settings.cors_origins)
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         if self._settings.no_auth:
@@ -133,6 +135,8 @@ class HttpFront:
 
     async def _serve_request(self, exchange: HttpExchange) -> None:
         request_id = os.urandom(8).hex().encode()
+        if self._cors and await self._answered_cors(exchange, request_id):
+            return
         try:
             # Matched as sent: `/v1/chat%2Fcompletions` is not `/v1/chat/completions`.
             handler = self._handler_for(exchange.method, exchange.raw_path)
@@ -153,6 +157,22 @@ class HttpFront:
             )
         except ClientGone:
             log.debug("client went away before sending its whole request")
+
+    async def _answered_cors(self, exchange: HttpExchange, rid: bytes) -> bool:
+        """For a browser origin that `--cors-origins` lists: answer its preflight (True), or
+        have the answer carry the CORS headers. Other origins get none."""
+        origin = exchange.header(b"origin")
+        if not self._cors.allows(origin):
+            return False
+        assert origin is not None
+        if exchange.method == "OPTIONS" and exchange.header(b"access-control-request-method"):
+            requested = exchange.header(b"access-control-request-headers")
+            await send_complete(
+                exchange, 204, self._cors.preflight_headers(origin, requested), b"", rid
+            )
+            return True
+        exchange.common_headers = self._cors.response_headers(origin)
+        return False
 
     def _route_table(self) -> RouteTable:
         latest = self._feed.latest

@@ -67,7 +67,8 @@ application decides what its errors look like."""
 
 class HttpExchange:
     """One request and the response to it. Send either `respond` once, or `start_response`,
-    any number of `send_chunk` and one `end_response`."""
+    any number of `send_chunk` and one `end_response`. Headers set in `common_headers` before
+    the response starts go with it, whichever way it is sent."""
 
     def __init__(self, connection: "_Connection", request: Request, ordinal: int) -> None:
         self._connection = connection
@@ -77,6 +78,7 @@ class HttpExchange:
         self.raw_path, _, self.query = target.partition("?")
         self.path = urllib.parse.unquote(self.raw_path)
         self.headers: Sequence[Header] = request.headers
+        self.common_headers: Sequence[Header] = ()
         self.response_started = False
         self.response_finished = False
         self.last_on_connection = False
@@ -165,7 +167,9 @@ class HttpExchange:
             or not self._chunked
         )
         # Draining, a request not read whole, or the client asked: the connection's last answer.
-        return [_CLOSE] if self.last_on_connection else []
+        if self.last_on_connection:
+            return [*self.common_headers, _CLOSE]
+        return [*self.common_headers]
 
 
 class _Connection:
