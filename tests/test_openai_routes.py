@@ -303,3 +303,28 @@ async def test_the_backend_request_id_is_relayed_and_logged_beside_sopys(
     assert response.headers.get_list("x-request-id") == [sopy_id]
     line = await access_log_line(caplog, sopy_id)
     assert f" upstream_request_id={upstream_id} " in line + " "
+
+
+async def test_speech_reaches_the_client_while_the_provider_still_speaks(
+    gateway: Gateway,
+) -> None:
+    # Given a provider that sends its audio in parts, a while apart
+    body = {"model": "tts-1", "input": "hello", "voice": "alloy", "mock": {"chunk_delay": 0.3}}
+    async with (
+        gateway.client(gateway.base_url) as client,
+        client.stream("POST", "/audio/speech", json=body) as response,
+    ):
+        parts = response.aiter_raw()
+        # When the first bytes reach the client
+        first = await anext(parts)
+        # Then the provider has not finished yet, and the rest follows unchanged
+        assert _upstream(gateway).in_flight == 1
+        rest = b"".join([part async for part in parts])
+    assert first + rest == b"".join(speech_parts("openai-0", "tts-1", "hello"))
+
+
+async def test_speech_that_breaks_off_reaches_the_client_as_broken(gateway: Gateway) -> None:
+    body = {"model": "tts-1", "input": "hello", "voice": "alloy", "mock": {"reset_after": 2}}
+    async with gateway.client(gateway.base_url) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post("/audio/speech", json=body)

@@ -43,7 +43,11 @@ from sopy.messages import (
 )
 from sopy.protocol.server import HttpExchange
 from sopy.routing import model_field
-from sopy.routing.forwarded_headers import client_response_headers, upstream_request_id
+from sopy.routing.forwarded_headers import (
+    client_response_headers,
+    is_event_stream,
+    upstream_request_id,
+)
 from sopy.routing.model_field import Span
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
@@ -255,8 +259,9 @@ async def _relay_stream(
     exchange: HttpExchange,
     request: ProxiedRequest,
 ) -> None:
-    """Relay an event stream; chunks already waiting go out in one write with what precedes
-    them (the head included), so a burst from the upstream costs one write, not one each."""
+    """Relay a streamed answer (events, audio); chunks already waiting go out in one write with
+    what precedes them (the head included), so a burst from the upstream costs one write, not
+    one each."""
     ready, end = _take_ready(events)
     headers.append((b"x-request-id", request.rid))
     await exchange.start_response(status, headers, ready)
@@ -267,10 +272,14 @@ async def _relay_stream(
             await exchange.send_chunk(event.data + ready)
         else:
             end = event
-    # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.
     request.failure = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
     request.finished = True
-    await exchange.end_response(b"" if request.failure is None else _sse_error_event(request))
+    if request.failure is None:
+        await exchange.end_response()
+    elif is_event_stream(headers):
+        await exchange.end_response(_sse_error_event(request))
+    # Other streams (audio) have no way to say so: left unfinished, the response is cut off
+    # with its connection, so the client cannot take it for whole.
 
 
 def _take_ready(

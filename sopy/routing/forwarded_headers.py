@@ -92,3 +92,13 @@ def is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
         name == b"content-type" and value.startswith(b"text/event-stream")
         for name, value in headers
     )
+
+
+def is_streamed(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer is relayed as it arrives rather than read whole first: event streams,
+    and audio (speech), which a player starts on its first bytes."""
+    return any(
+        name == b"content-type"
+        and (value.startswith(b"text/event-stream") or value.startswith(b"audio/"))
+        for name, value in headers
+    )
