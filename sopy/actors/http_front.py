@@ -91,7 +91,7 @@ class HttpFront:
             PublicHandler.DOCS: self._docs,
         }
         self._handler_for = PublicDispatcher(PUBLIC_ROUTES, handlers).handler_for
-        self._cors = CorsPolicy(settings.cors_origins)
+        self._cors = CorsPolicy(settings.cors_origins) if settings.cors_origins else None
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         if self._settings.no_auth:
@@ -135,7 +135,7 @@ class HttpFront:
 
     async def _serve_request(self, exchange: HttpExchange) -> None:
         request_id = os.urandom(8).hex().encode()
-        if self._cors and await self._answered_cors(exchange, request_id):
+        if self._cors is not None and await self._answered_cors(self._cors, exchange, request_id):
             return
         try:
             # Matched as sent: `/v1/chat%2Fcompletions` is not `/v1/chat/completions`.
@@ -158,20 +158,19 @@ class HttpFront:
         except ClientGone:
             log.debug("client went away before sending its whole request")
 
-    async def _answered_cors(self, exchange: HttpExchange, rid: bytes) -> bool:
+    @staticmethod
+    async def _answered_cors(cors: CorsPolicy, exchange: HttpExchange, rid: bytes) -> bool:
         """For a browser origin that `--cors-origins` lists: answer its preflight (True), or
         have the answer carry the CORS headers. Other origins get none."""
         origin = exchange.header(b"origin")
-        if not self._cors.allows(origin):
+        if not cors.allows(origin):
             return False
         assert origin is not None
         if exchange.method == "OPTIONS" and exchange.header(b"access-control-request-method"):
             requested = exchange.header(b"access-control-request-headers")
-            await send_complete(
-                exchange, 204, self._cors.preflight_headers(origin, requested), b"", rid
-            )
+            await send_complete(exchange, 204, cors.preflight_headers(origin, requested), b"", rid)
             return True
-        exchange.common_headers = self._cors.response_headers(origin)
+        exchange.common_headers = cors.response_headers(origin)
         return False
 
     def _route_table(self) -> RouteTable:

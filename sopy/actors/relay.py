@@ -152,7 +152,7 @@ async def _forward(
         method=exchange.method,
         path=exchange.target,
         headers=tuple(exchange.headers),
-        body=upstream_body(route, request, body),
+        body=body if route.upstream_model is None else upstream_body(route, request, body),
         route=route,
         reply_to=events_send,
     )

@@ -33,10 +33,6 @@ class CorsPolicy:
     def __init__(self, origins: Iterable[str]) -> None:
         self._origins = frozenset(origin.encode("ascii") for origin in origins)
 
-    def __bool__(self) -> bool:
-        """Whether any origin is allowed (CORS is off by default)."""
-        return bool(self._origins)
-
     def allows(self, origin: bytes | None) -> bool:
         return origin in self._origins
 
