@@ -140,8 +140,8 @@ field_names = st.sampled_from(["file", "language", "prompt", "models", "model_x"
 @given(
     fields=st.lists(st.tuples(field_names, file_bytes, st.booleans()), unique_by=lambda f: f[0]),
     model_at=st.integers(min_value=0),
-    model=st.text(alphabet=st.characters(exclude_characters="\r\n"), min_size=1),
-    new_model=st.text(alphabet=st.characters(exclude_characters="\r\n"), min_size=1),
+    model=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), min_size=1),
+    new_model=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), min_size=1),
     filename_first=st.booleans(),
 )
 def test_the_form_model_field_is_found_exactly_and_replaced_alone(
