@@ -161,8 +161,8 @@ class Settings:
         default=(),
         converter=_origins,
         metadata=_about(
-            "browser origins allowed to call the API (CORS), comma-separated, e.g. "
-            "https://app.example.com; none by default"
+            "browser origins allowed to call the API (CORS), comma-separated exact origins "
+            "such as https://app.example.com"
         ),
     )
 

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from sopy.errors import StartupError
+from sopy.routing.cors import CorsPolicy
 from sopy.settings import Settings, load_settings
 from tests.conftest import SopyUnderTest
 from tests.gateway import AUTH, Gateway, chat, start_gateway
@@ -111,3 +112,14 @@ def test_origins_are_read_comma_separated_from_the_environment() -> None:
 def test_a_wildcard_or_anything_but_an_origin_is_refused(origin: str) -> None:
     with pytest.raises(StartupError, match="--cors-origins"):
         load_settings({"cors_origins": origin}, {})
+
+
+def test_a_preflight_asking_for_malformed_header_names_is_allowed_none() -> None:
+    policy = CorsPolicy([LISTED])
+    origin = LISTED.encode()
+    asked = b"authorization\r\nx-injected: 1"
+    headers = dict(policy.preflight_headers(origin, asked))
+    assert b"access-control-allow-headers" not in headers
+    assert headers[b"access-control-allow-origin"] == origin
+    assert not policy.allows(None)
+    assert not policy.allows(b"https://app.example.com.evil.com")
