@@ -107,7 +107,16 @@ class Settings:
         metadata=_about("Fernet key sealing provider credentials at rest (`sopy secret-key`)"),
     )
     secret_key_file: Path | None = attrs.field(
-        default=None, metadata=_about("file holding the secret key; rotation rewrites it")
+        default=None,
+        metadata=_about(
+            "file holding the secret key, created (mode 0600) if missing; rotation rewrites it. "
+            "Without this, --secret-key or --no-secret-key: the database's name with .key, "
+            "beside it"
+        ),
+    )
+    no_secret_key: bool = attrs.field(
+        default=False,
+        metadata=_about("store provider credentials in plain text, with no key file (not advised)"),
     )
     max_body_bytes: int = attrs.field(
         default=10 * 1024 * 1024, metadata=_about("largest request body accepted", low=1)

@@ -1,4 +1,9 @@
-"""Configuration survives restarts, versions never go backwards, and changes are broadcast."""
+"""Configuration survives restarts, versions never go backwards or repeat (not even when the
+database file is lost), writes to a vanished file are refused, and changes are broadcast."""
+
+import os
+import shutil
+from pathlib import Path
 
 import trio
 
@@ -104,3 +109,52 @@ async def test_a_follower_that_falls_behind_is_dropped_not_waited_for(
         pass
     else:
         raise AssertionError("a follower over its buffer should have been dropped")
+
+
+async def test_writes_are_refused_once_the_database_file_is_deleted(
+    sopy: SopyUnderTest,
+) -> None:
+    async with await sopy.admin() as admin:
+        await admin.ok("add_backend", provider="p", url="http://kept")
+        for name in ("sopy_admin.db", "sopy_admin.db-wal", "sopy_admin.db-shm"):
+            (sopy.settings.db_path.parent / name).unlink()
+
+        error = await admin.error("add_backend", provider="p", url="http://lost")
+
+        assert error["code"] == "config_store_replaced"
+        assert "was deleted while Sopy was running" in error["message"]
+        assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://kept"]
+
+
+async def test_writes_are_refused_once_the_database_file_is_replaced(
+    sopy: SopyUnderTest, workdir: Path
+) -> None:
+    async with await sopy.admin() as admin:
+        await admin.ok("add_backend", provider="p", url="http://kept")
+        copy = workdir / "copy.db"
+        shutil.copyfile(sopy.settings.db_path, copy)
+        os.replace(copy, sopy.settings.db_path)
+
+        error = await admin.error("add_backend", provider="p", url="http://lost")
+
+    assert error["code"] == "config_store_replaced"
+    assert "replaced by another file" in error["message"]
+
+
+async def test_a_version_is_never_reused_after_the_database_is_lost(
+    sopy: SopyUnderTest,
+) -> None:
+    await _configure_everything(sopy)
+    assert sopy.running is not None and sopy.running.feed.latest is not None
+    used = sopy.running.feed.latest.version
+    await sopy.stop()
+    for name in ("sopy_admin.db", "sopy_admin.db-wal", "sopy_admin.db-shm"):
+        (sopy.settings.db_path.parent / name).unlink(missing_ok=True)
+
+    running = await sopy.restart()
+    async with await sopy.admin() as admin:
+        assert await admin.ok("list_backends") == []
+        await admin.ok("add_backend", provider="p", url="http://new")
+
+    assert running.feed.latest is not None
+    assert running.feed.latest.version > used

@@ -334,7 +334,8 @@ class _Exchange:
         the whole being bounded by the total timeout); reading stops at the size limit."""
         limit = self._settings.max_response_bytes
         idle = self._settings.idle_timeout
-        if _declared_length(response) <= limit:
+        declared = _declared_length(response)
+        if declared <= limit:
             pieces: list[bytes] = []
             size = 0
             deadline.deadline = trio.current_time() + idle
@@ -343,7 +344,8 @@ class _Exchange:
                 if size > limit:
                     break
                 pieces.append(piece)
-                deadline.deadline = trio.current_time() + idle
+                if size != declared:  # once all declared bytes are in, nothing more is due
+                    deadline.deadline = trio.current_time() + idle
             else:
                 return _Answer(response, b"".join(pieces))
         await response.aclose()

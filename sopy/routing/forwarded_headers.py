@@ -17,7 +17,7 @@ Hop-by-hop are the fixed ones below and, both ways, those the message's `Connect
 from collections.abc import Iterable, Sequence
 
 from sopy.protocol.events import Header
-from sopy.protocol.headers import connection_options, first_value
+from sopy.protocol.headers import connection_options
 
 _HOP_BY_HOP = frozenset(
     {
@@ -43,42 +43,70 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
     b"accept-encoding",
     b"expect",
 }
-_NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length"}
+# The backend's x-request-id is not relayed as such: it is renamed (Sopy's own goes out as it).
+_NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
 _UPSTREAM_REQUEST_ID = b"x-request-id"
 UPSTREAM_REQUEST_ID_FOR_CLIENT = b"x-upstream-request-id"
 
 
 def upstream_request_headers(
-    client_headers: Sequence[tuple[bytes, bytes]], credential: str | None
-) -> list[tuple[bytes, bytes]]:
+    client_headers: Sequence[Header], credential: str | None
+) -> list[Header]:
     """Headers to send upstream: the client's that may cross, then the provider's credential.
 
     The client's accept-encoding is passed on as is (or `identity`), because the body is relayed
     byte for byte: the client must be able to decode whatever the upstream chose.
     """
-    listed = connection_options(client_headers)
-    dropped = _NOT_FORWARDED if listed <= _NOT_FORWARDED else _NOT_FORWARDED | listed
-    kept = [(name, value) for name, value in client_headers if name not in dropped]
-    encoding = first_value(client_headers, b"accept-encoding")
+    # One pass (this runs for every request): only the few dropped headers get a second look.
+    kept: list[Header] = []
+    encoding: bytes | None = None
+    lists_options = False
+    for header in client_headers:
+        name = header[0]
+        if name not in _NOT_FORWARDED:
+            kept.append(header)
+        elif name == b"accept-encoding":
+            if encoding is None:
+                encoding = header[1]
+        elif name == b"connection" and header[1] != b"keep-alive":
+            lists_options = True
+    if lists_options:
+        kept = _without_options(kept, client_headers, _NOT_FORWARDED)
     kept.append((b"accept-encoding", b"identity" if encoding is None else encoding))
     if credential is not None:
         kept.append((b"authorization", f"Bearer {credential}".encode()))
     return kept
 
 
-def client_response_headers(upstream_headers: Sequence[tuple[bytes, bytes]]) -> list[Header]:
+def client_response_headers(upstream_headers: Sequence[Header]) -> list[Header]:
     """The backend's response headers that the client may see (names are lower case, as
-    parsed), its request id renamed."""
-    listed = connection_options(upstream_headers)
-    dropped = _NOT_RELAYED if listed <= _NOT_RELAYED else _NOT_RELAYED | listed
-    return [
-        (UPSTREAM_REQUEST_ID_FOR_CLIENT if name == _UPSTREAM_REQUEST_ID else name, value)
-        for name, value in upstream_headers
-        if name not in dropped
-    ]
+    parsed), the backend's request id under the name `x-upstream-request-id`."""
+    kept: list[Header] = []
+    lists_options = False
+    for header in upstream_headers:
+        name = header[0]
+        if name not in _NOT_RELAYED:
+            kept.append(header)
+        elif name == _UPSTREAM_REQUEST_ID:
+            kept.append((UPSTREAM_REQUEST_ID_FOR_CLIENT, header[1]))
+        elif name == b"connection" and header[1] != b"keep-alive":
+            lists_options = True
+    if lists_options:
+        kept = _without_options(kept, upstream_headers, _NOT_RELAYED)
+    return kept
 
 
-def upstream_request_id(client_headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+def _without_options(
+    kept: list[Header], headers: Sequence[Header], dropped: frozenset[bytes]
+) -> list[Header]:
+    """`kept` without the headers that `headers`' Connection lists. Only called when a
+    Connection header lists more than `keep-alive` (which is always dropped): the common
+    `Connection: keep-alive` costs no parsing of options."""
+    listed = connection_options(headers)
+    return kept if listed <= dropped else [h for h in kept if h[0] not in listed]
+
+
+def upstream_request_id(client_headers: Iterable[Header]) -> bytes | None:
     """The backend's id for the request among the headers the client gets: OpenAI's
     (renamed) or Anthropic's `request-id`."""
     for name, value in client_headers:
