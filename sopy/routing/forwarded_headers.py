@@ -47,6 +47,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
 _NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
 _UPSTREAM_REQUEST_ID = b"x-request-id"
 UPSTREAM_REQUEST_ID_FOR_CLIENT = b"x-upstream-request-id"
+_STREAMED_TYPES = (b"text/event-stream", b"audio/")
 
 
 def upstream_request_headers(
@@ -126,7 +127,5 @@ def is_streamed(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether an answer is relayed as it arrives rather than read whole first: event streams,
     and audio (speech), which a player starts on its first bytes."""
     return any(
-        name == b"content-type"
-        and (value.startswith(b"text/event-stream") or value.startswith(b"audio/"))
-        for name, value in headers
+        name == b"content-type" and value.startswith(_STREAMED_TYPES) for name, value in headers
     )
