@@ -2,14 +2,44 @@
 
 Every failure a user can see is a `SopyError` subclass carrying an HTTP status, an OpenAI error
 `type` and a stable `code`. The public API renders them in OpenAI's shape
-(`{"error": {"message", "type", "param", "code"}}`); the admin socket renders the same errors as
-`{"ok": false, "error": {"code", "message"}}`. Messages say what to do next and never hold secrets.
+(`{"error": {"message", "type", "param", "code"}}`), except on the Anthropic Messages routes,
+which render them in Anthropic's (`{"type": "error", "error": {"type", "message"}}`, with
+Anthropic's type for the status); each public route declares its `ErrorShape`. The admin socket
+renders the same errors as `{"ok": false, "error": {"code", "message"}}`. Messages say what to do
+next and never hold secrets.
 Each subclass's docstring says when it is raised, for whoever reads the API documentation: the
 OpenAPI document (`sopy.docs.openapi`) quotes it as the description of that error's response.
 """
 
+import enum
 import math
 from typing import Any, ClassVar
+
+
+class ErrorShape(enum.Enum):
+    """Which API's error body a public route answers with."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+# Anthropic's error type for each status (https://docs.claude.com/en/api/errors); Anthropic
+# answers other 4xx as `invalid_request_error`, and Sopy's other 5xx (502, 504) as `api_error`.
+_ANTHROPIC_TYPES: dict[int, str] = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """The `error.type` Anthropic's API uses for an error answered with `status`."""
+    default = "invalid_request_error" if status < 500 else "api_error"
+    return _ANTHROPIC_TYPES.get(status, default)
 
 
 class SopyError(Exception):
@@ -38,6 +68,16 @@ class SopyError(Exception):
             }
         }
 
+    def anthropic_body(self) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "error": {"type": anthropic_error_type(self.status), "message": self.message},
+        }
+
+    def body(self, shape: ErrorShape) -> dict[str, Any]:
+        """The error body in the shape of the route it answers."""
+        return self.anthropic_body() if shape is ErrorShape.ANTHROPIC else self.openai_body()
+
     def admin_body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.param is not None:
@@ -64,6 +104,14 @@ class InvalidField(InvalidRequest):
     """A field has an invalid value; the error names the field and what it must be."""
 
     code = "invalid_field"
+
+
+class ProviderKindMismatch(InvalidRequest):
+    """The model is mapped only to providers whose kind does not serve this API (an Anthropic
+    Messages request to a provider of kind `openai` or `azure`); the error names the provider
+    and its kind. An admin maps the model to a provider of kind `anthropic`."""
+
+    code = "unsupported_provider_kind"
 
 
 class UnknownCommand(InvalidRequest):

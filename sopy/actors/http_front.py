@@ -7,6 +7,10 @@ config actor's latest snapshot (no disk and no await on the config actor on the 
 path), and hands each model request to `sopy.actors.relay`, which forwards it to the provider's
 upstream pool and relays the answer back as it arrives.
 
+The Anthropic Messages routes are model routes too, with three differences: the key may come as
+`x-api-key`, only providers of kind `anthropic` serve them (`sopy.routing.messages_routes`), and
+every error is answered in Anthropic's shape, as the route table declares (`ErrorShape`).
+
 Request bodies are bounded twice: each by `max_body_bytes` (413), all those held at once by
 `max_body_bytes_in_flight` (503 with Retry-After). A body is held from the moment it is announced
 (or, chunked, as it arrives) until its request is over, as the pool may resend it to another
@@ -20,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 import trio
 
-from sopy.actors.front_responses import send_body, send_json
+from sopy.actors.front_responses import send_body, send_error, send_json
 from sopy.actors.relay import (
     CLIENT_CLOSED_REQUEST,
     ProviderInbox,
@@ -31,6 +35,7 @@ from sopy.actors.relay import (
 from sopy.docs.openapi import openapi_json
 from sopy.docs.page import docs_response
 from sopy.errors import (
+    ErrorShape,
     InternalError,
     InvalidJson,
     InvalidRequest,
@@ -43,10 +48,11 @@ from sopy.errors import (
     StartupError,
     innermost,
 )
-from sopy.messages import ConfigChanged
+from sopy.messages import ConfigChanged, ProviderRoute
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
+from sopy.routing.messages_routes import messages_routes
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
     PublicDispatcher,
@@ -64,6 +70,8 @@ _HELLO_NAME_PREFIX = public_route("hello_name").prefix
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
+Authenticate = Callable[[RouteTable, HttpExchange], int | None]
+RoutesFor = Callable[[RouteTable, str], tuple[ProviderRoute, ...]]
 
 
 class HttpFront:
@@ -83,10 +91,14 @@ class HttpFront:
             PublicHandler.HEALTH: self._health,
             PublicHandler.MODELS: self._models,
             PublicHandler.PROXY: self._proxy,
+            PublicHandler.ANTHROPIC_MESSAGES: self._anthropic_messages,
             PublicHandler.OPENAPI: self._openapi,
             PublicHandler.DOCS: self._docs,
         }
-        self._handler_for = PublicDispatcher(PUBLIC_ROUTES, handlers).handler_for
+        shapes = {route.handler: route.error_shape for route in PUBLIC_ROUTES}
+        self._handler_for = PublicDispatcher(
+            PUBLIC_ROUTES, {name: (handler, shapes[name]) for name, handler in handlers.items()}
+        ).handler_for
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         if self._settings.no_auth:
@@ -130,9 +142,10 @@ class HttpFront:
 
     async def _serve_request(self, exchange: HttpExchange) -> None:
         request_id = os.urandom(8).hex().encode()
+        error_shape = ErrorShape.OPENAI
         try:
             # Matched as sent: `/v1/chat%2Fcompletions` is not `/v1/chat/completions`.
-            handler = self._handler_for(exchange.method, exchange.raw_path)
+            handler, error_shape = self._handler_for(exchange.method, exchange.raw_path)
             try:
                 self._request_slots.acquire_nowait()
             except trio.WouldBlock:
@@ -145,9 +158,7 @@ class HttpFront:
             finally:
                 self._request_slots.release()
         except SopyError as error:
-            await send_json(
-                exchange, error.status, error.openai_body(), request_id, error.response_headers()
-            )
+            await send_error(exchange, error, error_shape, request_id)
         except ClientGone:
             log.debug("client went away before sending its whole request")
 
@@ -192,15 +203,42 @@ class HttpFront:
             return None
         return table.authenticate(exchange.header(b"authorization"))
 
+    def _authenticate_anthropic(self, table: RouteTable, exchange: HttpExchange) -> int | None:
+        """Like `_authenticate`, with the key in `x-api-key` or `Authorization: Bearer`."""
+        if self._settings.no_auth:
+            return None
+        return table.authenticate_anthropic(
+            exchange.header(b"x-api-key"), exchange.header(b"authorization")
+        )
+
     async def _proxy(self, exchange: HttpExchange, rid: bytes) -> None:
-        request = ProxiedRequest(rid)
+        await self._forward_by_model(
+            exchange, ProxiedRequest(rid), self._authenticate, RouteTable.routes_for
+        )
+
+    async def _anthropic_messages(self, exchange: HttpExchange, rid: bytes) -> None:
+        await self._forward_by_model(
+            exchange,
+            ProxiedRequest(rid, ErrorShape.ANTHROPIC),
+            self._authenticate_anthropic,
+            messages_routes,
+        )
+
+    async def _forward_by_model(
+        self,
+        exchange: HttpExchange,
+        request: ProxiedRequest,
+        authenticate: Authenticate,
+        routes_for: RoutesFor,
+    ) -> None:
+        """Authenticate, read the body, route it by its `model` and relay the answer."""
         try:
             table = self._route_table()
-            request.key_id = self._authenticate(table, exchange)
+            request.key_id = authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
                 request.model = _requested_model(body)
-                routes = table.routes_for(request.model)
+                routes = routes_for(table, request.model)
                 await proxy(self._inbox_for, routes, request, exchange, body)
         except SopyError as error:
             request.status = error.status

@@ -73,6 +73,23 @@ class RouteTable:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.")
+        return self._key_id(token)
+
+    def authenticate_anthropic(self, x_api_key: bytes | None, authorization: bytes | None) -> int:
+        """The id of the active user key sent as Anthropic clients send it: in `x-api-key`
+        (Claude Code), else as `Authorization: Bearer` (the `anthropic` SDK); or raise 401."""
+        token = (x_api_key or b"").decode("latin-1").strip()
+        if token:
+            return self._key_id(token)
+        if not authorization:
+            raise AuthenticationFailed(
+                "You didn't provide an API key. Send your Sopy key as 'x-api-key: YOUR_KEY' or "
+                "'Authorization: Bearer YOUR_KEY'; an admin can create one with "
+                "`sopy admin add_user_api_key`."
+            )
+        return self.authenticate(authorization)
+
+    def _key_id(self, token: str) -> int:
         key_hash = keys.hash_user_key(token)
         key_id = self.key_ids_by_hash.get(key_hash)
         if key_id is not None:
