@@ -207,7 +207,7 @@ def _public_operation(route: PublicRoute) -> dict[str, Any]:
             _ref("AnthropicError"),
             limits,
             _request_id_header(),
-            label=lambda error: anthropic_error_type(error.status),
+            label=lambda error: f"`{anthropic_error_type(error.status)}` (`{error.code}`)",
         )
     else:
         errors = _error_responses(route.answers, _ref("OpenAIError"), limits, _request_id_header())
@@ -227,13 +227,13 @@ def _error_responses(
     schema: dict[str, Any],
     limits: Mapping[type[SopyError], str],
     headers: dict[str, Any] | None = None,
-    label: Callable[[type[SopyError]], str] = lambda error: error.code,
+    label: Callable[[type[SopyError]], str] = lambda error: f"`{error.code}`",
 ) -> dict[str, Any]:
     """One response per status: each error class's label (its code, or the type name of the
     route's error shape) and docstring, and the limit it enforces, if any."""
     by_status: dict[int, list[str]] = {}
     for error in errors:
-        described = f"`{label(error)}`: {_docstring(error)}"
+        described = f"{label(error)}: {_docstring(error)}"
         if error in limits:
             described += f" {limits[error]}"
         by_status.setdefault(error.status, []).append(described)
