@@ -12,8 +12,9 @@ from pathlib import Path
 
 import trio
 
+from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, start_gateway
+from tests.gateway import PROVIDER_KINDS, USER_KEY, make_anthropic, start_gateway_with
 
 EXAMPLES = os.environ.get("SOPY_FUZZ_EXAMPLES", "25")
 
@@ -21,7 +22,15 @@ EXAMPLES = os.environ.get("SOPY_FUZZ_EXAMPLES", "25")
 async def test_schemathesis_finds_no_issue_in_the_public_api(
     sopy: SopyUnderTest, nursery: trio.Nursery, workdir: Path
 ) -> None:
-    gateway = await start_gateway(sopy, nursery, {"gpt-4.1": "openai"})
+    # The mock serves both APIs: `claude` answers the Anthropic routes, as gpt-4.1's fallback.
+    upstreams = {"openai": [MockUpstream("openai-0")], "claude": [MockUpstream("claude-0")]}
+    gateway = await start_gateway_with(
+        sopy, nursery, upstreams, {"gpt-4.1": "openai"}, fallbacks={"gpt-4.1": ["claude"]}
+    )
+    if PROVIDER_KINDS:
+        await make_anthropic(gateway, "claude")
+    # Until providers have kinds, no model is served on the Anthropic routes.
+    anthropic = [] if PROVIDER_KINDS else ["--exclude-tag", "anthropic"]
     schemathesis = Path(sys.executable).with_name("schemathesis")
     result = await trio.run_process(
         [
@@ -34,6 +43,7 @@ async def test_schemathesis_finds_no_issue_in_the_public_api(
             "negative_data_rejection",
             "--exclude-tag",
             "admin",
+            *anthropic,
             "--max-examples",
             EXAMPLES,
             "--seed",
