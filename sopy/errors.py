@@ -23,16 +23,19 @@ class ErrorShape(enum.Enum):
     ANTHROPIC = "anthropic"
 
 
-# Anthropic's error type for each status (https://docs.claude.com/en/api/errors); Anthropic
-# answers other 4xx as `invalid_request_error`, and Sopy's other 5xx (502, 504) as `api_error`.
+# Anthropic's error type for each status (https://docs.claude.com/en/api/errors, and the
+# `anthropic` SDK's `ErrorType` for 409 and 504). Anthropic answers other 4xx as
+# `invalid_request_error`; Sopy answers its other 5xx (500, 502) as `api_error`, and 503, a
+# refusal that ends on its own, as Anthropic's own 529 `overloaded_error`.
 _ANTHROPIC_TYPES: dict[int, str] = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    409: "conflict_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
-    529: "overloaded_error",
+    504: "timeout_error",
 }
 
 
@@ -68,15 +71,21 @@ class SopyError(Exception):
             }
         }
 
-    def anthropic_body(self) -> dict[str, Any]:
-        return {
+    def anthropic_body(self, request_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "type": "error",
             "error": {"type": anthropic_error_type(self.status), "message": self.message},
         }
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
 
-    def body(self, shape: ErrorShape) -> dict[str, Any]:
-        """The error body in the shape of the route it answers."""
-        return self.anthropic_body() if shape is ErrorShape.ANTHROPIC else self.openai_body()
+    def body(self, shape: ErrorShape, request_id: str | None = None) -> dict[str, Any]:
+        """The error body in the shape of the route it answers; Anthropic's carries the
+        request's id, as Anthropic's own errors do."""
+        if shape is ErrorShape.ANTHROPIC:
+            return self.anthropic_body(request_id)
+        return self.openai_body()
 
     def admin_body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}

@@ -18,6 +18,7 @@ import trio
 from sopy.errors import (
     AuthenticationFailed,
     ErrorShape,
+    InternalError,
     InvalidJson,
     InvalidRequest,
     ModelNotFound,
@@ -38,7 +39,14 @@ from sopy.routing.route_table import RouteTable
 from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, start_gateway, start_gateway_with
+from tests.gateway import (
+    PROVIDER_KINDS,
+    USER_KEY,
+    Gateway,
+    make_anthropic,
+    start_gateway,
+    start_gateway_with,
+)
 
 ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
 
@@ -56,6 +64,7 @@ def anthropic_error(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     assert body["type"] == "error", body
     assert set(body["error"]) == {"type", "message"}, body
+    assert body["request_id"] == response.headers["x-request-id"]
     assert response.headers["request-id"] == response.headers["x-request-id"]
     error: dict[str, Any] = body["error"]
     return error
@@ -78,7 +87,8 @@ def anthropic_error(response: httpx.Response) -> dict[str, Any]:
         (UpstreamError("broke"), 502, "api_error"),
         (NoBackendAvailable("none ready"), 503, "overloaded_error"),
         (ServerBusy("busy"), 503, "overloaded_error"),
-        (UpstreamTimeout("too slow"), 504, "api_error"),
+        (UpstreamTimeout("too slow"), 504, "timeout_error"),
+        (InternalError("bug"), 500, "api_error"),
     ],
 )
 def test_each_error_renders_in_anthropics_shape_with_anthropics_type_for_its_status(
@@ -89,6 +99,7 @@ def test_each_error_renders_in_anthropics_shape_with_anthropics_type_for_its_sta
         "type": "error",
         "error": {"type": anthropic_type, "message": error.message},
     }
+    assert error.body(ErrorShape.ANTHROPIC, "0123abcd")["request_id"] == "0123abcd"
     assert error.body(ErrorShape.OPENAI) == error.openai_body()
 
 
@@ -318,6 +329,11 @@ async def test_the_openai_routes_keep_openai_shaped_errors(raw: httpx.AsyncClien
 
 # -- a live gateway with a provider of kind anthropic (the strict mock behind it) --------------
 
+# Strict: these must pass as soon as `add_admin_auth` takes h12's `kind`, which turns this off.
+needs_provider_kinds = pytest.mark.xfail(
+    not PROVIDER_KINDS, reason="add_admin_auth has no provider kind yet (h12)", strict=True
+)
+
 
 async def claude_gateway(
     sopy: SopyUnderTest, nursery: trio.Nursery, claude_backends: tuple[str, ...] | None = None
@@ -331,13 +347,7 @@ async def claude_gateway(
     gateway = await start_gateway_with(
         sopy, nursery, upstreams, models, fallbacks={"gpt-or-claude": ["claude"]}
     )
-    await gateway.admin_ok(
-        "add_admin_auth",
-        name="claude",
-        credentials=gateway.providers["claude"].credential,
-        kind="anthropic",
-        replace=True,
-    )
+    await make_anthropic(gateway, "claude")
     for url in claude_backends or ():
         await gateway.admin_ok("add_backend", provider="claude", url=url)
     return gateway
@@ -352,6 +362,7 @@ def strict_mock(gateway: Gateway) -> MockUpstream:
     return gateway.upstreams("claude")[0]
 
 
+@needs_provider_kinds
 async def test_messages_create_answers_through_the_anthropic_provider(claude: Gateway) -> None:
     async with sdk(claude) as client:
         message = await client.messages.create(**message_body(system="be brief"))
@@ -368,6 +379,7 @@ async def test_messages_create_answers_through_the_anthropic_provider(claude: Ga
     assert seen.headers["anthropic-version"]
 
 
+@needs_provider_kinds
 async def test_a_key_sent_as_x_api_key_is_served_and_gets_the_default_anthropic_version(
     claude: Gateway,
 ) -> None:
@@ -383,6 +395,7 @@ async def test_a_key_sent_as_x_api_key_is_served_and_gets_the_default_anthropic_
     assert seen.headers["x-api-key"] == claude.providers["claude"].credential
 
 
+@needs_provider_kinds
 async def test_messages_stream_relays_anthropics_events_one_by_one(claude: Gateway) -> None:
     client = sdk(claude, USER_KEY, "x-api-key")
     async with client, client.messages.stream(**message_body()) as stream:
@@ -405,6 +418,7 @@ async def test_messages_stream_relays_anthropics_events_one_by_one(claude: Gatew
     assert final.stop_reason == "end_turn"
 
 
+@needs_provider_kinds
 async def test_messages_count_tokens_answers_through_the_anthropic_provider(
     claude: Gateway,
 ) -> None:
@@ -417,6 +431,7 @@ async def test_messages_count_tokens_answers_through_the_anthropic_provider(
     assert strict_mock(claude).requests[-1].path == "/v1/messages/count_tokens"
 
 
+@needs_provider_kinds
 async def test_only_the_anthropic_fallback_of_a_model_serves_its_messages(
     claude: Gateway,
 ) -> None:
@@ -427,6 +442,7 @@ async def test_only_the_anthropic_fallback_of_a_model_serves_its_messages(
     assert not claude.upstreams("openai")[0].requests
 
 
+@needs_provider_kinds
 async def test_a_stream_that_breaks_off_ends_with_an_anthropic_error_event(
     claude: Gateway,
 ) -> None:
@@ -442,8 +458,10 @@ async def test_a_stream_that_breaks_off_ends_with_an_anthropic_error_event(
     assert error["type"] == "error"
     assert error["error"]["type"] == "api_error"
     assert "broke off before its end" in error["error"]["message"]
+    assert error["request_id"] in error["error"]["message"]
 
 
+@needs_provider_kinds
 async def test_an_unreachable_anthropic_backend_is_an_anthropic_api_error(
     sopy: SopyUnderTest, nursery: trio.Nursery
 ) -> None:

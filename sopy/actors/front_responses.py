@@ -30,7 +30,7 @@ async def send_error(
     headers = error.response_headers()
     if shape is ErrorShape.ANTHROPIC:
         headers.append((b"request-id", rid))
-    await send_json(exchange, error.status, error.body(shape), rid, headers)
+    await send_json(exchange, error.status, error.body(shape, rid.decode()), rid, headers)
 
 
 async def send_body(

@@ -317,7 +317,7 @@ def _sse_error_event(request: ProxiedRequest) -> bytes:
         "request; if this keeps happening, give the gateway's operator the request id "
         f"{request.rid.decode()}."
     )
-    data = b"data: " + orjson.dumps(error.body(request.error_shape)) + b"\n\n"
+    data = b"data: " + orjson.dumps(error.body(request.error_shape, request.rid.decode())) + b"\n\n"
     return b"event: error\n" + data if request.error_shape is ErrorShape.ANTHROPIC else data
 
 

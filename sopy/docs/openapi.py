@@ -433,7 +433,12 @@ def _anthropic_error_schema() -> dict[str, Any]:
             "message": {"type": "string", "description": "What went wrong and what to do."},
         }
     )
-    return _object({"type": {"const": "error"}, "error": detail})
+    schema = _object({"type": {"const": "error"}, "error": detail})
+    schema["properties"]["request_id"] = {
+        "type": "string",
+        "description": "The request's id, as in the `request-id` and `x-request-id` headers.",
+    }
+    return schema
 
 
 def _openai_error_schema() -> dict[str, Any]:
