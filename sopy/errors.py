@@ -130,7 +130,8 @@ class UnknownCommand(InvalidRequest):
 
 
 class AuthenticationFailed(SopyError):
-    """The bearer key is missing, unknown or deactivated."""
+    """The bearer key (on the Anthropic routes, the `x-api-key` or bearer key) is missing,
+    unknown or deactivated."""
 
     status = 401
     type = "invalid_request_error"
