@@ -12,9 +12,11 @@ from typing import Any
 import anthropic
 import attrs
 import httpx
+import jsonschema
 import pytest
 import trio
 
+from sopy.docs.openapi import openapi_document
 from sopy.errors import (
     AuthenticationFailed,
     ErrorShape,
@@ -180,6 +182,38 @@ def test_a_missing_or_wrong_key_is_a_401(
 
     if x_api_key is None and authorization is None:
         assert "x-api-key" in refused.value.message
+
+
+# -- the OpenAPI document ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_openapi_documents_the_anthropic_routes_with_anthropics_errors_and_x_api_key(
+    path: str,
+) -> None:
+    document = openapi_document()
+    operation = document["paths"][path]["post"]
+
+    assert operation["tags"] == ["anthropic"]
+    assert {"apiKeyAuth": []} in operation["security"]
+    assert document["components"]["securitySchemes"]["apiKeyAuth"]["name"] == "x-api-key"
+    errors = {status: r for status, r in operation["responses"].items() if status != "200"}
+    assert set(errors) == {"400", "401", "404", "408", "413", "429", "502", "503", "504"}
+    for response in errors.values():
+        schema = response["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/AnthropicError"}
+    assert "`not_found_error` (`model_not_found`)" in errors["404"]["description"]
+    assert "`unsupported_provider_kind`" in errors["400"]["description"]
+    assert "`overloaded_error`" in errors["503"]["description"]
+    chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]["404"]
+    assert chat["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+
+
+def test_the_documented_anthropic_error_schema_accepts_what_the_gateway_sends() -> None:
+    schema = openapi_document()["components"]["schemas"]["AnthropicError"]
+    body = ModelNotFound("no such model").body(ErrorShape.ANTHROPIC, "0123abcd")
+
+    jsonschema.validate(body, schema)
 
 
 # -- a live gateway, with the anthropic SDK ----------------------------------------------------
