@@ -17,10 +17,12 @@ Request bodies are bounded twice: each by `max_body_bytes` (413), all those held
 backend or provider.
 """
 
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
 
+import attrs
 import orjson
 import trio
 
@@ -70,8 +72,30 @@ _HELLO_NAME_PREFIX = public_route("hello_name").prefix
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
-Authenticate = Callable[[RouteTable, HttpExchange], int | None]
-RoutesFor = Callable[[RouteTable, str], tuple[ProviderRoute, ...]]
+
+
+@attrs.frozen
+class ModelRoutes:
+    """What differs between the API families routed by model: how the caller's key is read,
+    which providers may serve the request, and the shape of the errors."""
+
+    error_shape: ErrorShape
+    authenticate: Callable[[RouteTable, HttpExchange], int]
+    routes_for: Callable[[RouteTable, str], tuple[ProviderRoute, ...]]
+
+
+def _bearer_key(table: RouteTable, exchange: HttpExchange) -> int:
+    return table.authenticate(exchange.header(b"authorization"))
+
+
+def _anthropic_key(table: RouteTable, exchange: HttpExchange) -> int:
+    return table.authenticate_anthropic(
+        exchange.header(b"x-api-key"), exchange.header(b"authorization")
+    )
+
+
+OPENAI_MODEL_ROUTES = ModelRoutes(ErrorShape.OPENAI, _bearer_key, RouteTable.routes_for)
+ANTHROPIC_MODEL_ROUTES = ModelRoutes(ErrorShape.ANTHROPIC, _anthropic_key, messages_routes)
 
 
 class HttpFront:
@@ -91,7 +115,9 @@ class HttpFront:
             PublicHandler.HEALTH: self._health,
             PublicHandler.MODELS: self._models,
             PublicHandler.PROXY: self._proxy,
-            PublicHandler.ANTHROPIC_MESSAGES: self._anthropic_messages,
+            PublicHandler.ANTHROPIC_MESSAGES: functools.partial(
+                self._proxy, model_routes=ANTHROPIC_MODEL_ROUTES
+            ),
             PublicHandler.OPENAPI: self._openapi,
             PublicHandler.DOCS: self._docs,
         }
@@ -201,44 +227,24 @@ class HttpFront:
         """The caller's user key id (None with --no-auth), or raise 401."""
         if self._settings.no_auth:
             return None
-        return table.authenticate(exchange.header(b"authorization"))
+        return _bearer_key(table, exchange)
 
-    def _authenticate_anthropic(self, table: RouteTable, exchange: HttpExchange) -> int | None:
-        """Like `_authenticate`, with the key in `x-api-key` or `Authorization: Bearer`."""
-        if self._settings.no_auth:
-            return None
-        return table.authenticate_anthropic(
-            exchange.header(b"x-api-key"), exchange.header(b"authorization")
-        )
-
-    async def _proxy(self, exchange: HttpExchange, rid: bytes) -> None:
-        await self._forward_by_model(
-            exchange, ProxiedRequest(rid), self._authenticate, RouteTable.routes_for
-        )
-
-    async def _anthropic_messages(self, exchange: HttpExchange, rid: bytes) -> None:
-        await self._forward_by_model(
-            exchange,
-            ProxiedRequest(rid, ErrorShape.ANTHROPIC),
-            self._authenticate_anthropic,
-            messages_routes,
-        )
-
-    async def _forward_by_model(
+    async def _proxy(
         self,
         exchange: HttpExchange,
-        request: ProxiedRequest,
-        authenticate: Authenticate,
-        routes_for: RoutesFor,
+        rid: bytes,
+        model_routes: ModelRoutes = OPENAI_MODEL_ROUTES,
     ) -> None:
         """Authenticate, read the body, route it by its `model` and relay the answer."""
+        request = ProxiedRequest(rid, model_routes.error_shape)
         try:
             table = self._route_table()
-            request.key_id = authenticate(table, exchange)
+            if not self._settings.no_auth:
+                request.key_id = model_routes.authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
                 request.model = _requested_model(body)
-                routes = routes_for(table, request.model)
+                routes = model_routes.routes_for(table, request.model)
                 await proxy(self._inbox_for, routes, request, exchange, body)
         except SopyError as error:
             request.status = error.status
