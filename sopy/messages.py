@@ -23,16 +23,26 @@ import trio
 
 from sopy import validators
 from sopy.errors import SopyError
+from sopy.provider_kinds import DEFAULT_PROVIDER_KIND, PROVIDER_KINDS
 
 # -- admin commands -------------------------------------------------------------------------
 
 
 @attrs.frozen
 class AddAdminAuth:
+    """`kind` says how the provider takes its credential: `openai` (`Authorization: Bearer`),
+    `azure` (`api-key`), `anthropic` (`x-api-key`, with `anthropic-version: 2023-06-01` unless
+    the client sent one)."""
+
     command: ClassVar[str] = "add_admin_auth"
     name: str = attrs.field(validator=validators.provider_name)
     credentials: str = attrs.field(validator=validators.secret, repr=False)
     replace: bool = False
+    kind: str = attrs.field(
+        default=DEFAULT_PROVIDER_KIND,
+        validator=validators.provider_kind,
+        metadata={"enum": tuple(PROVIDER_KINDS)},
+    )
 
 
 @attrs.frozen
@@ -199,6 +209,15 @@ class AdminAuthView:
 
     name: str
     credentials: str = attrs.field(repr=False)
+    kind: str = DEFAULT_PROVIDER_KIND
+
+
+@attrs.frozen
+class AdminAuthEntry:
+    """One provider credential in list_admin_auth: its name and kind, never the credential."""
+
+    name: str
+    kind: str = DEFAULT_PROVIDER_KIND
 
 
 @attrs.frozen
@@ -260,7 +279,7 @@ AdminResult: TypeAlias = (
     | ProviderBackends
     | ModelMapping
     | SecretKeyRotation
-    | tuple[str, ...]
+    | tuple[AdminAuthEntry, ...]
     | tuple[UserApiKeyView, ...]
     | tuple[ProviderBackends, ...]
     | tuple[ModelMapping, ...]
@@ -273,6 +292,7 @@ AdminResult: TypeAlias = (
 class ProviderCredential:
     provider: str
     credential: str = attrs.field(repr=False)
+    kind: str = DEFAULT_PROVIDER_KIND
 
 
 @attrs.frozen
@@ -308,6 +328,7 @@ class AdminAuthAdded:
     kind: ClassVar[str] = "admin_auth_added"
     name: str
     replaced: bool
+    provider_kind: str = DEFAULT_PROVIDER_KIND
 
 
 @attrs.frozen
@@ -464,7 +485,7 @@ class ProviderRoute:
     weights: tuple[int, ...]
     credential: str | None = attrs.field(repr=False)
     # How the provider takes its credential and which wire formats it serves natively.
-    kind: str = "openai"
+    kind: str = DEFAULT_PROVIDER_KIND
     # The `model` to send this provider for the model the client asked for; None: unchanged.
     upstream_model: str | None = None
 

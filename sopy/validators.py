@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from sopy.keys import fernet_for
+from sopy.provider_kinds import PROVIDER_KINDS
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
@@ -44,6 +45,11 @@ def model_name(_instance: object, attribute: "attrs.Attribute[Any]", value: str)
             "must be 1-256 characters of letters, digits and . _ : / @ + -, starting with a "
             f"letter or digit (got {value!r})",
         )
+
+
+def provider_kind(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    if value not in PROVIDER_KINDS:
+        raise _fail(attribute, f"must be one of {', '.join(PROVIDER_KINDS)} (got {value!r})")
 
 
 def secret(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:

@@ -7,9 +7,9 @@ CREDENTIAL = "sk-provider-secret-0123456789"
 
 async def test_admin_auth_add_list_get_masked_reveal_remove(admin: AdminConnection) -> None:
     added = await admin.ok("add_admin_auth", name="openai", credentials=CREDENTIAL)
-    assert added == {"name": "openai", "credentials": "sk-...6789"}
+    assert added == {"name": "openai", "credentials": "sk-...6789", "kind": "openai"}
 
-    assert await admin.ok("list_admin_auth") == ["openai"]
+    assert await admin.ok("list_admin_auth") == [{"name": "openai", "kind": "openai"}]
     masked = await admin.ok("get_admin_auth", name="openai")
     assert masked["credentials"] == "sk-...6789"
     revealed = await admin.ok("get_admin_auth", name="openai", reveal=True)

@@ -36,7 +36,9 @@ async def test_subscriber_gets_the_snapshot_then_every_change_in_order_without_s
 
     snapshot = await next_message(ws)
     assert snapshot["type"] == "snapshot"
-    assert snapshot["snapshot"]["admin_auth"] == [{"name": "openai", "credentials": "sk-...0001"}]
+    assert snapshot["snapshot"]["admin_auth"] == [
+        {"name": "openai", "credentials": "sk-...0001", "kind": "openai"}
+    ]
     start = snapshot["version"]
 
     async with await sopy.admin() as admin, sopy.admin_rest() as rest:

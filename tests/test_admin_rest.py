@@ -42,8 +42,8 @@ async def test_admin_auth_routes(rest: httpx.AsyncClient) -> None:
         await rest.post("/admin/admin_auth", json={"name": "openai", "credentials": credential}),
         201,
     )
-    assert added == {"name": "openai", "credentials": "sk-...6789"}
-    assert ok(await rest.get("/admin/admin_auth")) == ["openai"]
+    assert added == {"name": "openai", "credentials": "sk-...6789", "kind": "openai"}
+    assert ok(await rest.get("/admin/admin_auth")) == [{"name": "openai", "kind": "openai"}]
     assert ok(await rest.get("/admin/admin_auth/openai"))["credentials"] == "sk-...6789"
     revealed = ok(await rest.get("/admin/admin_auth/openai", params={"reveal": "true"}))
     assert revealed["credentials"] == credential

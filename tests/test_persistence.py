@@ -32,7 +32,7 @@ async def test_everything_persists_across_a_restart(sopy: SopyUnderTest) -> None
     assert running.feed.latest is not None
     assert running.feed.latest.version == version_before == 5
     async with await sopy.admin() as admin:
-        assert await admin.ok("list_admin_auth") == ["openai"]
+        assert await admin.ok("list_admin_auth") == [{"name": "openai", "kind": "openai"}]
         revealed = await admin.ok("get_admin_auth", name="openai", reveal=True)
         assert revealed["credentials"] == "sk-provider-secret-value"
         assert (await admin.ok("get_user_api_key", id=key_id))["active"] is False

@@ -207,7 +207,9 @@ class _Exchange:
         self._transport = transport
         self._request = request
         self._scope = scope
-        self._headers = upstream_request_headers(request.headers, request.route.credential)
+        self._headers = upstream_request_headers(
+            request.headers, request.route.credential, request.route.kind
+        )
         self._reply = request.reply_to
         self._urls = request.route.urls
         self._tried: list[str] = []

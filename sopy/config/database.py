@@ -51,6 +51,7 @@ from sopy.messages import (
     AddModelMapping,
     AddUserApiKey,
     AdminAuthAdded,
+    AdminAuthEntry,
     AdminAuthRemoved,
     AdminAuthView,
     AdminCommand,
@@ -161,6 +162,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     """
     CREATE TABLE store_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # Every provider stored before kinds existed was reached the OpenAI way.
+    """
+    ALTER TABLE admin_auth ADD COLUMN kind TEXT NOT NULL DEFAULT 'openai';
     """,
 )
 
@@ -339,9 +344,9 @@ class ConfigDatabase:
         return ConfigSnapshot(
             version=self.version,
             credentials=tuple(
-                ProviderCredential(name, self._box.open(credentials))
-                for name, credentials in self._rows(
-                    "SELECT name, credentials FROM admin_auth ORDER BY name"
+                ProviderCredential(name, self._box.open(credentials), kind)
+                for name, credentials, kind in self._rows(
+                    "SELECT name, credentials, kind FROM admin_auth ORDER BY name"
                 )
             ),
             user_api_keys=tuple(
@@ -406,8 +411,8 @@ class ConfigDatabase:
                 self._db.execute("DELETE FROM admin_auth WHERE name = ?", (name,))
                 return view, AdminAuthRemoved(name)
             case ListAdminAuth():
-                names = self._rows("SELECT name FROM admin_auth ORDER BY name")
-                return tuple(name for (name,) in names), None
+                rows = self._rows("SELECT name, kind FROM admin_auth ORDER BY name")
+                return tuple(AdminAuthEntry(name, kind) for name, kind in rows), None
             case GetAdminAuth(name=name, reveal=reveal):
                 return self._admin_auth(name, reveal=reveal), None
             case AddUserApiKey():
@@ -452,21 +457,24 @@ class ConfigDatabase:
                 param="name",
             )
         self._db.execute(
-            "INSERT INTO admin_auth (name, credentials, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials",
-            (command.name, self._box.seal(command.credentials), now),
+            "INSERT INTO admin_auth (name, credentials, kind, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials, "
+            "kind = excluded.kind",
+            (command.name, self._box.seal(command.credentials), command.kind, now),
         )
-        view = AdminAuthView(command.name, keys.mask_credential(command.credentials))
-        return view, AdminAuthAdded(command.name, replaced=exists)
+        view = AdminAuthView(command.name, keys.mask_credential(command.credentials), command.kind)
+        return view, AdminAuthAdded(command.name, replaced=exists, provider_kind=command.kind)
 
     def _admin_auth(self, name: str, *, reveal: bool) -> AdminAuthView:
-        row = self._row("SELECT credentials FROM admin_auth WHERE name = ?", (name,))
+        row = self._row("SELECT credentials, kind FROM admin_auth WHERE name = ?", (name,))
         if row is None:
             raise NotFound(
                 f"no admin_auth named '{name}'; list them with list_admin_auth", param="name"
             )
-        credential = self._box.open(row[0])
-        return AdminAuthView(name, credential if reveal else keys.mask_credential(credential))
+        stored, kind = row
+        credential = self._box.open(stored)
+        shown = credential if reveal else keys.mask_credential(credential)
+        return AdminAuthView(name, shown, kind)
 
     def _add_user_api_key(self, command: AddUserApiKey, now: int) -> Outcome:
         api_key = command.api_key or keys.generate_user_key()

@@ -491,6 +491,8 @@ def _command_schema(command: type[AdminCommand]) -> dict[str, Any]:
 
 def _field_schema(field: "attrs.Attribute[Any]") -> dict[str, Any]:
     schema = _json_schema(field.type)
+    if "enum" in field.metadata:
+        schema["enum"] = list(field.metadata["enum"])
     if isinstance(field.default, str | int | bool | None):
         schema["default"] = field.default
     elif isinstance(field.default, tuple):

@@ -30,11 +30,16 @@ class RouteTable:
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
         backends = {group.provider: group for group in group_by_provider(snapshot.backends)}
-        credentials = {c.provider: c.credential for c in snapshot.credentials}
+        credentials = {c.provider: c for c in snapshot.credentials}
 
         def route(provider: str) -> ProviderRoute:
             found = backends.get(provider, _NO_BACKENDS)
-            return ProviderRoute(provider, found.urls, found.weights, credentials.get(provider))
+            stored = credentials.get(provider)
+            if stored is None:
+                return ProviderRoute(provider, found.urls, found.weights, None)
+            return ProviderRoute(
+                provider, found.urls, found.weights, stored.credential, stored.kind
+            )
 
         return cls(
             version=snapshot.version,
