@@ -22,6 +22,8 @@ _MIN_USER_KEY_LENGTH = 8
 _MAX_USER_KEY_LENGTH = 256
 _MAX_DESCRIPTION_LENGTH = 500
 _MAX_URL_LENGTH = 2048
+# Where the API lives on a backend URL given without a path, as at OpenAI.
+DEFAULT_BASE_PATH = "/v1"
 
 
 def _fail(attribute: "attrs.Attribute[Any]", problem: str) -> ValueError:
@@ -124,10 +126,11 @@ def positive_id(_instance: object, attribute: "attrs.Attribute[Any]", value: int
 def normalised_backend_url(value: str) -> str:
     """Return the canonical form of a backend base URL, or raise ValueError saying why not.
 
-    The canonical form has a lower-case scheme and host, no trailing slash and no trailing
-    `/v1`: the gateway appends the request path (`/v1/chat/completions`), so
-    `https://api.openai.com`, `https://api.openai.com/` and `https://api.openai.com/v1` are the
-    same backend.
+    A backend URL is a base URL, as the OpenAI SDK's `base_url`: the gateway appends the
+    request's path after `/v1` to it (`https://generativelanguage.googleapis.com/v1beta/openai`
+    + `/chat/completions`). The canonical form has a lower-case scheme and host and no trailing
+    slash; a URL with no path gets `/v1`, so `https://api.openai.com`,
+    `https://api.openai.com/` and `https://api.openai.com/v1` are the same backend.
     """
     if len(value) > _MAX_URL_LENGTH:
         raise ValueError(f"field 'url' must be at most {_MAX_URL_LENGTH} characters")
@@ -156,7 +159,5 @@ def normalised_backend_url(value: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
-    path = parts.path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[: -len("/v1")]
+    path = parts.path.rstrip("/") or DEFAULT_BASE_PATH
     return f"{scheme}://{netloc}{path}"

@@ -117,14 +117,14 @@ async def test_backends_are_normalised_and_a_provider_may_have_many(admin: Admin
 
     assert await admin.ok("get_backend", provider="openai") == {
         "provider": "openai",
-        "urls": ["https://api.openai.com", "http://127.0.0.1:9000"],
+        "urls": ["https://api.openai.com/v1", "http://127.0.0.1:9000/v1"],
         "weights": [1, 1],
     }
     assert await admin.ok("list_backends") == [
-        {"provider": "local", "urls": ["http://localhost:8080/proxy"], "weights": [1]},
+        {"provider": "local", "urls": ["http://localhost:8080/proxy/v1"], "weights": [1]},
         {
             "provider": "openai",
-            "urls": ["https://api.openai.com", "http://127.0.0.1:9000"],
+            "urls": ["https://api.openai.com/v1", "http://127.0.0.1:9000/v1"],
             "weights": [1, 1],
         },
     ]
@@ -133,7 +133,9 @@ async def test_backends_are_normalised_and_a_provider_may_have_many(admin: Admin
     assert duplicate["code"] == "conflict"
 
     await admin.ok("remove_backend", provider="openai", url="https://api.openai.com/v1")
-    assert (await admin.ok("get_backend", provider="openai"))["urls"] == ["http://127.0.0.1:9000"]
+    assert (await admin.ok("get_backend", provider="openai"))["urls"] == [
+        "http://127.0.0.1:9000/v1"
+    ]
 
 
 async def test_backend_urls_must_be_http_or_https(admin: AdminConnection) -> None:

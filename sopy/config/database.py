@@ -167,6 +167,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE admin_auth ADD COLUMN kind TEXT NOT NULL DEFAULT 'openai';
     """,
+    # Backend URLs became base URLs that keep their `/v1` (the request's path after `/v1` is
+    # appended); before, `/v1` was stripped and the request's whole path appended. Appending
+    # `/v1` to every stored URL, in the journal too, keeps each backend's requests where they
+    # went.
+    """
+    UPDATE backends SET url = url || '/v1';
+    UPDATE config_events
+        SET event = json_set(event, '$.url', json_extract(event, '$.url') || '/v1')
+        WHERE json_extract(event, '$.kind') IN ('backend_added', 'backend_removed');
+    """,
 )
 
 
