@@ -138,11 +138,20 @@ class GetBackend:
 
 @attrs.frozen
 class AddModelMapping:
+    """`upstream_model` is the `model` sent to `provider` (default: `model_name`);
+    `fallback_upstream_models` names the one sent to a fallback provider (default: `model_name`),
+    e.g. `{"azure": "my-gpt-4o-deployment"}`."""
+
     command: ClassVar[str] = "add_model_mapping"
     model_name: str = attrs.field(validator=validators.model_name)
     provider: str = attrs.field(validator=validators.provider_name)
     replace: bool = False
     fallbacks: tuple[str, ...] = attrs.field(default=(), validator=validators.fallback_providers)
+    upstream_model: str | None = attrs.field(default=None, validator=validators.optional_model_name)
+    # Excluded from the hash: a dict is not hashable, and the other fields identify the command.
+    fallback_upstream_models: Mapping[str, str] = attrs.field(
+        factory=dict, hash=False, validator=validators.fallback_upstream_models
+    )
 
 
 @attrs.frozen
@@ -254,12 +263,22 @@ class ProviderBackends:
 
 @attrs.frozen
 class ModelMapping:
-    """`fallbacks`: other providers to try, in order, when `provider` cannot answer."""
+    """`fallbacks`: other providers to try, in order, when `provider` cannot answer.
+    `upstream_model`: the `model` sent to `provider`; `fallback_upstream_models`: the one sent to
+    a fallback, for those that have their own (the others get `model_name`)."""
 
     model_name: str
     provider: str
     created_at: int
     fallbacks: tuple[str, ...] = ()
+    upstream_model: str = ""
+    fallback_upstream_models: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+    def upstream_model_of(self, provider: str) -> str:
+        """The `model` to send `provider` (this mapping's provider or one of its fallbacks)."""
+        if provider == self.provider:
+            return self.upstream_model or self.model_name
+        return self.fallback_upstream_models.get(provider, self.model_name)
 
 
 @attrs.frozen
@@ -385,6 +404,9 @@ class ModelMappingAdded:
     provider: str
     replaced: bool
     fallbacks: tuple[str, ...] = ()
+    # None in journal entries written before model aliases existed.
+    upstream_model: str | None = None
+    fallback_upstream_models: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen

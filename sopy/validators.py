@@ -7,6 +7,7 @@ These are attrs validators and converters used by the admin command messages in
 
 import re
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -52,6 +53,13 @@ def model_name(_instance: object, attribute: "attrs.Attribute[Any]", value: str)
 def provider_kind(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
     if value not in PROVIDER_KINDS:
         raise _fail(attribute, f"must be one of {', '.join(PROVIDER_KINDS)} (got {value!r})")
+
+
+def optional_model_name(
+    instance: object, attribute: "attrs.Attribute[Any]", value: str | None
+) -> None:
+    if value is not None:
+        model_name(instance, attribute, value)
 
 
 def secret(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
@@ -105,6 +113,21 @@ def fallback_providers(
         provider_name(instance, attribute, name)
     if len(set(value)) != len(value) or instance.provider in value:
         raise _fail(attribute, "must list distinct providers other than 'provider'")
+
+
+def fallback_upstream_models(
+    instance: Any, attribute: "attrs.Attribute[Any]", value: Mapping[str, str]
+) -> None:
+    """The model each fallback provider knows, for those that know it by another name."""
+    strangers = sorted(set(value) - set(instance.fallbacks))
+    if strangers:
+        raise _fail(
+            attribute,
+            f"names provider(s) not in 'fallbacks': {', '.join(map(repr, strangers))}; "
+            "list them in 'fallbacks' too",
+        )
+    for upstream_model in value.values():
+        model_name(instance, attribute, upstream_model)
 
 
 def optional_secret_key(

@@ -1,6 +1,7 @@
 """Backend URLs are base URLs, as the OpenAI SDK's `base_url`: the request's path after `/v1`
 is appended to the URL's own path, and a URL without a path gets `/v1`. Databases written
-before this rule keep sending every request where it went."""
+before this rule (and before provider kinds and model aliases) keep sending every request
+where, and as, it went."""
 
 import os
 import sqlite3
@@ -121,6 +122,7 @@ async def test_an_old_database_migrates_and_sends_requests_where_they_went(
     async with await sopy.admin() as admin:
         backends = await admin.ok("get_backend", provider="p")
         credentials = await admin.ok("list_admin_auth")
+        mapping = await admin.ok("get_model_mapping", model_name="m")
     journal = await open_events(nursery, settings.admin_socket, since=0)
     replayed = await next_message(journal)
 
@@ -129,6 +131,8 @@ async def test_an_old_database_migrates_and_sends_requests_where_they_went(
     assert received.headers["authorization"] == f"Bearer {CREDENTIAL}"
     assert backends["urls"] == [address + "/v1"]
     assert credentials == [{"name": "p", "kind": "openai"}]
+    assert (mapping["upstream_model"], mapping["fallback_upstream_models"]) == ("m", {})
+    assert received.json()["model"] == "m"
     assert (replayed["kind"], replayed["entity"]["url"]) == ("backend_added", address + "/v1")
     await journal.aclose()
     await sopy.stop()

@@ -177,6 +177,12 @@ MIGRATIONS: tuple[str, ...] = (
         SET event = json_set(event, '$.url', json_extract(event, '$.url') || '/v1')
         WHERE json_extract(event, '$.kind') IN ('backend_added', 'backend_removed');
     """,
+    # Model aliases: the model each provider knows. Existing mappings send the client's name.
+    """
+    ALTER TABLE model_mappings ADD COLUMN upstream_model TEXT;
+    UPDATE model_mappings SET upstream_model = model_name;
+    ALTER TABLE model_mappings ADD COLUMN fallback_upstream_models TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
 
@@ -603,25 +609,48 @@ class ConfigDatabase:
                 'remove it first or send "replace": true',
                 param="model_name",
             )
+        upstream_model = command.upstream_model or command.model_name
+        fallback_models = dict(command.fallback_upstream_models)
         if row is not None:
             current = self._model_mapping(command.model_name)
-            if (current.provider, current.fallbacks) == (command.provider, command.fallbacks):
+            asked = (command.provider, command.fallbacks, upstream_model, fallback_models)
+            if asked == (
+                current.provider,
+                current.fallbacks,
+                current.upstream_model,
+                current.fallback_upstream_models,
+            ):
                 return current, None
         self._db.execute(
-            "INSERT INTO model_mappings (model_name, provider, fallbacks, created_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (model_name) DO UPDATE SET "
-            "provider = excluded.provider, fallbacks = excluded.fallbacks",
-            (command.model_name, command.provider, orjson.dumps(command.fallbacks).decode(), now),
+            "INSERT INTO model_mappings (model_name, provider, fallbacks, upstream_model, "
+            "fallback_upstream_models, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (model_name) DO UPDATE SET provider = excluded.provider, "
+            "fallbacks = excluded.fallbacks, upstream_model = excluded.upstream_model, "
+            "fallback_upstream_models = excluded.fallback_upstream_models",
+            (
+                command.model_name,
+                command.provider,
+                orjson.dumps(command.fallbacks).decode(),
+                upstream_model,
+                orjson.dumps(fallback_models).decode(),
+                now,
+            ),
         )
         mapping = self._model_mapping(command.model_name)
         change = ModelMappingAdded(
-            command.model_name, command.provider, row is not None, command.fallbacks
+            command.model_name,
+            command.provider,
+            row is not None,
+            command.fallbacks,
+            upstream_model,
+            fallback_models,
         )
         return mapping, change
 
     def _model_mapping(self, model_name: str) -> ModelMapping:
         row = self._row(
-            "SELECT model_name, provider, created_at, fallbacks FROM model_mappings "
+            "SELECT model_name, provider, created_at, fallbacks, upstream_model, "
+            "fallback_upstream_models FROM model_mappings "
             "WHERE model_name = ?",
             (model_name,),
         )
@@ -634,7 +663,8 @@ class ConfigDatabase:
 
     def _model_mappings(self) -> tuple[ModelMapping, ...]:
         rows = self._rows(
-            "SELECT model_name, provider, created_at, fallbacks FROM model_mappings "
+            "SELECT model_name, provider, created_at, fallbacks, upstream_model, "
+            "fallback_upstream_models FROM model_mappings "
             "ORDER BY model_name"
         )
         return tuple(_model_mapping(row) for row in rows)
@@ -793,8 +823,15 @@ def _provider_backends(provider: str, rows: list[Any]) -> ProviderBackends:
 
 
 def _model_mapping(row: Any) -> ModelMapping:
-    model_name, provider, created_at, fallbacks = row
-    return ModelMapping(model_name, provider, created_at, tuple(orjson.loads(fallbacks)))
+    model_name, provider, created_at, fallbacks, upstream_model, fallback_models = row
+    return ModelMapping(
+        model_name,
+        provider,
+        created_at,
+        tuple(orjson.loads(fallbacks)),
+        upstream_model,
+        orjson.loads(fallback_models),
+    )
 
 
 def _pending_key_path(key_file: Path) -> Path:

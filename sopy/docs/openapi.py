@@ -287,6 +287,10 @@ def _model_schema() -> dict[str, Any]:
             "object": {"const": "model"},
             "created": {"type": "integer", "description": "Unix time of the mapping."},
             "owned_by": {"type": "string", "description": "The provider it is mapped to."},
+            "upstream_model": {
+                "type": "string",
+                "description": "Sopy's addition: the model name that provider knows it by.",
+            },
         }
     )
 
@@ -497,6 +501,8 @@ def _field_schema(field: "attrs.Attribute[Any]") -> dict[str, Any]:
         schema["default"] = field.default
     elif isinstance(field.default, tuple):
         schema["default"] = list(field.default)
+    elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+        schema["default"] = field.default.factory()
     return schema
 
 
@@ -509,6 +515,8 @@ def _json_schema(python_type: object) -> dict[str, Any]:
     strings, and so on; anything else is a bug."""
     if python_type == tuple[str, ...]:
         return {"type": "array", "items": {"type": "string"}}
+    if python_type == Mapping[str, str]:
+        return {"type": "object", "additionalProperties": {"type": "string"}}
     members = typing.get_args(python_type) or (python_type,)
     unknown = [member for member in members if member not in _JSON_TYPE_NAMES]
     if unknown:

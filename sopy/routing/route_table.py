@@ -11,8 +11,9 @@ import orjson
 
 from sopy import keys
 from sopy.errors import AuthenticationFailed, ModelNotFound, NoBackendAvailable
-from sopy.messages import ConfigSnapshot, ProviderBackends, ProviderRoute
+from sopy.messages import ConfigSnapshot, ModelMapping, ProviderBackends, ProviderRoute
 from sopy.provider_backends import group_by_provider
+from sopy.provider_kinds import DEFAULT_PROVIDER_KIND
 
 # A provider known only by its credential or a mapping routes to no backend.
 _NO_BACKENDS = ProviderBackends("", (), ())
@@ -32,13 +33,18 @@ class RouteTable:
         backends = {group.provider: group for group in group_by_provider(snapshot.backends)}
         credentials = {c.provider: c for c in snapshot.credentials}
 
-        def route(provider: str) -> ProviderRoute:
+        def route(mapping: ModelMapping, provider: str) -> ProviderRoute:
             found = backends.get(provider, _NO_BACKENDS)
             stored = credentials.get(provider)
-            if stored is None:
-                return ProviderRoute(provider, found.urls, found.weights, None)
+            upstream_model = mapping.upstream_model_of(provider)
             return ProviderRoute(
-                provider, found.urls, found.weights, stored.credential, stored.kind
+                provider,
+                found.urls,
+                found.weights,
+                None if stored is None else stored.credential,
+                DEFAULT_PROVIDER_KIND if stored is None else stored.kind,
+                # None when unchanged: the request path then leaves the body alone.
+                None if upstream_model == mapping.model_name else upstream_model,
             )
 
         return cls(
@@ -48,7 +54,7 @@ class RouteTable:
                 k.key_hash for k in snapshot.user_api_keys if not k.active
             ),
             chains={
-                m.model_name: tuple(route(provider) for provider in (m.provider, *m.fallbacks))
+                m.model_name: tuple(route(m, provider) for provider in (m.provider, *m.fallbacks))
                 for m in snapshot.model_mappings
             },
             models_body=orjson.dumps(
@@ -60,6 +66,7 @@ class RouteTable:
                             "object": "model",
                             "created": mapping.created_at,
                             "owned_by": mapping.provider,
+                            "upstream_model": mapping.upstream_model_of(mapping.provider),
                         }
                         for mapping in snapshot.model_mappings
                     ],
