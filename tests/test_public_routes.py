@@ -240,12 +240,35 @@ def test_a_route_without_a_handler_or_a_handler_without_a_route_is_refused() -> 
 
 @pytest.fixture
 async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
-    return await start_gateway(sopy, nursery, {"gpt-4.1": "openai"})
+    return await start_gateway(sopy, nursery, {"gpt-4.1": "openai", "sopy": "openai"})
+
+
+_UPLOAD = {"model": "gpt-4.1"}, {"file": ("a.wav", b"RIFF", "audio/wav")}
+# A request each route with a body answers with success (httpx keyword arguments).
+EXAMPLE_REQUESTS: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": {"json": chat("gpt-4.1")},
+    "/v1/completions": {"json": {"model": "gpt-4.1", "prompt": "hi"}},
+    "/v1/embeddings": {"json": {"model": "gpt-4.1", "input": "hi"}},
+    "/v1/moderations": {"json": {"model": "gpt-4.1", "input": "hi"}},
+    "/v1/images/generations": {"json": {"model": "gpt-4.1", "prompt": "a cat"}},
+    "/v1/images/edits": {"data": _UPLOAD[0], "files": {"image": ("a.png", b"PNG", "image/png")}},
+    "/v1/audio/transcriptions": {"data": _UPLOAD[0], "files": _UPLOAD[1]},
+    "/v1/audio/translations": {"data": _UPLOAD[0], "files": _UPLOAD[1]},
+    "/v1/audio/speech": {"json": {"model": "gpt-4.1", "input": "hi", "voice": "alloy"}},
+    "/v1/responses": {"json": {"model": "gpt-4.1", "input": "hi"}},
+    "/v1/responses/input_tokens": {"json": {"model": "gpt-4.1", "input": "hi"}},
+    "/v1/responses/compact": {"json": {"model": "gpt-4.1", "input": "hi"}},
+}
 
 
 async def request(http: httpx.AsyncClient, entry: PublicRoute) -> httpx.Response:
-    body = chat("gpt-4.1") if entry.request_body is not None else None
-    return await http.request(entry.method, concrete_path(entry), json=body)
+    example = EXAMPLE_REQUESTS[entry.path] if entry.request_body is not None else {}
+    return await http.request(entry.method, concrete_path(entry), **example)
+
+
+def documents(content: dict[str, str | None], media_type: str) -> bool:
+    """Whether `media_type` is one of `content`'s, directly or by a range such as `audio/*`."""
+    return media_type in content or f"{media_type.split('/')[0]}/*" in content
 
 
 async def test_every_table_route_answers_its_documented_success(gateway: Gateway) -> None:
@@ -255,7 +278,7 @@ async def test_every_table_route_answers_its_documented_success(gateway: Gateway
 
             assert response.status_code == entry.reply.status, (entry.path, response.text)
             media_type = response.headers["content-type"].split(";")[0]
-            assert media_type in entry.reply.content, entry.path
+            assert documents(dict(entry.reply.content), media_type), entry.path
             assert response.headers["x-request-id"]
 
 

@@ -12,7 +12,7 @@ take the request the client gets the 429 itself; while every backend rests, the 
 for them with a 429 or 503 and a `Retry-After`.
 
 The answer goes back on the request's own channel as `ResponseStart`, `ResponseChunk`s and
-`ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk by chunk as they
+`ResponseEnd`, or as one `UpstreamFailed`. Event streams and audio go chunk by chunk as they
 arrive, whatever their size; other bodies are read whole first, up to `max_response_bytes` (a
 larger one is cut off there and becomes a 502), so one that breaks off is retried like any other
 failure instead of reaching the client truncated. Connect and first-byte timeouts bound the
@@ -61,7 +61,7 @@ from sopy.protocol.client import (
     UpstreamResponse,
 )
 from sopy.routing.backend_health import BackendPicker, CooldownPolicy
-from sopy.routing.forwarded_headers import is_event_stream, upstream_request_headers
+from sopy.routing.forwarded_headers import is_streamed, upstream_request_headers
 from sopy.routing.retry_policy import (
     WAIT_BUDGET,
     backoff_delay,
@@ -305,7 +305,7 @@ class _Exchange:
                 response = await self._transport.send(
                     request.method, backend + self._path_after_base, self._headers, request.body
                 )
-                if is_event_stream(response.headers):
+                if is_streamed(response.headers):
                     return _Answer(response, None)
                 return await self._read_whole(response, backend, deadline)
         except UpstreamConnectTimeout:

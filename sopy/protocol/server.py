@@ -66,7 +66,8 @@ application decides what its errors look like."""
 
 class HttpExchange:
     """One request and the response to it. Send either `respond` once, or `start_response`,
-    any number of `send_chunk` and one `end_response`."""
+    any number of `send_chunk` and one `end_response`. Headers set in `common_headers` before
+    the response starts go with it, whichever way it is sent."""
 
     def __init__(self, connection: "_Connection", request: Request, ordinal: int) -> None:
         self._connection = connection
@@ -76,6 +77,7 @@ class HttpExchange:
         self.raw_path, _, self.query = target.partition("?")
         self.path = urllib.parse.unquote(self.raw_path)
         self.headers: Sequence[Header] = request.headers
+        self.common_headers: Sequence[Header] = ()
         self.response_started = False
         self.response_finished = False
         self.last_on_connection = False
@@ -119,6 +121,8 @@ class HttpExchange:
     async def respond(self, status: int, headers: Sequence[Header], body: bytes) -> None:
         """A complete response: `headers`, Content-Length, then `body`."""
         close = self._begin_response()
+        if self.common_headers:
+            headers = [*headers, *self.common_headers]
         self.response_finished = True
         await self._connection.write(
             complete_response(status, headers, body, include_body=self._body_allowed, close=close)
@@ -130,6 +134,8 @@ class HttpExchange:
         """The head of a response whose body follows in pieces, with the `first` piece in the
         same write."""
         close = self._begin_response()
+        if self.common_headers:
+            headers = [*headers, *self.common_headers]
         self._body_allowed = self._body_allowed and has_body(status)
         data = streamed_response_head(status, headers, chunked=self._chunked, close=close)
         await self._connection.write(data + self._framed(first))

@@ -6,7 +6,12 @@ Client → upstream: everything but hop-by-hop headers, the client's own credent
 that the upstream connection sets itself; then the provider credential, in the header its kind
 takes (`sopy.provider_kinds`), and the kind's default headers the client did not send.
 Upstream → client: everything but hop-by-hop headers and those the HTTP server sets itself (`date`,
-`server`); `content-length` is dropped so a body that breaks off can never look complete.
+`server`); `content-length` is dropped so a body that breaks off can never look complete. The
+backend's own `x-request-id` reaches the client as `x-upstream-request-id`, since `x-request-id`
+is Sopy's id for the request.
+Client → upstream includes what selects an account or an API version at the provider
+(`OpenAI-Organization`, `OpenAI-Project`, `OpenAI-Beta`, `anthropic-beta`, `anthropic-version`)
+and `Idempotency-Key`, so that a retried request is still recognised upstream.
 Hop-by-hop are the fixed ones below and, both ways, those the message's `Connection` lists.
 """
 
@@ -37,12 +42,13 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
     b"api-key",
     b"x-api-key",
     b"cookie",
-    b"openai-organization",
-    b"openai-project",
     b"accept-encoding",
     b"expect",
 }
+# The backend's x-request-id is not relayed as such: it is renamed (Sopy's own goes out as it).
 _NOT_RELAYED = _HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
+_UPSTREAM_REQUEST_ID = b"x-request-id"
+UPSTREAM_REQUEST_ID_FOR_CLIENT = b"x-upstream-request-id"
 
 
 def upstream_request_headers(
@@ -82,13 +88,15 @@ def upstream_request_headers(
 
 def client_response_headers(upstream_headers: Sequence[Header]) -> list[Header]:
     """The backend's response headers that the client may see (names are lower case, as
-    parsed)."""
+    parsed), the backend's request id under the name `x-upstream-request-id`."""
     kept: list[Header] = []
     lists_options = False
     for header in upstream_headers:
         name = header[0]
         if name not in _NOT_RELAYED:
             kept.append(header)
+        elif name == _UPSTREAM_REQUEST_ID:
+            kept.append((UPSTREAM_REQUEST_ID_FOR_CLIENT, header[1]))
         elif name == b"connection" and header[1] != b"keep-alive":
             lists_options = True
     if lists_options:
@@ -106,8 +114,27 @@ def _without_options(
     return kept if listed <= dropped else [h for h in kept if h[0] not in listed]
 
 
+def upstream_request_id(client_headers: Iterable[Header]) -> bytes | None:
+    """The backend's id for the request among the headers the client gets: OpenAI's
+    (renamed) or Anthropic's `request-id`."""
+    for name, value in client_headers:
+        if name in (UPSTREAM_REQUEST_ID_FOR_CLIENT, b"request-id"):
+            return value
+    return None
+
+
 def is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return any(
         name == b"content-type" and value.startswith(b"text/event-stream")
+        for name, value in headers
+    )
+
+
+def is_streamed(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer is relayed as it arrives rather than read whole first: event streams,
+    and audio (speech), which a player starts on its first bytes."""
+    return any(
+        name == b"content-type"
+        and (value.startswith(b"text/event-stream") or value.startswith(b"audio/"))
         for name, value in headers
     )
