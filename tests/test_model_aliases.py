@@ -4,17 +4,21 @@ client's model name by default), shown wherever the mapping is, and filled into 
 
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 
 from sopy.docs.openapi import openapi_document
 from sopy.routing.route_table import RouteTable
+from sopy.settings import Settings
+from sopy.testing.mock_upstream import MockUpstream
 from tests.admin_connection import AdminConnection, open_events
 from tests.conftest import SopyUnderTest
-from tests.gateway import AUTH
+from tests.gateway import AUTH, Gateway, chat, start_gateway_with
 from tests.test_admin_events import next_message
 from tests.test_cli_admin import _sopy_admin
+from tests.test_openai_routes import _closed_port_url as closed_port_url
 
 ALIASED: dict[str, Any] = {
     "model_name": "gpt-4o",
@@ -174,3 +178,95 @@ def test_openapi_documents_the_alias_fields() -> None:
         "additionalProperties": {"type": "string"},
         "default": {},
     }
+
+
+# -- through the gateway: what each provider receives -----------------------------------------
+
+AUDIO = b"RIFF" + bytes(range(256)) * 8
+
+
+@attrs.frozen
+class AliasedGateway:
+    gateway: Gateway
+    azure: MockUpstream
+    backup: MockUpstream
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No retries: an unreachable provider hands over to its fallback at once."""
+    return attrs.evolve(settings, retries=0)
+
+
+@pytest.fixture
+async def aliased(sopy: SopyUnderTest, nursery: trio.Nursery) -> AliasedGateway:
+    """`gpt-4o` goes to `down` (unreachable; knows it as `down-name`), then `azure` (knows it
+    as `my-gpt-4o-deployment`, serves its API at `/openai/v1`), then `backup` (knows it by the
+    client's name); `whisper` goes to `azure`, which knows it as `whisper-deployment`."""
+    azure, backup = MockUpstream("azure-0", base_path="/openai/v1"), MockUpstream("backup-0")
+    gateway = await start_gateway_with(sopy, nursery, {"backup": [backup]}, {})
+    azure_url = await nursery.start(azure.serve)
+    await gateway.admin_ok("add_backend", provider="azure", url=azure_url + "/openai/v1")
+    await gateway.admin_ok("add_admin_auth", name="azure", credentials="sk-az-1", kind="azure")
+    await gateway.admin_ok("add_backend", provider="down", url=closed_port_url())
+    await gateway.admin_ok(
+        "add_model_mapping",
+        model_name="gpt-4o",
+        provider="down",
+        upstream_model="down-name",
+        fallbacks=["azure", "backup"],
+        fallback_upstream_models={"azure": "my-gpt-4o-deployment"},
+    )
+    await gateway.admin_ok(
+        "add_model_mapping",
+        model_name="whisper",
+        provider="azure",
+        upstream_model="whisper-deployment",
+    )
+    return AliasedGateway(gateway, azure, backup)
+
+
+async def test_a_fallback_is_sent_its_own_upstream_model_in_json(
+    aliased: AliasedGateway,
+) -> None:
+    async with aliased.gateway.client() as http:
+        response = await http.post("/v1/chat/completions", json=chat("gpt-4o", "hello"))
+
+    assert response.status_code == 200, response.text
+    [received] = aliased.azure.requests
+    assert received.path == "/openai/v1/chat/completions"
+    assert received.headers["api-key"] == "sk-az-1"
+    assert received.json() == chat("my-gpt-4o-deployment", "hello")
+    assert aliased.backup.requests == []
+
+
+async def test_a_provider_without_an_alias_gets_the_body_as_sent(
+    aliased: AliasedGateway,
+) -> None:
+    await aliased.gateway.admin_ok(
+        "add_model_mapping", model_name="gpt-4o", provider="backup", replace=True
+    )
+    body = b'{"model":  "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    async with aliased.gateway.client() as http:
+        response = await http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+
+    assert response.status_code == 200, response.text
+    assert aliased.backup.requests[-1].body == body
+
+
+async def test_a_provider_is_sent_its_upstream_model_in_a_multipart_form(
+    aliased: AliasedGateway,
+) -> None:
+    async with aliased.gateway.client() as http:
+        response = await http.post(
+            "/v1/audio/transcriptions",
+            data={"model": "whisper"},
+            files={"file": ("speech.wav", AUDIO, "audio/wav")},
+        )
+
+    assert response.status_code == 200, response.text
+    form = aliased.azure.requests[-1].form()
+    assert form["model"].value == b"whisper-deployment"
+    assert form["file"].value == AUDIO
