@@ -223,6 +223,31 @@ class InternalError(SopyError):
     """Sopy failed unexpectedly; its log has the details."""
 
 
+class ConfigStoreUnavailable(SopyError):
+    """The config database cannot take a write; the message names the cause and the fix. The
+    change was not made, reads keep working, and the next write is tried afresh."""
+
+    status = 503
+    type = "server_error"
+    code = "config_store_unavailable"
+
+
+class ConfigStoreFull(ConfigStoreUnavailable):
+    code = "config_store_full"
+
+
+class ConfigStoreLocked(ConfigStoreUnavailable):
+    code = "config_store_locked"
+
+
+class ConfigStoreReadOnly(ConfigStoreUnavailable):
+    code = "config_store_read_only"
+
+
+class ConfigStoreReplaced(ConfigStoreUnavailable):
+    code = "config_store_replaced"
+
+
 class UpstreamError(SopyError):
     """The provider's backend could not be reached, or broke off its answer."""
 

@@ -6,6 +6,7 @@ checks text from flags and the environment against them, and `sopy serve --help`
 """
 
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,24 @@ def _about(
     choices: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     return {"help": help, "low": low, "high": high, "choices": choices}
+
+
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s*,]+", re.IGNORECASE)
+
+
+def _origins(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated browser origins (scheme://host[:port]) as a tuple; StartupError for
+    anything else, a wildcard included."""
+    if isinstance(value, tuple):
+        return value
+    origins = tuple(origin.strip().rstrip("/") for origin in value.split(",") if origin.strip())
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise StartupError(
+                f"--cors-origins takes exact origins such as https://app.example.com, "
+                f"comma-separated (no path, no wildcard); got {origin!r}"
+            )
+    return tuple(origin.lower() for origin in origins)
 
 
 @attrs.frozen
@@ -88,7 +107,16 @@ class Settings:
         metadata=_about("Fernet key sealing provider credentials at rest (`sopy secret-key`)"),
     )
     secret_key_file: Path | None = attrs.field(
-        default=None, metadata=_about("file holding the secret key; rotation rewrites it")
+        default=None,
+        metadata=_about(
+            "file holding the secret key, created (mode 0600) if missing; rotation rewrites it. "
+            "Without this, --secret-key or --no-secret-key: the database's name with .key, "
+            "beside it"
+        ),
+    )
+    no_secret_key: bool = attrs.field(
+        default=False,
+        metadata=_about("store provider credentials in plain text, with no key file (not advised)"),
     )
     max_body_bytes: int = attrs.field(
         default=10 * 1024 * 1024, metadata=_about("largest request body accepted", low=1)
@@ -137,6 +165,14 @@ class Settings:
     drain_timeout: float = attrs.field(
         default=30.0,
         metadata=_about("seconds in-flight requests may finish after SIGTERM", low=0.0),
+    )
+    cors_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_origins,
+        metadata=_about(
+            "browser origins allowed to call the API (CORS), comma-separated exact origins "
+            "such as https://app.example.com"
+        ),
     )
 
     def __attrs_post_init__(self) -> None:

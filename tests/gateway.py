@@ -8,7 +8,6 @@ import httpx
 import pytest
 import trio
 
-from sopy.messages import AddAdminAuth
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
 from tests.polling import eventually
@@ -152,11 +151,6 @@ async def start_gateway_with(
             )
         await admin.ok("add_user_api_key", api_key=USER_KEY, description="tests")
     return Gateway(sopy, providers)
-
-
-# Whether `add_admin_auth` takes a provider's `kind` (helper h12's part of issue 13); until it
-# does, every provider is of kind openai and no model can be served on the Anthropic routes.
-PROVIDER_KINDS = "kind" in attrs.fields_dict(AddAdminAuth)
 
 
 async def make_anthropic(gateway: Gateway, provider: str) -> None:

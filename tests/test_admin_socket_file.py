@@ -1,11 +1,13 @@
 """The admin socket file: private, replaces stale leftovers, refuses a live owner, cleaned up."""
 
+import os
 import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 
 from sopy.settings import Settings
@@ -68,3 +70,16 @@ async def test_cli_reports_a_live_socket_and_exits_non_zero(workdir: Path) -> No
     finally:
         assert await first.terminate() == 0
     assert not (workdir / "sopy-admin.sock").exists()
+
+
+async def test_a_socket_directory_others_can_write_is_refused(
+    settings: Settings, workdir: Path
+) -> None:
+    shared = workdir / "shared"
+    shared.mkdir(mode=0o700)
+    os.chmod(shared, 0o1777)
+
+    error = await startup_error(attrs.evolve(settings, admin_socket=shared / "sopy-admin.sock"))
+
+    assert "the admin socket's directory" in str(error)
+    assert "writable by other users" in str(error)

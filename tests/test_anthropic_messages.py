@@ -42,7 +42,6 @@ from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
 from tests.gateway import (
-    PROVIDER_KINDS,
     USER_KEY,
     Gateway,
     make_anthropic,
@@ -114,7 +113,7 @@ def provider(name: str, kind: str, urls: tuple[str, ...] = ("http://backend",)) 
 
 def table_with(chains: dict[str, tuple[ProviderRoute, ...]]) -> RouteTable:
     key_ids = {hash_user_key(USER_KEY): 1}
-    return RouteTable(1, key_ids, frozenset(), chains, b"")
+    return RouteTable(1, key_ids, frozenset(), chains, b"", {})
 
 
 def test_only_the_providers_of_kind_anthropic_in_a_chain_serve_messages_in_order() -> None:
@@ -363,11 +362,6 @@ async def test_the_openai_routes_keep_openai_shaped_errors(raw: httpx.AsyncClien
 
 # -- a live gateway with a provider of kind anthropic (the strict mock behind it) --------------
 
-# Strict: these must pass as soon as `add_admin_auth` takes h12's `kind`, which turns this off.
-needs_provider_kinds = pytest.mark.xfail(
-    not PROVIDER_KINDS, reason="add_admin_auth has no provider kind yet (h12)", strict=True
-)
-
 
 async def claude_gateway(
     sopy: SopyUnderTest, nursery: trio.Nursery, claude_backends: tuple[str, ...] | None = None
@@ -396,7 +390,6 @@ def strict_mock(gateway: Gateway) -> MockUpstream:
     return gateway.upstreams("claude")[0]
 
 
-@needs_provider_kinds
 async def test_messages_create_answers_through_the_anthropic_provider(claude: Gateway) -> None:
     async with sdk(claude) as client:
         message = await client.messages.create(**message_body(system="be brief"))
@@ -413,7 +406,6 @@ async def test_messages_create_answers_through_the_anthropic_provider(claude: Ga
     assert seen.headers["anthropic-version"]
 
 
-@needs_provider_kinds
 async def test_a_key_sent_as_x_api_key_is_served_and_gets_the_default_anthropic_version(
     claude: Gateway,
 ) -> None:
@@ -429,7 +421,6 @@ async def test_a_key_sent_as_x_api_key_is_served_and_gets_the_default_anthropic_
     assert seen.headers["x-api-key"] == claude.providers["claude"].credential
 
 
-@needs_provider_kinds
 async def test_messages_stream_relays_anthropics_events_one_by_one(claude: Gateway) -> None:
     client = sdk(claude, USER_KEY, "x-api-key")
     async with client, client.messages.stream(**message_body()) as stream:
@@ -452,7 +443,6 @@ async def test_messages_stream_relays_anthropics_events_one_by_one(claude: Gatew
     assert final.stop_reason == "end_turn"
 
 
-@needs_provider_kinds
 async def test_messages_count_tokens_answers_through_the_anthropic_provider(
     claude: Gateway,
 ) -> None:
@@ -465,7 +455,6 @@ async def test_messages_count_tokens_answers_through_the_anthropic_provider(
     assert strict_mock(claude).requests[-1].path == "/v1/messages/count_tokens"
 
 
-@needs_provider_kinds
 async def test_only_the_anthropic_fallback_of_a_model_serves_its_messages(
     claude: Gateway,
 ) -> None:
@@ -476,7 +465,6 @@ async def test_only_the_anthropic_fallback_of_a_model_serves_its_messages(
     assert not claude.upstreams("openai")[0].requests
 
 
-@needs_provider_kinds
 async def test_a_stream_that_breaks_off_ends_with_an_anthropic_error_event(
     claude: Gateway,
 ) -> None:
@@ -495,7 +483,6 @@ async def test_a_stream_that_breaks_off_ends_with_an_anthropic_error_event(
     assert error["request_id"] in error["error"]["message"]
 
 
-@needs_provider_kinds
 async def test_an_unreachable_anthropic_backend_is_an_anthropic_api_error(
     sopy: SopyUnderTest, nursery: trio.Nursery
 ) -> None:

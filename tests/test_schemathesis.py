@@ -14,7 +14,7 @@ import trio
 
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import PROVIDER_KINDS, USER_KEY, make_anthropic, start_gateway_with
+from tests.gateway import USER_KEY, make_anthropic, start_gateway_with
 
 EXAMPLES = os.environ.get("SOPY_FUZZ_EXAMPLES", "25")
 
@@ -27,10 +27,7 @@ async def test_schemathesis_finds_no_issue_in_the_public_api(
     gateway = await start_gateway_with(
         sopy, nursery, upstreams, {"gpt-4.1": "openai"}, fallbacks={"gpt-4.1": ["claude"]}
     )
-    if PROVIDER_KINDS:
-        await make_anthropic(gateway, "claude")
-    # Until providers have kinds, no model is served on the Anthropic routes.
-    anthropic = [] if PROVIDER_KINDS else ["--exclude-tag", "anthropic"]
+    await make_anthropic(gateway, "claude")
     schemathesis = Path(sys.executable).with_name("schemathesis")
     result = await trio.run_process(
         [
@@ -43,7 +40,6 @@ async def test_schemathesis_finds_no_issue_in_the_public_api(
             "negative_data_rejection",
             "--exclude-tag",
             "admin",
-            *anthropic,
             "--max-examples",
             EXAMPLES,
             "--seed",

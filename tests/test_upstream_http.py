@@ -5,6 +5,7 @@ and more than 1,024 file descriptors open."""
 import contextlib
 import logging
 import os
+import re
 import resource
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,7 +24,7 @@ from sopy.protocol.client import (
     UpstreamConnections,
     UpstreamRequestRefused,
 )
-from sopy.routing.forwarded_headers import client_response_headers
+from sopy.routing.forwarded_headers import client_response_headers, upstream_request_headers
 from tests.conftest import SopyUnderTest
 from tests.gateway import AUTH, USER_KEY, access_log_line, chat, start_gateway
 
@@ -222,6 +223,23 @@ async def test_a_header_with_a_line_break_is_never_written() -> None:
             )
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        (b"x-evil", b"a\rb"),
+        (b"x-evil", b"a\nb"),
+        (b"x-evil", b"a\x00b"),
+        (b"x-evil\r\ninjected", b"1"),
+        (b"x-evil\x00", b"1"),
+    ],
+)
+async def test_no_header_with_a_cr_lf_or_nul_is_written(header: tuple[bytes, bytes]) -> None:
+    headers = [(b"content-type", b"application/json"), header, (b"x-after", b"ok")]
+    async with UpstreamConnections(5) as connections:
+        with pytest.raises(UpstreamRequestRefused, match=re.escape(f"header {header[0]!r} holds")):
+            await connections.send("POST", "http://127.0.0.1:9/", headers, b"")
+
+
 async def test_a_switching_protocols_answer_is_a_broken_response(nursery: trio.Nursery) -> None:
     reply = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
     url = await serve_reply(nursery, reply)
@@ -370,6 +388,26 @@ async def test_a_backend_head_beyond_the_limits_reaches_the_client_as_a_502(
     line = await access_log_line(caplog, response.headers["x-request-id"])
     assert "the response has more than 100 header fields" in line
     assert backend.sent < 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        [(b"connection", b"keep-alive"), (b"connection", b"X-Hop")],
+        [(b"connection", b"X-Hop"), (b"connection", b"keep-alive")],
+        [(b"connection", b"Keep-Alive, x-hop")],
+        [(b"connection", b"close, X-Hop ,")],
+    ],
+)
+def test_headers_listed_in_any_connection_header_stay_on_their_hop(
+    connection: list[tuple[bytes, bytes]],
+) -> None:
+    """`Connection: keep-alive` alone is skipped without parsing options; any other list is
+    read whole, in both directions."""
+    message = [*connection, (b"x-hop", b"secret"), (b"x-kept", b"1")]
+    assert client_response_headers(message) == [(b"x-kept", b"1")]
+    forwarded = upstream_request_headers(message, None)
+    assert forwarded == [(b"x-kept", b"1"), (b"accept-encoding", b"identity")]
 
 
 def test_headers_a_backend_lists_in_connection_are_not_relayed() -> None:

@@ -15,7 +15,7 @@ import time
 import trio
 
 from sopy.config.database import ConfigDatabase
-from sopy.config.secret_box import secret_box_for
+from sopy.config.secret_box import SecretBox, key_file_for
 from sopy.errors import InternalError, SopyError
 from sopy.messages import (
     AdminRequest,
@@ -24,6 +24,7 @@ from sopy.messages import (
     CommandSucceeded,
     ConfigChanged,
     ConfigRequest,
+    ConfigSnapshot,
     JournalRequest,
 )
 from sopy.runtime.change_feed import ChangeFeed
@@ -42,19 +43,20 @@ class ConfigStore:
         self._settings = settings
         self._inbox = inbox
         self._feed = feed
-        self._thread = trio.CapacityLimiter(1)
+        # One database call at a time: the calls share one SQLite connection.
+        self._database_calls = trio.CapacityLimiter(1)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        db = await trio.to_thread.run_sync(self._open_database)
+        db, snapshot = await trio.to_thread.run_sync(
+            self._open_database, limiter=self._database_calls
+        )
         if not db.sealing:
             log.warning(
-                "no secret key is set: provider credentials are stored in plain text in %s. "
-                "Generate a key with `sopy secret-key` and set SOPY_SECRET_KEY, or pass "
-                "--secret-key-file PATH to have one created.",
+                "--no-secret-key is set: provider credentials are stored in plain text in %s. "
+                "Drop it to have them sealed with a key file created beside the database.",
                 self._settings.db_path,
             )
         try:
-            snapshot = await trio.to_thread.run_sync(db.load_snapshot, limiter=self._thread)
             self._feed.publish(ConfigChanged(db.version, time.time(), None, snapshot))
             log.info("config loaded from %s at version %d", self._settings.db_path, db.version)
             task_status.started()
@@ -65,17 +67,23 @@ class ConfigStore:
                     await self._handle(db, request)
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(db.close, limiter=self._thread)
+                await trio.to_thread.run_sync(db.close, limiter=self._database_calls)
 
-    def _open_database(self) -> ConfigDatabase:
+    def _open_database(self) -> tuple[ConfigDatabase, ConfigSnapshot]:
         settings = self._settings
-        box = secret_box_for(settings.secret_key, settings.secret_key_file)
-        return ConfigDatabase.open(settings.db_path, box, settings.secret_key_file)
+        key_file = key_file_for(settings)
+        box = None if settings.secret_key is None else SecretBox(settings.secret_key)
+        db = ConfigDatabase.open(settings.db_path, box, key_file)
+        try:
+            return db, db.startup_snapshot()
+        except BaseException:
+            db.close()
+            raise
 
     async def _read_journal(self, db: ConfigDatabase, request: JournalRequest) -> None:
         async with request.reply_to:
             entries = await trio.to_thread.run_sync(
-                db.journal_since, request.since, limiter=self._thread
+                db.journal_since, request.since, limiter=self._database_calls
             )
             with contextlib.suppress(trio.BrokenResourceError):
                 await request.reply_to.send(entries)
@@ -85,7 +93,7 @@ class ConfigStore:
             now = time.time()
             try:
                 applied = await trio.to_thread.run_sync(
-                    db.apply, request.command, now, limiter=self._thread
+                    db.apply, request.command, now, limiter=self._database_calls
                 )
             except SopyError as error:
                 await _reply(request, CommandFailed(error))

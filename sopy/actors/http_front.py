@@ -26,7 +26,7 @@ import attrs
 import orjson
 import trio
 
-from sopy.actors.front_responses import send_body, send_error, send_json
+from sopy.actors.front_responses import send_body, send_complete, send_error, send_json
 from sopy.actors.relay import (
     CLIENT_CLOSED_REQUEST,
     ProviderInbox,
@@ -54,7 +54,9 @@ from sopy.messages import ConfigChanged, ProviderRoute
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
+from sopy.routing.cors import CorsPolicy
 from sopy.routing.messages_routes import messages_routes
+from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
     PublicDispatcher,
@@ -69,6 +71,7 @@ from sopy.settings import Settings
 log = logging.getLogger(__name__)
 
 _HELLO_NAME_PREFIX = public_route("hello_name").prefix
+_MODEL_PREFIX = public_route("retrieve_model").prefix
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
@@ -114,6 +117,7 @@ class HttpFront:
             PublicHandler.HELLO_NAME: self._hello_name,
             PublicHandler.HEALTH: self._health,
             PublicHandler.MODELS: self._models,
+            PublicHandler.MODEL: self._model,
             PublicHandler.PROXY: self._proxy,
             PublicHandler.ANTHROPIC_MESSAGES: functools.partial(
                 self._proxy, model_routes=ANTHROPIC_MODEL_ROUTES
@@ -125,6 +129,7 @@ class HttpFront:
         self._handler_for = PublicDispatcher(
             PUBLIC_ROUTES, {name: (handler, shapes[name]) for name, handler in handlers.items()}
         ).handler_for
+        self._cors = CorsPolicy(settings.cors_origins) if settings.cors_origins else None
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         if self._settings.no_auth:
@@ -168,6 +173,8 @@ class HttpFront:
 
     async def _serve_request(self, exchange: HttpExchange) -> None:
         request_id = os.urandom(8).hex().encode()
+        if self._cors is not None and await self._answered_cors(self._cors, exchange, request_id):
+            return
         error_shape = ErrorShape.OPENAI
         try:
             # Matched as sent: `/v1/chat%2Fcompletions` is not `/v1/chat/completions`.
@@ -187,6 +194,21 @@ class HttpFront:
             await send_error(exchange, error, error_shape, request_id)
         except ClientGone:
             log.debug("client went away before sending its whole request")
+
+    @staticmethod
+    async def _answered_cors(cors: CorsPolicy, exchange: HttpExchange, rid: bytes) -> bool:
+        """For a browser origin that `--cors-origins` lists: answer its preflight (True), or
+        have the answer carry the CORS headers. Other origins get none."""
+        origin = exchange.header(b"origin")
+        if not cors.allows(origin):
+            return False
+        assert origin is not None
+        if exchange.method == "OPTIONS" and exchange.header(b"access-control-request-method"):
+            requested = exchange.header(b"access-control-request-headers")
+            await send_complete(exchange, 204, cors.preflight_headers(origin, requested), b"", rid)
+            return True
+        exchange.common_headers = cors.response_headers(origin)
+        return False
 
     def _route_table(self) -> RouteTable:
         latest = self._feed.latest
@@ -223,6 +245,11 @@ class HttpFront:
         self._authenticate(table, exchange)
         await send_body(exchange, 200, table.models_body, rid)
 
+    async def _model(self, exchange: HttpExchange, rid: bytes) -> None:
+        table = self._route_table()
+        self._authenticate(table, exchange)
+        await send_body(exchange, 200, table.model_body(exchange.path[len(_MODEL_PREFIX) :]), rid)
+
     def _authenticate(self, table: RouteTable, exchange: HttpExchange) -> int | None:
         """The caller's user key id (None with --no-auth), or raise 401."""
         if self._settings.no_auth:
@@ -243,7 +270,7 @@ class HttpFront:
                 request.key_id = model_routes.authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
-                request.model = _requested_model(body)
+                request.model = _requested_model(body, exchange, request)
                 routes = model_routes.routes_for(table, request.model)
                 await proxy(self._inbox_for, routes, request, exchange, body)
         except SopyError as error:
@@ -262,14 +289,20 @@ def _render_error(status: int, message: str) -> tuple[list[Header], bytes]:
     return [(b"content-type", b"application/json")], orjson.dumps(error.openai_body())
 
 
-def _requested_model(body: bytes) -> str:
+def _requested_model(body: bytes, exchange: HttpExchange, request: ProxiedRequest) -> str:
+    """The model a JSON body asks for, or, failing JSON, a multipart/form-data body's `model`
+    field (whose span `request` keeps, for a provider that knows the model by another name)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise InvalidJson(
-            "We could not parse the JSON body of your request. Send a JSON object with "
-            "'Content-Type: application/json'."
-        ) from None
+        boundary = form_boundary(exchange.header(b"content-type"))
+        if boundary is None:
+            raise InvalidJson(
+                "We could not parse the JSON body of your request. Send a JSON object with "
+                "'Content-Type: application/json' (or, to upload a file, a multipart/form-data "
+                "body with a 'model' field)."
+            ) from None
+        return _form_model(body, boundary, request)
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     model = payload.get("model")
@@ -281,6 +314,20 @@ def _requested_model(body: bytes) -> str:
         raise InvalidRequest("'stream' must be true or false.", param="stream")
     if not isinstance(payload.get("stream_options", {}), dict | None):
         raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    return model
+
+
+def _form_model(body: bytes, boundary: bytes, request: ProxiedRequest) -> str:
+    model, span = form_model(body, boundary)
+    if span is None:
+        raise InvalidRequest(
+            "You must provide a model parameter: add a 'model' field to the form.", param="model"
+        )
+    if not model:
+        raise InvalidRequest(
+            "The form's 'model' field must be non-empty UTF-8 text.", param="model"
+        )
+    request.form_model_span = span
     return model
 
 

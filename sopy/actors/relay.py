@@ -43,7 +43,13 @@ from sopy.messages import (
     UpstreamFailed,
 )
 from sopy.protocol.server import HttpExchange
-from sopy.routing.forwarded_headers import client_response_headers
+from sopy.routing import model_field
+from sopy.routing.forwarded_headers import (
+    client_response_headers,
+    is_event_stream,
+    upstream_request_id,
+)
+from sopy.routing.model_field import Span
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
 
@@ -82,6 +88,12 @@ class ProxiedRequest:
     upstream_seconds: float = 0.0
     finished: bool = False
     failure: str | None = None
+    # Where the model lies in a multipart/form-data body; None for a JSON body until a provider
+    # needs the model renamed (`upstream_body` locates it then, once).
+    form_model_span: Span | None = None
+    json_model_span: Span | None = None
+    # What the client was sent of the backend's headers, for the log line's upstream id.
+    response_headers: list[tuple[bytes, bytes]] | None = None
 
 
 async def proxy(
@@ -143,7 +155,7 @@ async def _forward(
         method=exchange.method,
         path=exchange.target,
         headers=tuple(exchange.headers),
-        body=body,
+        body=body if route.upstream_model is None else upstream_body(route, request, body),
         route=route,
         reply_to=events_send,
     )
@@ -162,6 +174,23 @@ async def _forward(
     else:
         request.pool_inbox = inbox
     return events
+
+
+def upstream_body(route: ProviderRoute, request: ProxiedRequest, body: bytes) -> bytes:
+    """The body for `route`'s provider: as the client sent it, except for a provider that knows
+    the model by another name (its `upstream_model`), whose name replaces the model's value."""
+    model = route.upstream_model
+    if model is None or model == request.model:
+        return body
+    if request.form_model_span is not None:
+        return model_field.with_model(body, request.form_model_span, model.encode())
+    if request.json_model_span is None:
+        request.json_model_span = model_field.json_model_span(body)
+    # The front only forwards a JSON body whose model is a string.
+    assert request.json_model_span is not None
+    return model_field.with_model(
+        body, request.json_model_span, model_field.json_model_value(model)
+    )
 
 
 def _cancel_forward(request: ProxiedRequest) -> None:
@@ -216,7 +245,7 @@ async def _pump(
         await send_error(exchange, error, request.error_shape, request.rid)
         return
     assert isinstance(start, ResponseStart), start
-    headers = client_response_headers(start.headers)
+    headers = request.response_headers = client_response_headers(start.headers)
     if start.body is not None:
         request.finished = True
         await send_complete(exchange, start.status, headers, start.body, request.rid)
@@ -231,8 +260,9 @@ async def _relay_stream(
     exchange: HttpExchange,
     request: ProxiedRequest,
 ) -> None:
-    """Relay an event stream; chunks already waiting go out in one write with what precedes
-    them (the head included), so a burst from the upstream costs one write, not one each."""
+    """Relay a streamed answer (events, audio); chunks already waiting go out in one write with
+    what precedes them (the head included), so a burst from the upstream costs one write, not
+    one each."""
     ready, end = _take_ready(events)
     headers.append((b"x-request-id", request.rid))
     await exchange.start_response(status, headers, ready)
@@ -243,10 +273,14 @@ async def _relay_stream(
             await exchange.send_chunk(event.data + ready)
         else:
             end = event
-    # Only event streams are relayed piecemeal, so a failure ends as a final SSE event.
     request.failure = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
     request.finished = True
-    await exchange.end_response(b"" if request.failure is None else _sse_error_event(request))
+    if request.failure is None:
+        await exchange.end_response()
+    elif is_event_stream(headers):
+        await exchange.end_response(_sse_error_event(request))
+    # Other streams (audio) have no way to say so: left unfinished, the response is cut off
+    # with its connection, so the client cannot take it for whole.
 
 
 def _take_ready(
@@ -323,12 +357,16 @@ def _sse_error_event(request: ProxiedRequest) -> bytes:
 
 def log_access(request: ProxiedRequest) -> None:
     """The one `sopy.access` line for a /v1 request; never a key or a credential. Values a
-    client chose are escaped and capped; a failure's detail, in the pool's words, ends it."""
+    client chose are escaped and capped, as is the backend's own id for the request; a
+    failure's detail, in the pool's words, ends it."""
     if not access_log.isEnabledFor(logging.INFO):
         return
+    upstream_id = (
+        None if request.response_headers is None else upstream_request_id(request.response_headers)
+    )
     access_log.info(
         "request %s key=%s model=%s provider=%s backend=%s status=%d upstream_ms=%.1f "
-        "attempts=%d total_ms=%.1f%s",
+        "attempts=%d total_ms=%.1f upstream_request_id=%s%s",
         request.rid.decode(),
         request.key_id if request.key_id is not None else "-",
         loggable(request.model),
@@ -338,6 +376,7 @@ def log_access(request: ProxiedRequest) -> None:
         request.upstream_seconds * 1000,
         request.attempts,
         (trio.current_time() - request.began) * 1000,
+        "-" if upstream_id is None else loggable(upstream_id.decode("latin-1")),
         ""
         if request.failure is None
         else f" error={loggable(request.failure, MAX_LOGGED_FAILURE_CHARS)}",

@@ -12,7 +12,7 @@ take the request the client gets the 429 itself; while every backend rests, the 
 for them with a 429 or 503 and a `Retry-After`.
 
 The answer goes back on the request's own channel as `ResponseStart`, `ResponseChunk`s and
-`ResponseEnd`, or as one `UpstreamFailed`. Event streams are relayed chunk by chunk as they
+`ResponseEnd`, or as one `UpstreamFailed`. Event streams and audio go chunk by chunk as they
 arrive, whatever their size; other bodies are read whole first, up to `max_response_bytes` (a
 larger one is cut off there and becomes a 502), so one that breaks off is retried like any other
 failure instead of reaching the client truncated. Connect and first-byte timeouts bound the
@@ -61,7 +61,7 @@ from sopy.protocol.client import (
     UpstreamResponse,
 )
 from sopy.routing.backend_health import BackendPicker, CooldownPolicy
-from sopy.routing.forwarded_headers import is_event_stream, upstream_request_headers
+from sopy.routing.forwarded_headers import is_streamed, upstream_request_headers
 from sopy.routing.retry_policy import (
     WAIT_BUDGET,
     backoff_delay,
@@ -76,6 +76,8 @@ from sopy.settings import Settings
 log = logging.getLogger(__name__)
 
 POOL_INBOX_SIZE = 1024
+# Every forwarded public route lives under this prefix; a backend's base URL stands for it.
+PUBLIC_API_PREFIX = "/v1"
 MAX_KEEPALIVE_CONNECTIONS = 256
 
 
@@ -207,9 +209,14 @@ class _Exchange:
         self._transport = transport
         self._request = request
         self._scope = scope
-        self._headers = upstream_request_headers(request.headers, request.route.credential)
+        self._headers = upstream_request_headers(
+            request.headers, request.route.credential, request.route.kind
+        )
         self._reply = request.reply_to
         self._urls = request.route.urls
+        # Backend URLs are base URLs (`https://api.openai.com/v1`, `.../openai/v1`): what
+        # follows the client's `/v1` is appended to them.
+        self._path_after_base = request.path.removeprefix(PUBLIC_API_PREFIX)
         self._tried: list[str] = []
         self._failed_on: set[str] = set()
         # Backends that rate limited this request without saying for how long.
@@ -296,9 +303,9 @@ class _Exchange:
         try:
             with trio.CancelScope(deadline=trio.current_time() + first_byte) as deadline:
                 response = await self._transport.send(
-                    request.method, backend + request.path, self._headers, request.body
+                    request.method, backend + self._path_after_base, self._headers, request.body
                 )
-                if is_event_stream(response.headers):
+                if is_streamed(response.headers):
                     return _Answer(response, None)
                 return await self._read_whole(response, backend, deadline)
         except UpstreamConnectTimeout:
@@ -334,7 +341,8 @@ class _Exchange:
         the whole being bounded by the total timeout); reading stops at the size limit."""
         limit = self._settings.max_response_bytes
         idle = self._settings.idle_timeout
-        if _declared_length(response) <= limit:
+        declared = _declared_length(response)
+        if declared <= limit:
             pieces: list[bytes] = []
             size = 0
             deadline.deadline = trio.current_time() + idle
@@ -343,7 +351,8 @@ class _Exchange:
                 if size > limit:
                     break
                 pieces.append(piece)
-                deadline.deadline = trio.current_time() + idle
+                if size != declared:  # once all declared bytes are in, nothing more is due
+                    deadline.deadline = trio.current_time() + idle
             else:
                 return _Answer(response, b"".join(pieces))
         await response.aclose()

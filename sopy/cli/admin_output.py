@@ -45,3 +45,18 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     return str(value)
+
+
+def where_the_new_key_lives(rotation: dict[str, Any]) -> str:
+    """After `rotate-secret-key`: where the key that now opens the database is kept."""
+    if rotation.get("key_file"):
+        return (
+            f"The new key is in {rotation['key_file']}; only it opens the database from now on. "
+            "Back it up together with the database."
+        )
+    if rotation.get("new_key"):
+        return (
+            "The new key is shown above, once: set SOPY_SECRET_KEY to it before the next start, "
+            "or the stored credentials cannot be opened."
+        )
+    return "The new key is the one you gave: set SOPY_SECRET_KEY to it before the next start."

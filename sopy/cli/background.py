@@ -1,31 +1,41 @@
 """Starting `sopy serve` in the background, as the seed's start script did: wait until it is up,
-then print the server URL, the PID to stop it with and where its log is."""
+then print the server URL, the PID to stop it with and where its log is (mode 0600, like every
+file Sopy writes)."""
 
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sopy.errors import StartupError
+from sopy.runtime.private_files import existing_private_file, open_private
 
 READY_LINE = "Sopy is running"
 STARTUP_TIMEOUT = 30.0
 
 
-def start_in_background(serve_args: Sequence[str], log_path: Path) -> str:
-    """Start the gateway detached from this terminal; return the report to print."""
+def start_in_background(
+    serve_args: Sequence[str], log_path: Path, environment: Mapping[str, str]
+) -> str:
+    """Start the gateway detached from this terminal, with `environment` added to ours; return
+    the report to print."""
     log_path = log_path.absolute()
-    with open(log_path, "ab") as log:
-        start_offset = log.tell()
+    try:
+        existing_private_file(log_path, "log file", "--log-file")
+        descriptor = open_private(log_path, os.O_WRONLY | os.O_APPEND)
+    except OSError as exc:
+        raise StartupError(f"cannot open the log file {log_path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "ab") as log:
+        start_offset = log.seek(0, os.SEEK_END)
         process = subprocess.Popen(
             [sys.executable, "-m", "sopy", "serve", *serve_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **environment, "PYTHONUNBUFFERED": "1"},
         )
     banner = _wait_for_banner(process, log_path, start_offset)
     return (

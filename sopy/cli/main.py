@@ -24,13 +24,17 @@ from sopy.cli.background import start_in_background
 from sopy.cli.events_client import follow_events
 from sopy.config.secret_box import new_secret_key
 from sopy.errors import InvalidField, StartupError, innermost
-from sopy.messages import ADMIN_COMMANDS
+from sopy.messages import ADMIN_COMMANDS, RotateSecretKey
 from sopy.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
 from sopy.supervisor import RunningSopy, run_sopy
 from sopy.testing.mock_upstream import run_mock_upstream
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2
+KEY_ON_COMMAND_LINE = (
+    "a secret key on the command line can be read by every local user (ps, /proc/PID/cmdline) "
+    "and stays in shell history"
+)
 
 
 class UsageError(Exception):
@@ -83,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_argument("command", help="the admin command, e.g. list_backends")
     admin.add_argument("--admin-socket", default=None, help="default ./sopy-admin.sock")
     admin.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    admin.add_argument("--yes", action="store_true", help="do not ask to confirm rotate-secret-key")
     admin.set_defaults(handler=_admin)
 
     events = actions.add_parser(
@@ -143,18 +148,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _start(args: argparse.Namespace, _rest: list[str]) -> int:
+    _warn_of_a_key_on_the_command_line(args)
     serve_args: list[str] = []
-    for name in ENVIRONMENT_VARIABLES:
+    environment: dict[str, str] = {}
+    for name, variable in ENVIRONMENT_VARIABLES.items():
         value = getattr(args, name)
-        if value is True:
+        if name == "secret_key" and value is not None:
+            # The child's command line would show the key to every local user; its
+            # environment does not.
+            environment[variable] = value
+        elif value is True:
             serve_args.append("--" + name.replace("_", "-"))
         elif value is not None:
             serve_args += ["--" + name.replace("_", "-"), str(value)]
-    print(start_in_background(serve_args, Path(args.log_file)))
+    print(start_in_background(serve_args, Path(args.log_file), environment))
     return 0
 
 
+def _warn_of_a_key_on_the_command_line(args: argparse.Namespace) -> None:
+    if args.secret_key is not None:
+        print(
+            f"sopy: warning: {KEY_ON_COMMAND_LINE}; set SOPY_SECRET_KEY or use "
+            "--secret-key-file instead",
+            file=sys.stderr,
+        )
+
+
 def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
+    _warn_of_a_key_on_the_command_line(args)
+    # Whatever file any part of Sopy creates is private to its user from the start.
+    os.umask(0o077)
     settings = load_settings(vars(args))
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -195,14 +218,41 @@ def startup_banner(settings: Settings, running: RunningSopy) -> str:
 def _admin(args: argparse.Namespace, rest: list[str]) -> int:
     settings = load_settings({"admin_socket": args.admin_socket})
     payload = command_payload(args.command, rest)
+    rotating = payload["command"] == RotateSecretKey.command
+    if rotating and payload.get("new_key"):
+        print(
+            f"sopy: warning: {KEY_ON_COMMAND_LINE}; prefer letting Sopy generate the key",
+            file=sys.stderr,
+        )
+    if rotating and not args.yes and not _confirmed(ROTATION_QUESTION):
+        print("sopy: the secret key was not rotated", file=sys.stderr)
+        return EXIT_ERROR_REPLY
     reply = send_admin_command(settings.admin_socket, payload)
     if args.json:
         print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
     elif reply.get("ok"):
         print(admin_output.format_result(reply.get("result")))
+        if rotating:
+            print(admin_output.where_the_new_key_lives(reply["result"]))
     else:
         print(admin_output.format_error(reply.get("error", {})), file=sys.stderr)
     return 0 if reply.get("ok") else EXIT_ERROR_REPLY
+
+
+ROTATION_QUESTION = (
+    "Reseal every stored provider credential with a new secret key? From then on only the new "
+    "key opens the database. [y/N] "
+)
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; without one there is no one to ask, so the answer is no."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "rotate-secret-key replaces the key the database needs at the next start; there is "
+            "no terminal to confirm it on, so pass --yes"
+        )
+    return input(question).strip().lower() in ("y", "yes")
 
 
 def command_payload(command: str, tokens: Sequence[str]) -> dict[str, Any]:

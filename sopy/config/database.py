@@ -2,13 +2,25 @@
 each admin command.
 
 Only the config actor (`sopy.actors.config_store`) uses this module, and only from its single
-worker thread, so one connection serves every call. Each command runs in one `BEGIN IMMEDIATE`
+worker thread, so one connection serves every call. Each write runs in one `BEGIN IMMEDIATE`
 transaction that also bumps the persisted config version and appends the change to a bounded
-journal, so a version is never reused, even across restarts, and a change is either wholly on
-disk or not at all.
+journal, so a change is either wholly on disk or not at all; reads run in a plain read
+transaction, which in WAL mode needs no lock another process could be holding.
+
+The file is checked before it is trusted: its directory must be private and the file ours (the
+same rules as the admin socket, `sopy.runtime.private_files`), it must be an SQLite database that
+is undamaged and Sopy's own (`PRAGMA application_id`), and it is created mode 0600, which SQLite
+passes on to its `-wal` and `-shm` files. Before each write the path must still name the file
+that was opened, so a deleted or replaced database refuses writes instead of losing them. The
+highest version ever handed out is also kept in a small file beside the database (the version
+mark): a database that starts below it (new, or restored from a copy) continues above it, so a
+version number is never reused. A write that SQLite refuses (disk full, locked, read-only) is
+reported as a `ConfigStoreUnavailable` naming the cause; nothing is half done.
 """
 
 import contextlib
+import errno
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +34,16 @@ from sopy import keys
 from sopy.codec import config_event_json, parse_config_event
 from sopy.config import secret_box
 from sopy.config.secret_box import SecretBox
-from sopy.errors import Conflict, NotFound, StartupError
+from sopy.errors import (
+    ConfigStoreFull,
+    ConfigStoreLocked,
+    ConfigStoreReadOnly,
+    ConfigStoreReplaced,
+    ConfigStoreUnavailable,
+    Conflict,
+    NotFound,
+    StartupError,
+)
 from sopy.messages import (
     ActivateUserApiKey,
     AddAdminAuth,
@@ -30,6 +51,7 @@ from sopy.messages import (
     AddModelMapping,
     AddUserApiKey,
     AdminAuthAdded,
+    AdminAuthEntry,
     AdminAuthRemoved,
     AdminAuthView,
     AdminCommand,
@@ -70,8 +92,33 @@ from sopy.messages import (
     UserApiKeyView,
 )
 from sopy.provider_backends import group_by_provider
+from sopy.runtime.private_files import (
+    existing_private_file,
+    file_beside,
+    make_private,
+    open_private,
+    own_file_exists,
+    require_private_directory,
+)
+
+log = logging.getLogger(__name__)
 
 JOURNAL_LENGTH = 10_000
+# How long a write waits for another process's lock before it is refused as locked.
+BUSY_TIMEOUT = 5.0
+# "Sopy" in the database header: tells Sopy's files from other applications' SQLite files.
+SOPY_APPLICATION_ID = int.from_bytes(b"Sopy", "big")
+# Commands that only read: they run in a read transaction, which takes no write lock.
+READ_COMMANDS = (
+    ListAdminAuth,
+    GetAdminAuth,
+    ListUserApiKeys,
+    GetUserApiKey,
+    ListBackends,
+    GetBackend,
+    ListModelMappings,
+    GetModelMapping,
+)
 
 # Append-only: each entry upgrades the schema by one version. Never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
@@ -116,6 +163,26 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE store_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # Every provider stored before kinds existed was reached the OpenAI way.
+    """
+    ALTER TABLE admin_auth ADD COLUMN kind TEXT NOT NULL DEFAULT 'openai';
+    """,
+    # Backend URLs became base URLs that keep their `/v1` (the request's path after `/v1` is
+    # appended); before, `/v1` was stripped and the request's whole path appended. Appending
+    # `/v1` to every stored URL, in the journal too, keeps each backend's requests where they
+    # went.
+    """
+    UPDATE backends SET url = url || '/v1';
+    UPDATE config_events
+        SET event = json_set(event, '$.url', json_extract(event, '$.url') || '/v1')
+        WHERE json_extract(event, '$.kind') IN ('backend_added', 'backend_removed');
+    """,
+    # Model aliases: the model each provider knows. Existing mappings send the client's name.
+    """
+    ALTER TABLE model_mappings ADD COLUMN upstream_model TEXT;
+    UPDATE model_mappings SET upstream_model = model_name;
+    ALTER TABLE model_mappings ADD COLUMN fallback_upstream_models TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
 
@@ -138,15 +205,19 @@ class ConfigDatabase:
     def __init__(
         self,
         connection: sqlite3.Connection,
-        box: SecretBox,
+        path: Path,
+        identity: tuple[int, int],
         key_file: Path | None,
         journal_length: int,
     ) -> None:
         self._db = connection
-        self._box = box
+        self._path = path
+        self._identity = identity
+        self._box = SecretBox(None)
         self._key_file = key_file
         self._journal_length = journal_length
         self._after_commit: list[Callable[[], None]] = []
+        self._version_mark = file_beside(path, ".version")
         self.version = self._scalar("SELECT value FROM meta WHERE key = 'config_version'")
 
     @classmethod
@@ -157,21 +228,31 @@ class ConfigDatabase:
         key_file: Path | None = None,
         journal_length: int = JOURNAL_LENGTH,
     ) -> "ConfigDatabase":
+        """Open (or create) the database at `path`, sealing with `box`, else with the key kept in
+        `key_file` (created while nothing is sealed yet), else not at all. Anything that keeps
+        it from serving is a one-line `StartupError`."""
+        require_private_directory(path, "config database", "--db-path")
+        connection, identity = _connect(path)
         try:
-            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            _require_sopy_database(connection, path)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
             # Overwrite deleted content, so a replaced plain-text credential leaves no trace.
             connection.execute("PRAGMA secure_delete = ON")
             _migrate(connection, path)
-        except sqlite3.DatabaseError as exc:
-            raise StartupError(
-                f"cannot open the config database {path}: {exc}. Check the file is a Sopy "
-                "database and writable, or pass another path with --db-path."
-            ) from exc
-        database = cls(connection, box or SecretBox(None), key_file, journal_length)
-        database._settle_secret_key(path)
+            database = cls(connection, path, identity, key_file, journal_length)
+            database._settle_version()
+            database._settle_secret_key(box)
+        except sqlite3.Error as exc:
+            connection.close()
+            raise _startup_error(exc, path) from None
+        except OSError as exc:
+            connection.close()
+            raise StartupError(f"cannot prepare the config database {path}: {exc}") from None
+        except BaseException:
+            connection.close()
+            raise
         return database
 
     @property
@@ -182,38 +263,106 @@ class ConfigDatabase:
         self._db.close()
 
     def apply(self, command: AdminCommand, now: float) -> Applied:
-        """Run one command in one transaction; a raised SopyError leaves the database as it was."""
-        with self._transaction():
-            result, change = self._dispatch(command, int(now))
-            version = self.version
-            if change is not None:
-                version += 1
-                self._record_change(version, now, change)
+        """Run one command in one transaction; a raised SopyError leaves the database as it was.
+        A write the storage refuses raises a `ConfigStoreUnavailable` naming the cause."""
+        writes = not isinstance(command, READ_COMMANDS)
+        try:
+            if writes:
+                self._require_same_file()
+            with self._transaction(write=writes):
+                result, change = self._dispatch(command, int(now))
+                version = self.version
+                if change is not None:
+                    version += 1
+                    self._record_change(version, now, change)
+        except (sqlite3.Error, OSError) as exc:
+            if writes:
+                self._restore_version_mark()
+            raise self._unavailable(exc, writes=writes) from None
         self.version = version
         return Applied(result, change, None if change is None else self.load_snapshot())
 
+    def _require_same_file(self) -> None:
+        """The path must still name the file we opened: a write to a deleted or replaced file
+        would be acknowledged and then lost."""
+        try:
+            status = os.stat(self._path)
+        except FileNotFoundError:
+            raise ConfigStoreReplaced(
+                f"the config database {self._path} was deleted while Sopy was running; the "
+                "change was not made, and no write is accepted, because it would be lost with "
+                "the deleted file. Restore the file, or restart Sopy to begin a new database "
+                "there (its versions continue after the last one used)"
+            ) from None
+        if (status.st_dev, status.st_ino) != self._identity:
+            raise ConfigStoreReplaced(
+                f"the config database {self._path} was replaced by another file while Sopy was "
+                "running; the change was not made, and no write is accepted until Sopy is "
+                "restarted on the file now at that path"
+            )
+
+    def _unavailable(self, exc: sqlite3.Error | OSError, *, writes: bool) -> ConfigStoreUnavailable:
+        """The error an admin sees when the storage refused a command, naming the cause."""
+        not_made = "the change was not made" if writes else "nothing could be read"
+        if _is_full(exc):
+            return ConfigStoreFull(
+                f"the disk holding the config database {self._path} is full; {not_made}. "
+                "Free some space there and send it again"
+            )
+        if _is_locked(exc):
+            return ConfigStoreLocked(
+                f"another process has held a write lock on the config database {self._path} "
+                f"for over {BUSY_TIMEOUT:.0f} s; {not_made}. Finish that process (an sqlite3 "
+                "shell, a backup) and send it again"
+            )
+        if _is_read_only(exc):
+            return ConfigStoreReadOnly(
+                f"the config database {self._path} is read-only ({_cause(exc)}); {not_made}. "
+                "Make the file and its directory writable for Sopy's user, or remount the "
+                "filesystem read-write, and send it again"
+            )
+        return ConfigStoreUnavailable(
+            f"the config database {self._path} failed ({_cause(exc)}); {not_made}. Check the "
+            "disk and the server log"
+        )
+
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One `BEGIN IMMEDIATE` transaction: committed, then the work queued in
+    def _transaction(self, *, write: bool = True) -> Iterator[None]:
+        """One transaction: `BEGIN IMMEDIATE` to write, a plain `BEGIN` (a read transaction,
+        which needs no write lock) to read. Committed, then the work queued in
         `_after_commit` runs; or rolled back, and that work is dropped."""
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite has already rolled back after some failures (a full disk, an I/O error).
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             self._after_commit.clear()
             raise
         while self._after_commit:
             self._after_commit.pop(0)()
 
+    def startup_snapshot(self) -> ConfigSnapshot:
+        """The snapshot to serve first; a database that cannot give it is a `StartupError`."""
+        try:
+            return self.load_snapshot()
+        except sqlite3.Error as exc:
+            raise _startup_error(exc, self._path) from None
+        except secret_box.WrongSecretKey as exc:
+            raise StartupError(
+                f"a credential in {self._path} does not open with the secret key ({exc}); "
+                "restore the database or the key file from the same backup"
+            ) from None
+
     def load_snapshot(self) -> ConfigSnapshot:
         return ConfigSnapshot(
             version=self.version,
             credentials=tuple(
-                ProviderCredential(name, self._box.open(credentials))
-                for name, credentials in self._rows(
-                    "SELECT name, credentials FROM admin_auth ORDER BY name"
+                ProviderCredential(name, self._box.open(credentials), kind)
+                for name, credentials, kind in self._rows(
+                    "SELECT name, credentials, kind FROM admin_auth ORDER BY name"
                 )
             ),
             user_api_keys=tuple(
@@ -233,9 +382,17 @@ class ConfigDatabase:
         )
 
     def journal_since(self, since: int) -> tuple[JournalEntry, ...] | None:
-        """Every change after version `since`, or None if the journal no longer covers it."""
+        """Every change after version `since`, or None if the journal no longer covers it (or
+        cannot be read just now: the follower then takes a snapshot)."""
         if since > self.version or since < 0:
             return None
+        try:
+            return self._journal_after(since)
+        except sqlite3.Error as exc:
+            log.warning("cannot read the change journal in %s: %s", self._path, exc)
+            return None
+
+    def _journal_after(self, since: int) -> tuple[JournalEntry, ...] | None:
         oldest = self._db.execute("SELECT MIN(version) FROM config_events").fetchone()[0]
         if since < self.version and (oldest is None or oldest > since + 1):
             return None
@@ -249,6 +406,9 @@ class ConfigDatabase:
         )
 
     def _record_change(self, version: int, now: float, change: ConfigEvent) -> None:
+        # The mark goes first: a crash before the commit leaves it one ahead, which costs a
+        # skipped version, never a reused one.
+        self._write_version_mark(version)
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'config_version'", (version,))
         self._db.execute(
             "INSERT INTO config_events (version, at, event) VALUES (?, ?, ?)",
@@ -267,8 +427,8 @@ class ConfigDatabase:
                 self._db.execute("DELETE FROM admin_auth WHERE name = ?", (name,))
                 return view, AdminAuthRemoved(name)
             case ListAdminAuth():
-                names = self._rows("SELECT name FROM admin_auth ORDER BY name")
-                return tuple(name for (name,) in names), None
+                rows = self._rows("SELECT name, kind FROM admin_auth ORDER BY name")
+                return tuple(AdminAuthEntry(name, kind) for name, kind in rows), None
             case GetAdminAuth(name=name, reveal=reveal):
                 return self._admin_auth(name, reveal=reveal), None
             case AddUserApiKey():
@@ -313,21 +473,24 @@ class ConfigDatabase:
                 param="name",
             )
         self._db.execute(
-            "INSERT INTO admin_auth (name, credentials, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials",
-            (command.name, self._box.seal(command.credentials), now),
+            "INSERT INTO admin_auth (name, credentials, kind, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials, "
+            "kind = excluded.kind",
+            (command.name, self._box.seal(command.credentials), command.kind, now),
         )
-        view = AdminAuthView(command.name, keys.mask_credential(command.credentials))
-        return view, AdminAuthAdded(command.name, replaced=exists)
+        view = AdminAuthView(command.name, keys.mask_credential(command.credentials), command.kind)
+        return view, AdminAuthAdded(command.name, replaced=exists, provider_kind=command.kind)
 
     def _admin_auth(self, name: str, *, reveal: bool) -> AdminAuthView:
-        row = self._row("SELECT credentials FROM admin_auth WHERE name = ?", (name,))
+        row = self._row("SELECT credentials, kind FROM admin_auth WHERE name = ?", (name,))
         if row is None:
             raise NotFound(
                 f"no admin_auth named '{name}'; list them with list_admin_auth", param="name"
             )
-        credential = self._box.open(row[0])
-        return AdminAuthView(name, credential if reveal else keys.mask_credential(credential))
+        stored, kind = row
+        credential = self._box.open(stored)
+        shown = credential if reveal else keys.mask_credential(credential)
+        return AdminAuthView(name, shown, kind)
 
     def _add_user_api_key(self, command: AddUserApiKey, now: int) -> Outcome:
         api_key = command.api_key or keys.generate_user_key()
@@ -446,25 +609,48 @@ class ConfigDatabase:
                 'remove it first or send "replace": true',
                 param="model_name",
             )
+        upstream_model = command.upstream_model or command.model_name
+        fallback_models = dict(command.fallback_upstream_models)
         if row is not None:
             current = self._model_mapping(command.model_name)
-            if (current.provider, current.fallbacks) == (command.provider, command.fallbacks):
+            asked = (command.provider, command.fallbacks, upstream_model, fallback_models)
+            if asked == (
+                current.provider,
+                current.fallbacks,
+                current.upstream_model,
+                current.fallback_upstream_models,
+            ):
                 return current, None
         self._db.execute(
-            "INSERT INTO model_mappings (model_name, provider, fallbacks, created_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (model_name) DO UPDATE SET "
-            "provider = excluded.provider, fallbacks = excluded.fallbacks",
-            (command.model_name, command.provider, orjson.dumps(command.fallbacks).decode(), now),
+            "INSERT INTO model_mappings (model_name, provider, fallbacks, upstream_model, "
+            "fallback_upstream_models, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (model_name) DO UPDATE SET provider = excluded.provider, "
+            "fallbacks = excluded.fallbacks, upstream_model = excluded.upstream_model, "
+            "fallback_upstream_models = excluded.fallback_upstream_models",
+            (
+                command.model_name,
+                command.provider,
+                orjson.dumps(command.fallbacks).decode(),
+                upstream_model,
+                orjson.dumps(fallback_models).decode(),
+                now,
+            ),
         )
         mapping = self._model_mapping(command.model_name)
         change = ModelMappingAdded(
-            command.model_name, command.provider, row is not None, command.fallbacks
+            command.model_name,
+            command.provider,
+            row is not None,
+            command.fallbacks,
+            upstream_model,
+            fallback_models,
         )
         return mapping, change
 
     def _model_mapping(self, model_name: str) -> ModelMapping:
         row = self._row(
-            "SELECT model_name, provider, created_at, fallbacks FROM model_mappings "
+            "SELECT model_name, provider, created_at, fallbacks, upstream_model, "
+            "fallback_upstream_models FROM model_mappings "
             "WHERE model_name = ?",
             (model_name,),
         )
@@ -477,7 +663,8 @@ class ConfigDatabase:
 
     def _model_mappings(self) -> tuple[ModelMapping, ...]:
         rows = self._rows(
-            "SELECT model_name, provider, created_at, fallbacks FROM model_mappings "
+            "SELECT model_name, provider, created_at, fallbacks, upstream_model, "
+            "fallback_upstream_models FROM model_mappings "
             "ORDER BY model_name"
         )
         return tuple(_model_mapping(row) for row in rows)
@@ -495,7 +682,7 @@ class ConfigDatabase:
         assert fingerprint is not None
         self._after_commit.append(lambda: self._adopt_box(new_box))
         shown = new_key if command.new_key is None and self._key_file is None else None
-        key_file = None if self._key_file is None else str(self._key_file)
+        key_file = None if self._key_file is None else str(self._key_file.absolute())
         rotation = SecretKeyRotation(fingerprint, count, key_file, shown)
         return rotation, SecretKeyRotated(fingerprint)
 
@@ -520,14 +707,77 @@ class ConfigDatabase:
         )
         return len(rows)
 
-    def _settle_secret_key(self, path: Path) -> None:
-        """Make sure the configured key opens this database, finishing an interrupted rotation
-        and sealing credentials stored before a key was set."""
+    def _settle_version(self) -> None:
+        """Reconcile the stored version with the version mark beside the database."""
+        marked = self._read_version_mark()
+        if marked > self.version:
+            # Versions up to the mark were handed out by a database that is gone (deleted,
+            # replaced, restored from an older copy): continue after them, and empty the journal
+            # so that followers take a fresh snapshot instead of mixing two histories.
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'config_version'", (marked,)
+                )
+                self._db.execute("DELETE FROM config_events")
+            log.warning(
+                "%s is at config version %d, below the %d already used (see %s); it continues "
+                "from %d",
+                self._path,
+                self.version,
+                marked,
+                self._version_mark,
+                marked,
+            )
+            self.version = marked
+        elif marked < self.version:
+            self._write_version_mark(self.version)
+
+    def _restore_version_mark(self) -> None:
+        """After a failed commit the mark is back at the committed version, so a restart does
+        not take the failed attempt for a lost database. If even this fails, the mark stays one
+        ahead, which skips a version but never reuses one."""
+        with contextlib.suppress(OSError):
+            self._write_version_mark(self.version)
+
+    def _write_version_mark(self, version: int) -> None:
+        """Durably record `version` as used. Rewritten in place: a few bytes in one block need
+        no new space, so on a full disk it is the database that reports the fact."""
+        text = f"{version}\n".encode()
+        descriptor = open_private(self._version_mark, os.O_WRONLY)
+        try:
+            os.pwrite(descriptor, text, 0)
+            os.ftruncate(descriptor, len(text))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def _read_version_mark(self) -> int:
+        if not existing_private_file(self._version_mark, "config version mark", "--db-path"):
+            return 0
+        text = self._version_mark.read_text().strip()
+        if not text.isdigit():
+            raise StartupError(
+                f"the config version mark {self._version_mark} holds no version number; write "
+                "into it the highest config version this installation has shown (0 if unsure)"
+            )
+        return int(text)
+
+    def _settle_secret_key(self, box: SecretBox | None) -> None:
+        """Choose the box (given, else from the key file, else none), make sure it opens this
+        database, finishing an interrupted rotation and sealing credentials stored before a key
+        was set."""
+        path = self._path
         stored = self._row("SELECT value FROM store_settings WHERE name = 'key_fingerprint'", ())
         fingerprint = None if stored is None else stored[0]
         stored_credentials = [row for (row,) in self._rows("SELECT credentials FROM admin_auth")]
+        anything_sealed = fingerprint is not None or any(
+            map(secret_box.is_sealed, stored_credentials)
+        )
+        if box is None and self._key_file is not None:
+            box = secret_box.box_from_key_file(self._key_file, create=not anything_sealed)
+        self._box = box or SecretBox(None)
         if not self._box.sealing:
-            if fingerprint is not None or any(map(secret_box.is_sealed, stored_credentials)):
+            if anything_sealed:
                 raise StartupError(
                     f"the credentials in {path} are encrypted, but no secret key is set; set "
                     "SOPY_SECRET_KEY or --secret-key-file to the key they were sealed with"
@@ -573,8 +823,15 @@ def _provider_backends(provider: str, rows: list[Any]) -> ProviderBackends:
 
 
 def _model_mapping(row: Any) -> ModelMapping:
-    model_name, provider, created_at, fallbacks = row
-    return ModelMapping(model_name, provider, created_at, tuple(orjson.loads(fallbacks)))
+    model_name, provider, created_at, fallbacks, upstream_model, fallback_models = row
+    return ModelMapping(
+        model_name,
+        provider,
+        created_at,
+        tuple(orjson.loads(fallbacks)),
+        upstream_model,
+        orjson.loads(fallback_models),
+    )
 
 
 def _pending_key_path(key_file: Path) -> Path:
@@ -607,3 +864,135 @@ def _migrate(connection: sqlite3.Connection, path: Path) -> None:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+    if connection.execute("PRAGMA application_id").fetchone()[0] != SOPY_APPLICATION_ID:
+        connection.execute(f"PRAGMA application_id = {SOPY_APPLICATION_ID}")
+
+
+def _connect(path: Path) -> tuple[sqlite3.Connection, tuple[int, int]]:
+    """A connection to `path` and the (device, inode) of the file it opened."""
+    what, flag = "config database", "--db-path"
+    try:
+        exists = own_file_exists(path, what, flag)
+        for companion in _COMPANIONS:
+            own_file_exists(Path(f"{path}{companion}"), what, flag)
+        if not exists:
+            # SQLite gives the -wal and -shm files the database file's mode: create it 0600.
+            os.close(open_private(path, os.O_RDWR | os.O_EXCL))
+        before = os.stat(path)
+        connection = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
+        )
+    except OSError as exc:
+        raise StartupError(f"cannot open the config database {path}: {exc.strerror}") from None
+    except sqlite3.Error as exc:
+        raise _startup_error(exc, path) from None
+    after = os.stat(path)
+    if (before.st_dev, before.st_ino) != (after.st_dev, after.st_ino):
+        connection.close()
+        raise StartupError(f"the config database {path} was replaced while Sopy opened it")
+    return connection, (after.st_dev, after.st_ino)
+
+
+def _require_sopy_database(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse another application's SQLite file rather than add Sopy's tables to it, and a
+    damaged one rather than fail later mid-command."""
+    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    tables = {
+        name
+        for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    # Before application ids, a Sopy database was known by its schema_version table.
+    older_sopy = application_id == 0 and (not tables or "schema_version" in tables)
+    if application_id != SOPY_APPLICATION_ID and not older_sopy:
+        holds = (
+            f"application id {application_id:#x}"
+            if application_id
+            else f"tables {', '.join(sorted(tables)[:5])}"
+        )
+        raise StartupError(
+            f"{path} is not a Sopy database (it holds {holds}); Sopy does not add its tables to "
+            "another application's file: point --db-path at Sopy's database or a new file"
+        )
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
+    if problems != ["ok"]:
+        raise StartupError(_damaged(path, problems[0]))
+    # Only now that the file is known to be Sopy's: an older Sopy created it readable by all.
+    for companion in ("", *_COMPANIONS):
+        make_private(Path(f"{path}{companion}"), "config database file")
+
+
+def _damaged(path: Path, detail: str) -> str:
+    return (
+        f"the config database {path} is damaged ({' '.join(detail.split())}); restore it from a "
+        "backup, or move it away to start with an empty configuration"
+    )
+
+
+def _startup_error(exc: sqlite3.Error, path: Path) -> StartupError:
+    primary = _sqlite_primary_code(exc)
+    if primary == _SQLITE_NOTADB:
+        return StartupError(
+            f"{path} is not an SQLite database ({exc}); point --db-path at Sopy's database or "
+            "a new file"
+        )
+    if primary == _SQLITE_CORRUPT:
+        return StartupError(_damaged(path, str(exc)))
+    if primary == _SQLITE_CANTOPEN:
+        return StartupError(
+            f"cannot open the config database {path} ({exc}); Sopy's user must be able to read "
+            "and write it and create files beside it, on a filesystem mounted read-write"
+        )
+    if _is_full(exc):
+        return StartupError(f"cannot prepare the config database {path}: the disk is full")
+    if _is_locked(exc):
+        return StartupError(
+            f"the config database {path} is locked by another process (waited "
+            f"{BUSY_TIMEOUT:.0f} s); is another Sopy using it?"
+        )
+    if _is_read_only(exc):
+        return StartupError(
+            f"the config database {path} is read-only ({exc}), and Sopy must write to it to "
+            "start; make it writable for Sopy's user"
+        )
+    return StartupError(f"cannot open the config database {path}: {exc}")
+
+
+# The files SQLite keeps beside a database in WAL mode.
+_COMPANIONS = ("-wal", "-shm")
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+
+
+def _sqlite_primary_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return _sqlite_primary_code(exc) == _SQLITE_FULL
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return _sqlite_primary_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+def _is_read_only(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    return _sqlite_primary_code(exc) == _SQLITE_READONLY
+
+
+def _cause(exc: sqlite3.Error | OSError) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)

@@ -1,21 +1,33 @@
 """Provider credentials at rest: sealed with Fernet (`cryptography`) when a secret key is set.
 
-The key comes from `--secret-key` / `SOPY_SECRET_KEY` or from a key file
-(`--secret-key-file`, first line). A sealed value is stored as `fernet:<token>`; without a key
-values are stored as given and Sopy warns once at start. The database keeps the key's
+The key comes from `--secret-key` / `SOPY_SECRET_KEY` or from a key file (`--secret-key-file`,
+first line), by default the database's name with `.key` beside it, created mode 0600 on the first
+start. A sealed value is stored as `fernet:<token>`; only with `--no-secret-key` are values
+stored as given, and Sopy warns at every start. The database keeps the key's
 fingerprint (an HMAC, not the key), so starting with the wrong key fails loudly instead of
 serving garbage. Only the config actor's storage (`sopy.config.database`) seals and opens values.
 """
 
+import contextlib
 import hashlib
 import hmac
-import os
+import logging
+import stat
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from sopy.errors import StartupError
 from sopy.keys import fernet_for
+from sopy.runtime.private_files import (
+    file_beside,
+    own_file_exists,
+    require_private_directory,
+    write_private_file,
+)
+from sopy.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SEALED_PREFIX = "fernet:"
 _FINGERPRINT_LABEL = b"sopy secret key fingerprint v1"
@@ -69,20 +81,52 @@ def new_secret_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
 
-def secret_box_for(key: str | None, key_file: Path | None) -> SecretBox:
-    """The box for the configured key: given directly, or kept in `key_file`, which is created
-    with a new key (mode 0600) the first time."""
-    if key is not None and key_file is not None:
-        raise StartupError("set either SOPY_SECRET_KEY or --secret-key-file, not both")
-    if key_file is None:
-        return SecretBox(key)
-    if not key_file.exists():
-        write_key_file(key_file, new_secret_key())
-    if key_file.stat().st_mode & 0o077:
-        raise StartupError(
-            f"the secret key file {key_file} is readable by other users; run chmod 600 on it"
+def key_file_for(settings: Settings) -> Path | None:
+    """The key file the settings ask for: the one given, else (with no key given and sealing not
+    turned off) the database's name with `.key`, beside it."""
+    chosen = [
+        flag
+        for flag, given in (
+            ("--secret-key", settings.secret_key is not None),
+            ("--secret-key-file", settings.secret_key_file is not None),
+            ("--no-secret-key", settings.no_secret_key),
         )
-    return SecretBox(read_key_file(key_file))
+        if given
+    ]
+    if len(chosen) > 1:
+        raise StartupError(
+            f"{' and '.join(chosen)} contradict each other (or their SOPY_* variables); keep one"
+        )
+    if settings.secret_key is not None or settings.no_secret_key:
+        return None
+    return settings.secret_key_file or file_beside(settings.db_path, ".key")
+
+
+def box_from_key_file(path: Path, *, create: bool) -> SecretBox:
+    """The box for the key kept in `path`; a missing file is created with a new key if `create`,
+    which the caller allows only while nothing is sealed yet."""
+    require_private_directory(path, "secret key file", "--secret-key-file")
+    with contextlib.suppress(FileNotFoundError):
+        mode = path.lstat().st_mode
+        # Refused, not narrowed: the key may have been seen.
+        if stat.S_ISREG(mode) and mode & 0o077:
+            raise StartupError(
+                f"the secret key file {path} is readable by other users; the key may have been "
+                "seen: run chmod 600 on it, then rotate the key"
+            )
+    try:
+        exists = own_file_exists(path, "secret key file", "--secret-key-file")
+        if not exists and create:
+            write_key_file(path, new_secret_key())
+            log.info("created the secret key file %s (mode 0600)", path)
+    except OSError as exc:
+        raise StartupError(f"cannot create the secret key file {path}: {exc.strerror}") from exc
+    if not exists and not create:
+        raise StartupError(
+            f"the secret key file {path} is missing, but the credentials in the database are "
+            "sealed; restore that file, or set SOPY_SECRET_KEY to the key they were sealed with"
+        )
+    return SecretBox(read_key_file(path))
 
 
 def read_key_file(path: Path) -> str:
@@ -97,10 +141,4 @@ def read_key_file(path: Path) -> str:
 
 def write_key_file(path: Path, key: str) -> None:
     """Write `key` to `path` (mode 0600) durably, replacing it atomically."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.writing")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(key + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_private_file(path, key + "\n")

@@ -190,7 +190,7 @@ def _public_operation(route: PublicRoute) -> dict[str, Any]:
     if route.request_body is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {JSON: {"schema": _ref(route.request_body)}},
+            "content": {route.request_media_type: {"schema": _ref(route.request_body)}},
         }
     success = {
         "description": route.reply.description,
@@ -288,6 +288,43 @@ def _public_schemas() -> dict[str, Any]:
         "Model": _model_schema(),
         "ModelList": _object({"object": {"const": "list"}, "data": _array_of("Model")}),
         "ChatCompletionRequest": _chat_completion_request_schema(),
+        "CompletionRequest": _model_request_schema(
+            "A legacy text completion request.", {"prompt": _TEXT_OR_TEXTS}
+        ),
+        "EmbeddingRequest": _model_request_schema(
+            "An embeddings request.", {"input": _TEXT_OR_TEXTS}
+        ),
+        "ModerationRequest": _model_request_schema(
+            "A moderation request.", {"input": _TEXT_OR_TEXTS}
+        ),
+        "ImageRequest": _model_request_schema(
+            "An image generation request.", {"prompt": {"type": "string"}}
+        ),
+        "SpeechRequest": _model_request_schema(
+            "A text-to-speech request.", {"input": {"type": "string"}, "voice": {"type": "string"}}
+        ),
+        "ResponseRequest": _model_request_schema(
+            "A Responses API request.",
+            {
+                "input": {
+                    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]
+                }
+            },
+        ),
+        "ResponseInputRequest": _model_request_schema(
+            "A Responses API request for its input alone.", {}
+        ),
+        "AudioUploadRequest": _form_model_request_schema(
+            "An audio upload.", {"file": {"type": "string", "format": "binary"}}
+        ),
+        "ImageEditRequest": _form_model_request_schema(
+            "An image edit.", {"image": {"type": "string", "format": "binary"}}
+        ),
+        "PassedThrough": {
+            "type": "object",
+            "description": "The provider's answer, relayed unchanged.",
+            "additionalProperties": True,
+        },
         "ChatMessage": _chat_message_schema(),
         "ChatCompletion": _chat_completion_schema(),
         "ServerSentEvent": _server_sent_event_schema(),
@@ -319,6 +356,10 @@ def _model_schema() -> dict[str, Any]:
             "object": {"const": "model"},
             "created": {"type": "integer", "description": "Unix time of the mapping."},
             "owned_by": {"type": "string", "description": "The provider it is mapped to."},
+            "upstream_model": {
+                "type": "string",
+                "description": "Sopy's addition: the model name that provider knows it by.",
+            },
         }
     )
 
@@ -337,6 +378,43 @@ def _chat_completion_request_schema() -> dict[str, Any]:
         },
         "additionalProperties": True,
         "examples": [{"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hello!"}]}],
+    }
+
+
+_TEXT_OR_TEXTS = {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]
+}
+
+
+def _model_request_schema(what: str, required: dict[str, Any]) -> dict[str, Any]:
+    """A JSON request routed by its `model`, with the fields the provider requires."""
+    return {
+        "type": "object",
+        "description": f"{what} Sopy reads only `model` (and checks `stream` and "
+        "`stream_options`) and forwards the body unchanged, so any field the provider accepts "
+        "works.",
+        "required": ["model", *required],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "description": "A mapped model name."},
+            **required,
+            "stream": {"type": ["boolean", "null"], "description": "Reply as server-sent events."},
+            "stream_options": {"type": ["object", "null"], "additionalProperties": True},
+        },
+        "additionalProperties": True,
+    }
+
+
+def _form_model_request_schema(what: str, required: dict[str, Any]) -> dict[str, Any]:
+    """A multipart/form-data request routed by its `model` field."""
+    return {
+        "type": "object",
+        "description": f"{what} Sopy reads only the `model` field and forwards the body unchanged.",
+        "required": ["model", *required],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "description": "A mapped model name."},
+            **required,
+        },
+        "additionalProperties": True,
     }
 
 
@@ -586,10 +664,14 @@ def _command_schema(command: type[AdminCommand]) -> dict[str, Any]:
 
 def _field_schema(field: "attrs.Attribute[Any]") -> dict[str, Any]:
     schema = _json_schema(field.type)
+    if "enum" in field.metadata:
+        schema["enum"] = list(field.metadata["enum"])
     if isinstance(field.default, str | int | bool | None):
         schema["default"] = field.default
     elif isinstance(field.default, tuple):
         schema["default"] = list(field.default)
+    elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+        schema["default"] = field.default.factory()
     return schema
 
 
@@ -602,6 +684,8 @@ def _json_schema(python_type: object) -> dict[str, Any]:
     strings, and so on; anything else is a bug."""
     if python_type == tuple[str, ...]:
         return {"type": "array", "items": {"type": "string"}}
+    if python_type == Mapping[str, str]:
+        return {"type": "object", "additionalProperties": {"type": "string"}}
     members = typing.get_args(python_type) or (python_type,)
     unknown = [member for member in members if member not in _JSON_TYPE_NAMES]
     if unknown:

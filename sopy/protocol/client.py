@@ -13,11 +13,14 @@ is cancelled or not read to its end closes its connection instead of returning i
 It does not speak to egress proxies (no CONNECT, no HTTP(S)_PROXY): backends are reached directly.
 """
 
+import functools
 import re
+import select
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import NoReturn
 
 import attrs
 import trio
@@ -51,7 +54,7 @@ class UpstreamBrokeOff(HttpError):
     request was sent."""
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # the key of the idle connections, looked up per request
 class Origin:
     scheme: str
     host: str
@@ -68,7 +71,9 @@ class Origin:
 class _Connection:
     origin: Origin
     stream: trio.abc.Stream
-    socket: trio.socket.SocketType | None  # of a plain TCP connection, for the staleness check
+    # Polls a plain TCP connection's socket for the staleness check: made once per connection,
+    # so that each reuse costs one poll call, not a poll object's creation and registration too.
+    readable: "select.poll | None"
     parser: ResponseParser
     idle_since: float = 0.0
     closed_by_peer: bool = False
@@ -108,10 +113,10 @@ class _Connection:
 
     def looks_stale(self) -> bool:
         """Whether an idle plain connection has something to read: the backend closed it, or
-        sent something unasked (e.g. a 408 on its own idle timeout). trio polls the socket, so
-        any file descriptor number works. TLS connections may carry session tickets, so they
-        are not checked; a failed reuse is retried instead."""
-        return self.socket is not None and self.socket.is_readable()
+        sent something unasked (e.g. a 408 on its own idle timeout). It is polled (not
+        selected), so any file descriptor number works. TLS connections may carry session
+        tickets, so they are not checked; a failed reuse is retried instead."""
+        return self.readable is not None and bool(self.readable.poll(0))
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -210,8 +215,8 @@ class UpstreamConnections:
         self, method: str, url: str, headers: list[Header], body: bytes
     ) -> UpstreamResponse:
         """Send a request and return once the response head has arrived."""
-        origin, target = _split(url)
-        request = _request_bytes(method, target, origin, headers, body)
+        origin, start = _request_start(method, url)
+        request = _request_bytes(start, headers, body)
         reused = await self._take_idle(origin)
         if reused is not None:
             try:
@@ -274,13 +279,14 @@ class UpstreamConnections:
             raise
 
     async def _connect(self, origin: Origin) -> _Connection:
-        plain: trio.socket.SocketType | None = None
+        readable: select.poll | None = None
         try:
             with trio.fail_after(self._connect_timeout):
                 tcp = await trio.open_tcp_stream(origin.host, origin.port)
                 stream: trio.abc.Stream = tcp
                 if origin.scheme == "http":
-                    plain = tcp.socket
+                    readable = select.poll()
+                    readable.register(tcp.socket.fileno(), select.POLLIN)
                 else:
                     tls = trio.SSLStream(
                         stream, self._tls, server_hostname=origin.host, https_compatible=True
@@ -299,23 +305,39 @@ class UpstreamConnections:
             # trio reports a failed TLS handshake as BrokenResourceError caused by the SSLError.
             reason = exc.__cause__ or exc
             raise UpstreamConnectError(str(reason) or type(reason).__name__) from exc
-        return _Connection(origin, stream, plain, ResponseParser(self._head_limits))
+        return _Connection(origin, stream, readable, ResponseParser(self._head_limits))
 
 
-def _request_bytes(
-    method: str, target: str, origin: Origin, headers: list[Header], body: bytes
-) -> tuple[bytes, ...]:
+@functools.lru_cache(maxsize=256)
+def _request_start(method: str, url: str) -> tuple[Origin, bytes]:
+    """Where a request for `url` goes, and its request line and Host header. Kept for the few
+    (method, URL) pairs a gateway forwards to: splitting a URL costs more than the rest of the
+    request's head."""
+    origin, target = _split(url)
+    return origin, f"{method} {target} HTTP/1.1\r\nhost: ".encode() + origin.host_header + b"\r\n"
+
+
+def _request_bytes(start: bytes, headers: list[Header], body: bytes) -> tuple[bytes, ...]:
     """The whole request in the pieces to write: head with Content-Length framing, and body."""
-    lines = [f"{method} {target} HTTP/1.1\r\nhost: ".encode(), origin.host_header, b"\r\n"]
+    lines: list[bytes] = []
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    fields = b"".join(lines)
+    # Each field line brings one CR and one LF: any other is in a name or value (as is a NUL).
+    lines_count = len(headers)
+    if fields.count(b"\n") != lines_count or fields.count(b"\r") != lines_count or b"\0" in fields:
+        _refuse_unsafe(headers)
+    framing = b"content-length: %d\r\n\r\n" % len(body)
+    if len(body) >= _COPY_BODIES_BELOW:
+        return b"".join((start, fields, framing)), body
+    return (b"".join((start, fields, framing, body)),)
+
+
+def _refuse_unsafe(headers: list[Header]) -> NoReturn:
     for name, value in headers:
         if _UNSAFE.search(name) or _UNSAFE.search(value):
             raise UpstreamRequestRefused(f"header {name!r} holds a control character")
-        lines += (name, b": ", value, b"\r\n")
-    lines.append(b"content-length: %d\r\n\r\n" % len(body))
-    if len(body) >= _COPY_BODIES_BELOW:
-        return b"".join(lines), body
-    lines.append(body)
-    return (b"".join(lines),)
+    raise AssertionError("a header holds CR, LF or NUL")
 
 
 def _split(url: str) -> tuple[Origin, str]:

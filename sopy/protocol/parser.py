@@ -56,12 +56,16 @@ class _MessageParser:
         self._head_fed = 0  # bytes fed while the current head was already incomplete
         self._in_head = False
         self._failure: ProtocolError | None = None
+        self._past_parsing = False  # what is fed goes to `_feed_unparsed`, not to llhttp
 
     def feed(self, data: bytes | bytearray) -> None:
         """Parse `data`, queueing the events it completes; raise `ProtocolError` if it breaks
         HTTP/1.1 or a limit (and again on every later call: the stream cannot be resynced)."""
-        if self._failure is not None:
-            raise self._failure
+        if self._failure is not None or self._past_parsing:
+            if self._failure is not None:
+                raise self._failure
+            self._feed_unparsed(data)
+            return
         head_under_way = self._in_head
         malformed: ProtocolError | None = None
         try:
@@ -95,6 +99,9 @@ class _MessageParser:
         return request_status
 
     def _on_upgrade(self, rest: bytes | bytearray) -> None:
+        raise NotImplementedError
+
+    def _feed_unparsed(self, data: bytes | bytearray) -> None:
         raise NotImplementedError
 
     def _head_too_large(self) -> ProtocolError:
@@ -139,12 +146,9 @@ class _MessageParser:
         self.messages_ended += 1
         self.events.append(END_OF_MESSAGE)
 
-    def _http_version(self) -> bytes:
+    def _unsupported_version(self) -> NoReturn:
         version = self._parser.get_http_version()
-        known = _VERSIONS.get(version)
-        if known is None:
-            self._refuse(505, f"HTTP/{version} is not supported here; speak HTTP/1.1")
-        return known
+        self._refuse(505, f"HTTP/{version} is not supported here; speak HTTP/1.1")
 
 
 class RequestParser(_MessageParser):
@@ -163,14 +167,11 @@ class RequestParser(_MessageParser):
         self._upgrade_body_left = -1  # >= 0 once upgraded: body bytes still to come
         self._parser = self._requests = httptools.HttpRequestParser(self)
 
-    def feed(self, data: bytes | bytearray) -> None:
-        if self._upgrade_body_left >= 0:
-            self._feed_upgrade_body(data)
-        else:
-            super().feed(data)
-
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        self.in_message = self._in_head = True
+        self._headers = []
+        self._checked = []
+        self._head_bytes = self._head_fed = 0
         self._target = b""
 
     def on_url(self, url: bytes) -> None:
@@ -182,7 +183,7 @@ class RequestParser(_MessageParser):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._requests
-        version = self._http_version()
+        version = _VERSIONS.get(parser.get_http_version()) or self._unsupported_version()
         self._upgrading = parser.should_upgrade()
         hosts, expects_continue = 0, False
         transfer_encodings: list[bytes] = []
@@ -224,18 +225,22 @@ class RequestParser(_MessageParser):
 
     def on_message_complete(self) -> None:
         if not self._upgrading:  # an upgrade's body follows the head as raw bytes
-            super().on_message_complete()
+            self.in_message = False
+            self.messages_ended += 1
+            self.events.append(END_OF_MESSAGE)
 
     def _on_upgrade(self, rest: bytes | bytearray) -> None:
         request = self.events[-1]
         assert isinstance(request, Request), "llhttp upgrades right after a whole head"
         length = first_value(request.headers, b"content-length") or b"0"
         self._upgrade_body_left = int(length) if length.isdigit() else 0
+        self._past_parsing = True
         if self._upgrade_body_left == 0:
             super().on_message_complete()
-        self._feed_upgrade_body(rest)
+        self._feed_unparsed(rest)
 
-    def _feed_upgrade_body(self, data: bytes | bytearray) -> None:
+    def _feed_unparsed(self, data: bytes | bytearray) -> None:
+        """The upgraded request's Content-Length body, as raw bytes; nothing after it."""
         left = self._upgrade_body_left
         if left <= 0 or not data:
             return
@@ -273,7 +278,7 @@ class ResponseParser(_MessageParser):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._responses
-        version = self._http_version()
+        version = _VERSIONS.get(parser.get_http_version()) or self._unsupported_version()
         status = parser.get_status_code()
         headers = tuple(self._headers)
         keep_alive = parser.should_keep_alive()

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 65536
 _LINGER_SECONDS = 1.0
-_CLOSE = (b"connection", b"close")
 _ABSOLUTE_FORM = re.compile(rb"(?i:https?)://[^/?#]*")
 
 
@@ -67,7 +66,8 @@ application decides what its errors look like."""
 
 class HttpExchange:
     """One request and the response to it. Send either `respond` once, or `start_response`,
-    any number of `send_chunk` and one `end_response`."""
+    any number of `send_chunk` and one `end_response`. Headers set in `common_headers` before
+    the response starts go with it, whichever way it is sent."""
 
     def __init__(self, connection: "_Connection", request: Request, ordinal: int) -> None:
         self._connection = connection
@@ -77,6 +77,7 @@ class HttpExchange:
         self.raw_path, _, self.query = target.partition("?")
         self.path = urllib.parse.unquote(self.raw_path)
         self.headers: Sequence[Header] = request.headers
+        self.common_headers: Sequence[Header] = ()
         self.response_started = False
         self.response_finished = False
         self.last_on_connection = False
@@ -119,10 +120,12 @@ class HttpExchange:
 
     async def respond(self, status: int, headers: Sequence[Header], body: bytes) -> None:
         """A complete response: `headers`, Content-Length, then `body`."""
-        head = [*headers, *self._begin_response()]
+        close = self._begin_response()
+        if self.common_headers:
+            headers = [*headers, *self.common_headers]
         self.response_finished = True
         await self._connection.write(
-            complete_response(status, head, body, include_body=self._body_allowed)
+            complete_response(status, headers, body, include_body=self._body_allowed, close=close)
         )
 
     async def start_response(
@@ -130,9 +133,11 @@ class HttpExchange:
     ) -> None:
         """The head of a response whose body follows in pieces, with the `first` piece in the
         same write."""
-        head = [*headers, *self._begin_response()]
+        close = self._begin_response()
+        if self.common_headers:
+            headers = [*headers, *self.common_headers]
         self._body_allowed = self._body_allowed and has_body(status)
-        data = streamed_response_head(status, head, chunked=self._chunked)
+        data = streamed_response_head(status, headers, chunked=self._chunked, close=close)
         await self._connection.write(data + self._framed(first))
 
     async def send_chunk(self, data: bytes) -> None:
@@ -154,8 +159,8 @@ class HttpExchange:
             return b""
         return chunk(data) if self._chunked else data
 
-    def _begin_response(self) -> list[Header]:
-        """Note that the response has started; the connection headers it must carry."""
+    def _begin_response(self) -> bool:
+        """Note that the response has started; whether it must say `connection: close`."""
         self.response_started = True
         connection = self._connection
         self.last_on_connection = (
@@ -165,7 +170,7 @@ class HttpExchange:
             or not self._chunked
         )
         # Draining, a request not read whole, or the client asked: the connection's last answer.
-        return [_CLOSE] if self.last_on_connection else []
+        return self.last_on_connection
 
 
 class _Connection:
@@ -366,7 +371,7 @@ class HttpServer:
     async def _refuse(self, connection: _Connection, error: ProtocolError) -> None:
         """Answer a request that broke HTTP/1.1, then close."""
         headers, body = self.render_error(error.status, str(error))
-        await connection.write(complete_response(error.status, [*headers, _CLOSE], body))
+        await connection.write(complete_response(error.status, headers, body, close=True))
 
 
 def _origin_form(target: bytes) -> bytes:

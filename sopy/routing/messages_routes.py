@@ -6,9 +6,10 @@ natively, in the order of the model's mapping. The HTTP front asks this module i
 
 from sopy.errors import ProviderKindMismatch
 from sopy.messages import ProviderRoute
+from sopy.provider_kinds import PROVIDER_KINDS
 from sopy.routing.route_table import RouteTable
 
-ANTHROPIC_KIND = "anthropic"
+ANTHROPIC_KIND = PROVIDER_KINDS["anthropic"].name
 
 
 def messages_routes(table: RouteTable, model: str) -> tuple[ProviderRoute, ...]:

@@ -41,6 +41,8 @@ from sopy.errors import (
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 HTML = "text/html"
+FORM = "multipart/form-data"
+AUDIO = "audio/*"
 
 # Every request passes the front's concurrency limit before its handler runs.
 FRONT_ERRORS: tuple[type[SopyError], ...] = (ServerBusy,)
@@ -77,6 +79,7 @@ class PublicHandler(enum.Enum):
     HELLO_NAME = enum.auto()
     HEALTH = enum.auto()
     MODELS = enum.auto()
+    MODEL = enum.auto()
     PROXY = enum.auto()
     ANTHROPIC_MESSAGES = enum.auto()
     OPENAPI = enum.auto()
@@ -109,6 +112,7 @@ class PublicRoute:
     description: str | None = None
     needs_key: bool = False
     request_body: str | None = None
+    request_media_type: str = JSON
     errors: tuple[type[SopyError], ...] = ()
     includes_subpaths: bool = False
     error_shape: ErrorShape = ErrorShape.OPENAI
@@ -147,6 +151,35 @@ class PublicRoute:
         if self.includes_subpaths:
             regex += "(?:/.*)?"
         return re.compile(regex)
+
+
+def _model_route(
+    path: str,
+    operation_id: str,
+    summary: str,
+    reply: Mapping[str, str | None],
+    request_body: str,
+    media_type: str = JSON,
+) -> PublicRoute:
+    """A route passed through to the provider of the model its body names."""
+    where = "the `model` field of the multipart/form-data body" if media_type == FORM else "`model`"
+    return PublicRoute(
+        method="POST",
+        path=path,
+        handler=PublicHandler.PROXY,
+        operation_id=operation_id,
+        tag="openai",
+        summary=summary,
+        description=f"Routed by {where} and passed through to a backend of the model's "
+        "provider as the client sent it (only a provider that knows the model by another name "
+        "gets its name instead), with the provider's credential instead of the client's key. "
+        "The answer is relayed as it arrives, streamed ones included.",
+        reply=Reply("The provider's answer, unchanged.", reply),
+        needs_key=True,
+        request_body=request_body,
+        request_media_type=media_type,
+        errors=MODEL_REQUEST_ERRORS,
+    )
 
 
 PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
@@ -248,6 +281,98 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         request_body="AnthropicTokenCountRequest",
         errors=(*MODEL_REQUEST_ERRORS, ProviderKindMismatch),
         error_shape=ErrorShape.ANTHROPIC,
+    ),
+    PublicRoute(
+        method="GET",
+        path="/v1/models/{model}",
+        handler=PublicHandler.MODEL,
+        operation_id="retrieve_model",
+        tag="openai",
+        summary="Get a mapped model",
+        description="The model object of a mapped model, as in the list. A model name may "
+        "contain '/'.",
+        reply=Reply("The model.", {JSON: "Model"}),
+        needs_key=True,
+        errors=(ModelNotFound, NoBackendAvailable),
+    ),
+    *(
+        _model_route(*entry)
+        for entry in (
+            (
+                "/v1/completions",
+                "create_completion",
+                "Create a legacy text completion",
+                {JSON: "PassedThrough", EVENT_STREAM: "ServerSentEvent"},
+                "CompletionRequest",
+            ),
+            (
+                "/v1/embeddings",
+                "create_embedding",
+                "Create embeddings",
+                {JSON: "PassedThrough"},
+                "EmbeddingRequest",
+            ),
+            (
+                "/v1/moderations",
+                "create_moderation",
+                "Classify text",
+                {JSON: "PassedThrough"},
+                "ModerationRequest",
+            ),
+            (
+                "/v1/images/generations",
+                "create_image",
+                "Generate images",
+                {JSON: "PassedThrough"},
+                "ImageRequest",
+            ),
+            (
+                "/v1/images/edits",
+                "edit_image",
+                "Edit images",
+                {JSON: "PassedThrough"},
+                "ImageEditRequest",
+                FORM,
+            ),
+            (
+                "/v1/audio/transcriptions",
+                "create_transcription",
+                "Transcribe audio",
+                {JSON: "PassedThrough", EVENT_STREAM: "ServerSentEvent"},
+                "AudioUploadRequest",
+                FORM,
+            ),
+            (
+                "/v1/audio/translations",
+                "create_translation",
+                "Translate audio into English",
+                {JSON: "PassedThrough"},
+                "AudioUploadRequest",
+                FORM,
+            ),
+            ("/v1/audio/speech", "create_speech", "Speak text", {AUDIO: None}, "SpeechRequest"),
+            (
+                "/v1/responses",
+                "create_response",
+                "Create a model response",
+                {JSON: "PassedThrough", EVENT_STREAM: "ServerSentEvent"},
+                "ResponseRequest",
+            ),
+            (
+                "/v1/responses/input_tokens",
+                "count_response_input_tokens",
+                "Count a response's input tokens",
+                {JSON: "PassedThrough"},
+                "ResponseInputRequest",
+            ),
+            (
+                "/v1/responses/compact",
+                "compact_response",
+                "Compact a conversation",
+                {JSON: "PassedThrough"},
+                "ResponseInputRequest",
+            ),
+        )
     ),
     PublicRoute(
         method="GET",

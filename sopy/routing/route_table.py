@@ -11,8 +11,9 @@ import orjson
 
 from sopy import keys
 from sopy.errors import AuthenticationFailed, ModelNotFound, NoBackendAvailable
-from sopy.messages import ConfigSnapshot, ProviderBackends, ProviderRoute
+from sopy.messages import ConfigSnapshot, ModelMapping, ProviderBackends, ProviderRoute
 from sopy.provider_backends import group_by_provider
+from sopy.provider_kinds import DEFAULT_PROVIDER_KIND
 
 # A provider known only by its credential or a mapping routes to no backend.
 _NO_BACKENDS = ProviderBackends("", (), ())
@@ -26,16 +27,37 @@ class RouteTable:
     # Each mapped model's provider, then its fallbacks, as the pools need them.
     chains: Mapping[str, tuple[ProviderRoute, ...]]
     models_body: bytes
+    model_bodies: Mapping[str, bytes]
 
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
         backends = {group.provider: group for group in group_by_provider(snapshot.backends)}
-        credentials = {c.provider: c.credential for c in snapshot.credentials}
+        credentials = {c.provider: c for c in snapshot.credentials}
 
-        def route(provider: str) -> ProviderRoute:
+        def route(mapping: ModelMapping, provider: str) -> ProviderRoute:
             found = backends.get(provider, _NO_BACKENDS)
-            return ProviderRoute(provider, found.urls, found.weights, credentials.get(provider))
+            stored = credentials.get(provider)
+            upstream_model = mapping.upstream_model_of(provider)
+            return ProviderRoute(
+                provider,
+                found.urls,
+                found.weights,
+                None if stored is None else stored.credential,
+                DEFAULT_PROVIDER_KIND if stored is None else stored.kind,
+                # None when unchanged: the request path then leaves the body alone.
+                None if upstream_model == mapping.model_name else upstream_model,
+            )
 
+        models = [
+            {
+                "id": mapping.model_name,
+                "object": "model",
+                "created": mapping.created_at,
+                "owned_by": mapping.provider,
+                "upstream_model": mapping.upstream_model_of(mapping.provider),
+            }
+            for mapping in snapshot.model_mappings
+        ]
         return cls(
             version=snapshot.version,
             key_ids_by_hash={k.key_hash: k.id for k in snapshot.user_api_keys if k.active},
@@ -43,23 +65,11 @@ class RouteTable:
                 k.key_hash for k in snapshot.user_api_keys if not k.active
             ),
             chains={
-                m.model_name: tuple(route(provider) for provider in (m.provider, *m.fallbacks))
+                m.model_name: tuple(route(m, provider) for provider in (m.provider, *m.fallbacks))
                 for m in snapshot.model_mappings
             },
-            models_body=orjson.dumps(
-                {
-                    "object": "list",
-                    "data": [
-                        {
-                            "id": mapping.model_name,
-                            "object": "model",
-                            "created": mapping.created_at,
-                            "owned_by": mapping.provider,
-                        }
-                        for mapping in snapshot.model_mappings
-                    ],
-                }
-            ),
+            models_body=orjson.dumps({"object": "list", "data": models}),
+            model_bodies={str(model["id"]): orjson.dumps(model) for model in models},
         )
 
     def authenticate(self, authorization: bytes | None) -> int:
@@ -104,16 +114,18 @@ class RouteTable:
             "(`sopy admin add_user_api_key`)."
         )
 
+    def model_body(self, model: str) -> bytes:
+        """The `/v1/models/{model}` body of a mapped model, or raise 404."""
+        body = self.model_bodies.get(model)
+        if body is None:
+            raise _model_not_found(model)
+        return body
+
     def routes_for(self, model: str) -> tuple[ProviderRoute, ...]:
         """The model's provider, then its fallbacks in order, leaving out any without backends."""
         chain = self.chains.get(model)
         if chain is None:
-            raise ModelNotFound(
-                f"The model '{model}' does not exist or you do not have access to it. "
-                "GET /v1/models lists the models this gateway serves; an admin maps new ones "
-                "with `sopy admin add_model_mapping`.",
-                param="model",
-            )
+            raise _model_not_found(model)
         routes = tuple(route for route in chain if route.urls)
         if not routes:
             provider = chain[0].provider
@@ -123,3 +135,12 @@ class RouteTable:
                 "--url https://...`."
             )
         return routes
+
+
+def _model_not_found(model: str) -> ModelNotFound:
+    return ModelNotFound(
+        f"The model '{model}' does not exist or you do not have access to it. "
+        "GET /v1/models lists the models this gateway serves; an admin maps new ones "
+        "with `sopy admin add_model_mapping`.",
+        param="model",
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from sopy.errors import StartupError
+from sopy.runtime.private_files import require_private_directory
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ _BACKLOG = 0xFFFF
 @contextlib.asynccontextmanager
 async def unix_listener(path: Path) -> AsyncIterator[trio.SocketListener]:
     """Listen on `path` (mode 0600) for the life of the context, then remove the socket file."""
-    _require_private_directory(path)
+    # The socket's mode means little if others can replace it in its directory.
+    require_private_directory(path, "admin socket", "--admin-socket")
     await _clear_stale_socket(path)
     listener, inode = await _bind_private(path)
     try:
@@ -53,26 +55,6 @@ async def _clear_stale_socket(path: Path) -> None:
         f"another process is already serving the admin socket {path}; stop it first "
         "or choose another path with --admin-socket"
     )
-
-
-def _require_private_directory(path: Path) -> None:
-    """The socket's permissions mean little if others can replace it: its directory must be
-    ours and not writable by anyone else."""
-    directory = path.absolute().parent
-    try:
-        status = directory.stat()
-    except FileNotFoundError:
-        raise StartupError(f"the admin socket's directory {directory} does not exist") from None
-    if status.st_uid != os.geteuid():
-        raise StartupError(
-            f"the admin socket's directory {directory} belongs to another user; put the socket "
-            "in a directory you own with --admin-socket"
-        )
-    if status.st_mode & 0o022:
-        raise StartupError(
-            f"the admin socket's directory {directory} is writable by other users; use a "
-            "private directory with --admin-socket, or chmod go-w it"
-        )
 
 
 def _socket_file_exists(path: Path) -> bool:
