@@ -264,14 +264,15 @@ class ProviderBackends:
 @attrs.frozen
 class ModelMapping:
     """`fallbacks`: other providers to try, in order, when `provider` cannot answer.
-    `upstream_model`: the `model` sent to `provider`; `fallback_upstream_models`: the one sent to
-    a fallback, for those that have their own (the others get `model_name`)."""
+    `upstream_model`: the `model` sent to `provider` (the config store always fills it in; None
+    means `model_name`); `fallback_upstream_models`: the one sent to a fallback, for those that
+    have their own (the others get `model_name`)."""
 
     model_name: str
     provider: str
     created_at: int
     fallbacks: tuple[str, ...] = ()
-    upstream_model: str = ""
+    upstream_model: str | None = None
     fallback_upstream_models: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
     def upstream_model_of(self, provider: str) -> str:

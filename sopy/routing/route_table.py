@@ -34,10 +34,11 @@ class RouteTable:
         backends = {group.provider: group for group in group_by_provider(snapshot.backends)}
         credentials = {c.provider: c for c in snapshot.credentials}
 
-        def route(mapping: ModelMapping, provider: str) -> ProviderRoute:
+        def route(provider: str, mapping: ModelMapping | None = None) -> ProviderRoute:
+            """`provider`'s route; for `mapping`'s chain, with the model it knows."""
             found = backends.get(provider, _NO_BACKENDS)
             stored = credentials.get(provider)
-            upstream_model = mapping.upstream_model_of(provider)
+            upstream_model = None if mapping is None else mapping.upstream_model_of(provider)
             return ProviderRoute(
                 provider,
                 found.urls,
@@ -45,7 +46,7 @@ class RouteTable:
                 None if stored is None else stored.credential,
                 DEFAULT_PROVIDER_KIND if stored is None else stored.kind,
                 # None when unchanged: the request path then leaves the body alone.
-                None if upstream_model == mapping.model_name else upstream_model,
+                None if mapping is None or upstream_model == mapping.model_name else upstream_model,
             )
 
         models = [
@@ -65,7 +66,7 @@ class RouteTable:
                 k.key_hash for k in snapshot.user_api_keys if not k.active
             ),
             chains={
-                m.model_name: tuple(route(m, provider) for provider in (m.provider, *m.fallbacks))
+                m.model_name: tuple(route(provider, m) for provider in (m.provider, *m.fallbacks))
                 for m in snapshot.model_mappings
             },
             models_body=orjson.dumps({"object": "list", "data": models}),
