@@ -56,12 +56,21 @@ def _strict_strings(value: object, _type: type) -> tuple[str, ...]:
     return tuple(_strict_str(item, str) for item in value)
 
 
+def _strict_string_map(value: object, _type: type) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise TypeError(f"must be an object of strings, not {_json_type_name(value)}")
+    return {_strict_str(key, str): _strict_str(item, str) for key, item in value.items()}
+
+
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook_func(lambda kind: kind == tuple[str, ...], _strict_strings)
+    converter.register_structure_hook_func(
+        lambda kind: kind == Mapping[str, str], _strict_string_map
+    )
     return converter
 
 

@@ -2,14 +2,47 @@
 
 Every failure a user can see is a `SopyError` subclass carrying an HTTP status, an OpenAI error
 `type` and a stable `code`. The public API renders them in OpenAI's shape
-(`{"error": {"message", "type", "param", "code"}}`); the admin socket renders the same errors as
-`{"ok": false, "error": {"code", "message"}}`. Messages say what to do next and never hold secrets.
+(`{"error": {"message", "type", "param", "code"}}`), except on the Anthropic Messages routes,
+which render them in Anthropic's (`{"type": "error", "error": {"type", "message"}}`, with
+Anthropic's type for the status); each public route declares its `ErrorShape`. The admin socket
+renders the same errors as `{"ok": false, "error": {"code", "message"}}`. Messages say what to do
+next and never hold secrets.
 Each subclass's docstring says when it is raised, for whoever reads the API documentation: the
 OpenAPI document (`sopy.docs.openapi`) quotes it as the description of that error's response.
 """
 
+import enum
 import math
 from typing import Any, ClassVar
+
+
+class ErrorShape(enum.Enum):
+    """Which API's error body a public route answers with."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+# Anthropic's error type for each status (https://docs.claude.com/en/api/errors, and the
+# `anthropic` SDK's `ErrorType` for 409 and 504). Anthropic answers other 4xx as
+# `invalid_request_error`; Sopy answers its other 5xx (500, 502) as `api_error`, and 503, a
+# refusal that ends on its own, as Anthropic's own 529 `overloaded_error`.
+_ANTHROPIC_TYPES: dict[int, str] = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """The `error.type` Anthropic's API uses for an error answered with `status`."""
+    default = "invalid_request_error" if status < 500 else "api_error"
+    return _ANTHROPIC_TYPES.get(status, default)
 
 
 class SopyError(Exception):
@@ -37,6 +70,22 @@ class SopyError(Exception):
                 "code": self.code,
             }
         }
+
+    def anthropic_body(self, request_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": anthropic_error_type(self.status), "message": self.message},
+        }
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
+
+    def body(self, shape: ErrorShape, request_id: str | None = None) -> dict[str, Any]:
+        """The error body in the shape of the route it answers; Anthropic's carries the
+        request's id, as Anthropic's own errors do."""
+        if shape is ErrorShape.ANTHROPIC:
+            return self.anthropic_body(request_id)
+        return self.openai_body()
 
     def admin_body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -66,6 +115,14 @@ class InvalidField(InvalidRequest):
     code = "invalid_field"
 
 
+class ProviderKindMismatch(InvalidRequest):
+    """The model is mapped only to providers whose kind does not serve this API (an Anthropic
+    Messages request to a provider of kind `openai` or `azure`); the error names the provider
+    and its kind. An admin maps the model to a provider of kind `anthropic`."""
+
+    code = "unsupported_provider_kind"
+
+
 class UnknownCommand(InvalidRequest):
     """There is no admin command of that name; `sopy admin --help` lists them."""
 
@@ -73,7 +130,8 @@ class UnknownCommand(InvalidRequest):
 
 
 class AuthenticationFailed(SopyError):
-    """The bearer key is missing, unknown or deactivated."""
+    """The bearer key (on the Anthropic routes, the `x-api-key` or bearer key) is missing,
+    unknown or deactivated."""
 
     status = 401
     type = "invalid_request_error"

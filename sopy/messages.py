@@ -23,16 +23,26 @@ import trio
 
 from sopy import validators
 from sopy.errors import SopyError
+from sopy.provider_kinds import DEFAULT_PROVIDER_KIND, PROVIDER_KINDS
 
 # -- admin commands -------------------------------------------------------------------------
 
 
 @attrs.frozen
 class AddAdminAuth:
+    """`kind` says how the provider takes its credential: `openai` (`Authorization: Bearer`),
+    `azure` (`api-key`), `anthropic` (`x-api-key`, with `anthropic-version: 2023-06-01` unless
+    the client sent one)."""
+
     command: ClassVar[str] = "add_admin_auth"
     name: str = attrs.field(validator=validators.provider_name)
     credentials: str = attrs.field(validator=validators.secret, repr=False)
     replace: bool = False
+    kind: str = attrs.field(
+        default=DEFAULT_PROVIDER_KIND,
+        validator=validators.provider_kind,
+        metadata={"enum": tuple(PROVIDER_KINDS)},
+    )
 
 
 @attrs.frozen
@@ -128,11 +138,20 @@ class GetBackend:
 
 @attrs.frozen
 class AddModelMapping:
+    """`upstream_model` is the `model` sent to `provider` (default: `model_name`);
+    `fallback_upstream_models` names the one sent to a fallback provider (default: `model_name`),
+    e.g. `{"azure": "my-gpt-4o-deployment"}`."""
+
     command: ClassVar[str] = "add_model_mapping"
     model_name: str = attrs.field(validator=validators.model_name)
     provider: str = attrs.field(validator=validators.provider_name)
     replace: bool = False
     fallbacks: tuple[str, ...] = attrs.field(default=(), validator=validators.fallback_providers)
+    upstream_model: str | None = attrs.field(default=None, validator=validators.optional_model_name)
+    # Excluded from the hash: a dict is not hashable, and the other fields identify the command.
+    fallback_upstream_models: Mapping[str, str] = attrs.field(
+        factory=dict, hash=False, validator=validators.fallback_upstream_models
+    )
 
 
 @attrs.frozen
@@ -199,6 +218,15 @@ class AdminAuthView:
 
     name: str
     credentials: str = attrs.field(repr=False)
+    kind: str = DEFAULT_PROVIDER_KIND
+
+
+@attrs.frozen
+class AdminAuthEntry:
+    """One provider credential in list_admin_auth: its name and kind, never the credential."""
+
+    name: str
+    kind: str = DEFAULT_PROVIDER_KIND
 
 
 @attrs.frozen
@@ -235,12 +263,23 @@ class ProviderBackends:
 
 @attrs.frozen
 class ModelMapping:
-    """`fallbacks`: other providers to try, in order, when `provider` cannot answer."""
+    """`fallbacks`: other providers to try, in order, when `provider` cannot answer.
+    `upstream_model`: the `model` sent to `provider` (the config store always fills it in; None
+    means `model_name`); `fallback_upstream_models`: the one sent to a fallback, for those that
+    have their own (the others get `model_name`)."""
 
     model_name: str
     provider: str
     created_at: int
     fallbacks: tuple[str, ...] = ()
+    upstream_model: str | None = None
+    fallback_upstream_models: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+    def upstream_model_of(self, provider: str) -> str:
+        """The `model` to send `provider` (this mapping's provider or one of its fallbacks)."""
+        if provider == self.provider:
+            return self.upstream_model or self.model_name
+        return self.fallback_upstream_models.get(provider, self.model_name)
 
 
 @attrs.frozen
@@ -260,7 +299,7 @@ AdminResult: TypeAlias = (
     | ProviderBackends
     | ModelMapping
     | SecretKeyRotation
-    | tuple[str, ...]
+    | tuple[AdminAuthEntry, ...]
     | tuple[UserApiKeyView, ...]
     | tuple[ProviderBackends, ...]
     | tuple[ModelMapping, ...]
@@ -273,6 +312,7 @@ AdminResult: TypeAlias = (
 class ProviderCredential:
     provider: str
     credential: str = attrs.field(repr=False)
+    kind: str = DEFAULT_PROVIDER_KIND
 
 
 @attrs.frozen
@@ -308,6 +348,7 @@ class AdminAuthAdded:
     kind: ClassVar[str] = "admin_auth_added"
     name: str
     replaced: bool
+    provider_kind: str = DEFAULT_PROVIDER_KIND
 
 
 @attrs.frozen
@@ -364,6 +405,9 @@ class ModelMappingAdded:
     provider: str
     replaced: bool
     fallbacks: tuple[str, ...] = ()
+    # None in journal entries written before model aliases existed.
+    upstream_model: str | None = None
+    fallback_upstream_models: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -464,7 +508,7 @@ class ProviderRoute:
     weights: tuple[int, ...]
     credential: str | None = attrs.field(repr=False)
     # How the provider takes its credential and which wire formats it serves natively.
-    kind: str = "openai"
+    kind: str = DEFAULT_PROVIDER_KIND
     # The `model` to send this provider for the model the client asked for; None: unchanged.
     upstream_model: str | None = None
 

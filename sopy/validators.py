@@ -7,11 +7,13 @@ These are attrs validators and converters used by the admin command messages in
 
 import re
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from sopy.keys import fernet_for
+from sopy.provider_kinds import PROVIDER_KINDS
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
@@ -21,6 +23,8 @@ _MIN_USER_KEY_LENGTH = 8
 _MAX_USER_KEY_LENGTH = 256
 _MAX_DESCRIPTION_LENGTH = 500
 _MAX_URL_LENGTH = 2048
+# Where the API lives on a backend URL given without a path, as at OpenAI.
+DEFAULT_BASE_PATH = "/v1"
 
 
 def _fail(attribute: "attrs.Attribute[Any]", problem: str) -> ValueError:
@@ -44,6 +48,18 @@ def model_name(_instance: object, attribute: "attrs.Attribute[Any]", value: str)
             "must be 1-256 characters of letters, digits and . _ : / @ + -, starting with a "
             f"letter or digit (got {value!r})",
         )
+
+
+def provider_kind(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    if value not in PROVIDER_KINDS:
+        raise _fail(attribute, f"must be one of {', '.join(PROVIDER_KINDS)} (got {value!r})")
+
+
+def optional_model_name(
+    instance: object, attribute: "attrs.Attribute[Any]", value: str | None
+) -> None:
+    if value is not None:
+        model_name(instance, attribute, value)
 
 
 def secret(_instance: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
@@ -99,6 +115,21 @@ def fallback_providers(
         raise _fail(attribute, "must list distinct providers other than 'provider'")
 
 
+def fallback_upstream_models(
+    instance: Any, attribute: "attrs.Attribute[Any]", value: Mapping[str, str]
+) -> None:
+    """The model each fallback provider knows, for those that know it by another name."""
+    strangers = sorted(set(value) - set(instance.fallbacks))
+    if strangers:
+        raise _fail(
+            attribute,
+            f"names provider(s) not in 'fallbacks': {', '.join(map(repr, strangers))}; "
+            "list them in 'fallbacks' too",
+        )
+    for upstream_model in value.values():
+        model_name(instance, attribute, upstream_model)
+
+
 def optional_secret_key(
     _instance: object, attribute: "attrs.Attribute[Any]", value: str | None
 ) -> None:
@@ -118,10 +149,11 @@ def positive_id(_instance: object, attribute: "attrs.Attribute[Any]", value: int
 def normalised_backend_url(value: str) -> str:
     """Return the canonical form of a backend base URL, or raise ValueError saying why not.
 
-    The canonical form has a lower-case scheme and host, no trailing slash and no trailing
-    `/v1`: the gateway appends the request path (`/v1/chat/completions`), so
-    `https://api.openai.com`, `https://api.openai.com/` and `https://api.openai.com/v1` are the
-    same backend.
+    A backend URL is a base URL, as the OpenAI SDK's `base_url`: the gateway appends the
+    request's path after `/v1` to it (`https://generativelanguage.googleapis.com/v1beta/openai`
+    + `/chat/completions`). The canonical form has a lower-case scheme and host and no trailing
+    slash; a URL with no path gets `/v1`, so `https://api.openai.com`,
+    `https://api.openai.com/` and `https://api.openai.com/v1` are the same backend.
     """
     if len(value) > _MAX_URL_LENGTH:
         raise ValueError(f"field 'url' must be at most {_MAX_URL_LENGTH} characters")
@@ -150,7 +182,5 @@ def normalised_backend_url(value: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
-    path = parts.path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[: -len("/v1")]
+    path = parts.path.rstrip("/") or DEFAULT_BASE_PATH
     return f"{scheme}://{netloc}{path}"

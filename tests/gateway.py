@@ -151,3 +151,11 @@ async def start_gateway_with(
             )
         await admin.ok("add_user_api_key", api_key=USER_KEY, description="tests")
     return Gateway(sopy, providers)
+
+
+async def make_anthropic(gateway: Gateway, provider: str) -> None:
+    """Make `provider` of kind anthropic, keeping its credential."""
+    credential = gateway.providers[provider].credential
+    await gateway.admin_ok(
+        "add_admin_auth", name=provider, credentials=credential, kind="anthropic", replace=True
+    )

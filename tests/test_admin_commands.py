@@ -7,9 +7,9 @@ CREDENTIAL = "sk-provider-secret-0123456789"
 
 async def test_admin_auth_add_list_get_masked_reveal_remove(admin: AdminConnection) -> None:
     added = await admin.ok("add_admin_auth", name="openai", credentials=CREDENTIAL)
-    assert added == {"name": "openai", "credentials": "sk-...6789"}
+    assert added == {"name": "openai", "credentials": "sk-...6789", "kind": "openai"}
 
-    assert await admin.ok("list_admin_auth") == ["openai"]
+    assert await admin.ok("list_admin_auth") == [{"name": "openai", "kind": "openai"}]
     masked = await admin.ok("get_admin_auth", name="openai")
     assert masked["credentials"] == "sk-...6789"
     revealed = await admin.ok("get_admin_auth", name="openai", reveal=True)
@@ -117,14 +117,14 @@ async def test_backends_are_normalised_and_a_provider_may_have_many(admin: Admin
 
     assert await admin.ok("get_backend", provider="openai") == {
         "provider": "openai",
-        "urls": ["https://api.openai.com", "http://127.0.0.1:9000"],
+        "urls": ["https://api.openai.com/v1", "http://127.0.0.1:9000/v1"],
         "weights": [1, 1],
     }
     assert await admin.ok("list_backends") == [
-        {"provider": "local", "urls": ["http://localhost:8080/proxy"], "weights": [1]},
+        {"provider": "local", "urls": ["http://localhost:8080/proxy/v1"], "weights": [1]},
         {
             "provider": "openai",
-            "urls": ["https://api.openai.com", "http://127.0.0.1:9000"],
+            "urls": ["https://api.openai.com/v1", "http://127.0.0.1:9000/v1"],
             "weights": [1, 1],
         },
     ]
@@ -133,7 +133,9 @@ async def test_backends_are_normalised_and_a_provider_may_have_many(admin: Admin
     assert duplicate["code"] == "conflict"
 
     await admin.ok("remove_backend", provider="openai", url="https://api.openai.com/v1")
-    assert (await admin.ok("get_backend", provider="openai"))["urls"] == ["http://127.0.0.1:9000"]
+    assert (await admin.ok("get_backend", provider="openai"))["urls"] == [
+        "http://127.0.0.1:9000/v1"
+    ]
 
 
 async def test_backend_urls_must_be_http_or_https(admin: AdminConnection) -> None:

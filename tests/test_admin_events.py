@@ -36,12 +36,14 @@ async def test_subscriber_gets_the_snapshot_then_every_change_in_order_without_s
 
     snapshot = await next_message(ws)
     assert snapshot["type"] == "snapshot"
-    assert snapshot["snapshot"]["admin_auth"] == [{"name": "openai", "credentials": "sk-...0001"}]
+    assert snapshot["snapshot"]["admin_auth"] == [
+        {"name": "openai", "credentials": "sk-...0001", "kind": "openai"}
+    ]
     start = snapshot["version"]
 
     async with await sopy.admin() as admin, sopy.admin_rest() as rest:
-        await admin.ok("add_backend", provider="openai", url="http://a")
-        await rest.post("/admin/backend", json={"provider": "openai", "url": "http://b"})
+        await admin.ok("add_backend", provider="openai", url="http://a/v1")
+        await rest.post("/admin/backend", json={"provider": "openai", "url": "http://b/v1"})
         await admin.ok("add_user_api_key", api_key=USER_KEY, description="k")
         await rest.put("/admin/user_api_key/deactivate/1")
         await admin.ok("add_model_mapping", model_name="gpt-4.1", provider="openai")
@@ -57,7 +59,7 @@ async def test_subscriber_gets_the_snapshot_then_every_change_in_order_without_s
         "model_mapping_added",
         "admin_auth_removed",
     ]
-    assert events[1]["entity"] == {"provider": "openai", "url": "http://b", "weight": 1}
+    assert events[1]["entity"] == {"provider": "openai", "url": "http://b/v1", "weight": 1}
     assert all(e["type"] == "event" and e["at"] > 0 for e in events)
     everything = orjson.dumps([snapshot, *events]).decode()
     assert CREDENTIAL not in everything
@@ -73,18 +75,18 @@ async def test_reconnecting_with_since_gets_exactly_the_missed_events(
 
     async with await sopy.admin() as admin:
         for i in range(3):
-            await admin.ok("add_backend", provider="p", url=f"http://missed{i}")
+            await admin.ok("add_backend", provider="p", url=f"http://missed{i}/v1")
 
     resumed = await open_events(nursery, sopy.settings.admin_socket, since=seen)
     missed = [await next_message(resumed) for _ in range(3)]
     assert [m["type"] for m in missed] == ["event"] * 3
     assert [m["version"] for m in missed] == [seen + 1, seen + 2, seen + 3]
-    assert [m["entity"]["url"] for m in missed] == [f"http://missed{i}" for i in range(3)]
+    assert [m["entity"]["url"] for m in missed] == [f"http://missed{i}/v1" for i in range(3)]
 
     async with await sopy.admin() as admin:
-        await admin.ok("add_backend", provider="p", url="http://live")
+        await admin.ok("add_backend", provider="p", url="http://live/v1")
     live = await next_message(resumed)
-    assert (live["version"], live["entity"]["url"]) == (seen + 4, "http://live")
+    assert (live["version"], live["entity"]["url"]) == (seen + 4, "http://live/v1")
 
 
 async def test_since_the_journal_cannot_answer_gets_a_fresh_snapshot(
@@ -173,7 +175,7 @@ async def test_sopy_events_prints_one_readable_line_per_change(sopy: SopyUnderTe
             while b"snapshot" not in output:
                 output += await process.stdout.receive_some(4096)
             async with await sopy.admin() as admin:
-                await admin.ok("add_backend", provider="openai", url="http://h1")
+                await admin.ok("add_backend", provider="openai", url="http://h1/v1")
                 await admin.ok("add_model_mapping", model_name="gpt-4.1", provider="openai")
             while output.count(b"\n") < 3:
                 output += await process.stdout.receive_some(4096)

@@ -71,9 +71,9 @@ async def test_a_client_that_vanishes_costs_only_its_own_connection(
             assert path.lstat().st_ino == socket_file, "the admin socket file was replaced"
 
         # then: the bystander and the subscriber are still connected and served
-        await bystander.ok("add_backend", provider="openai", url="http://a")
+        await bystander.ok("add_backend", provider="openai", url="http://a/v1")
     change = await next_message(subscriber)
-    assert (change["kind"], change["entity"]["url"]) == ("backend_added", "http://a")
+    assert (change["kind"], change["entity"]["url"]) == ("backend_added", "http://a/v1")
     assert path.lstat().st_ino == socket_file
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     admin_lines = [r for r in caplog.records if r.name == "sopy.actors.admin_socket"]

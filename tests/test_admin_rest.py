@@ -42,8 +42,8 @@ async def test_admin_auth_routes(rest: httpx.AsyncClient) -> None:
         await rest.post("/admin/admin_auth", json={"name": "openai", "credentials": credential}),
         201,
     )
-    assert added == {"name": "openai", "credentials": "sk-...6789"}
-    assert ok(await rest.get("/admin/admin_auth")) == ["openai"]
+    assert added == {"name": "openai", "credentials": "sk-...6789", "kind": "openai"}
+    assert ok(await rest.get("/admin/admin_auth")) == [{"name": "openai", "kind": "openai"}]
     assert ok(await rest.get("/admin/admin_auth/openai"))["credentials"] == "sk-...6789"
     revealed = ok(await rest.get("/admin/admin_auth/openai", params={"reveal": "true"}))
     assert revealed["credentials"] == credential
@@ -81,13 +81,13 @@ async def test_backend_routes(rest: httpx.AsyncClient) -> None:
     body = {"provider": "openai", "url": "https://api.openai.com/v1/"}
     assert ok(await rest.post("/admin/backend", json=body), 201) == {
         "provider": "openai",
-        "urls": ["https://api.openai.com"],
+        "urls": ["https://api.openai.com/v1"],
         "weights": [1],
     }
     assert ok(await rest.get("/admin/backend")) == [
-        {"provider": "openai", "urls": ["https://api.openai.com"], "weights": [1]}
+        {"provider": "openai", "urls": ["https://api.openai.com/v1"], "weights": [1]}
     ]
-    assert ok(await rest.get("/admin/backend/openai"))["urls"] == ["https://api.openai.com"]
+    assert ok(await rest.get("/admin/backend/openai"))["urls"] == ["https://api.openai.com/v1"]
     failed(await rest.post("/admin/backend", json=body), 409, "conflict")
     ok(await rest.request("DELETE", "/admin/backend", json=body))
     failed(await rest.get("/admin/backend/openai"), 404, "not_found")
@@ -183,5 +183,5 @@ async def test_curl_unix_socket_works(sopy: SopyUnderTest) -> None:
     )
     assert orjson.loads(listed.stdout) == {
         "ok": True,
-        "result": [{"provider": "openai", "urls": ["https://api.openai.com"], "weights": [1]}],
+        "result": [{"provider": "openai", "urls": ["https://api.openai.com/v1"], "weights": [1]}],
     }

@@ -27,23 +27,23 @@ async def test_reads_are_answered_while_another_process_holds_the_write_lock(
     sopy: SopyUnderTest,
 ) -> None:
     async with await sopy.admin() as admin:
-        await admin.ok("add_backend", provider="p", url="http://before")
+        await admin.ok("add_backend", provider="p", url="http://before/v1")
         with contextlib.closing(sqlite3.connect(sopy.settings.db_path)) as other:
             other.execute("BEGIN IMMEDIATE")
             with trio.fail_after(BUSY_TIMEOUT / 2):
-                assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://before"]
+                assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://before/v1"]
                 assert await admin.ok("list_model_mappings") == []
 
             with trio.fail_after(BUSY_TIMEOUT * 3):
-                error = await admin.error("add_backend", provider="p", url="http://locked")
+                error = await admin.error("add_backend", provider="p", url="http://locked/v1")
             assert error["code"] == "config_store_locked"
             assert "another process has held a write lock" in error["message"]
             other.execute("ROLLBACK")
 
-        await admin.ok("add_backend", provider="p", url="http://after")
+        await admin.ok("add_backend", provider="p", url="http://after/v1")
         assert (await admin.ok("get_backend", provider="p"))["urls"] == [
-            "http://before",
-            "http://after",
+            "http://before/v1",
+            "http://after/v1",
         ]
 
 
@@ -82,20 +82,20 @@ async def test_a_full_disk_refuses_the_write_by_name_and_the_store_keeps_serving
     sopy = SopyUnderTest(nursery, on_small_disk)
     running = await sopy.start()
     async with await sopy.admin() as admin:
-        await admin.ok("add_backend", provider="p", url="http://before")
+        await admin.ok("add_backend", provider="p", url="http://before/v1")
         filler = fill(small_disk)
 
-        error = await admin.error("add_backend", provider="p", url="http://refused")
+        error = await admin.error("add_backend", provider="p", url="http://refused/v1")
 
         assert error["code"] == "config_store_full"
         assert "is full; the change was not made" in error["message"]
-        assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://before"]
+        assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://before/v1"]
         filler.unlink()
-        await admin.ok("add_backend", provider="p", url="http://after")
+        await admin.ok("add_backend", provider="p", url="http://after/v1")
 
     assert running.feed.latest is not None
     backends = running.feed.latest.snapshot.backends
-    assert [backend.url for backend in backends] == ["http://before", "http://after"]
+    assert [backend.url for backend in backends] == ["http://before/v1", "http://after/v1"]
     await sopy.stop()
 
 
@@ -106,7 +106,7 @@ async def test_a_read_only_database_refuses_writes_by_name_and_keeps_serving_rea
     sopy = SopyUnderTest(nursery, settings)
     await sopy.start()
     async with await sopy.admin() as admin:
-        await admin.ok("add_backend", provider="p", url="http://before")
+        await admin.ok("add_backend", provider="p", url="http://before/v1")
     await sopy.stop()
     if shutil.which("chattr") is None:
         pytest.skip("needs chattr to make the database file immutable")
@@ -118,10 +118,10 @@ async def test_a_read_only_database_refuses_writes_by_name_and_keeps_serving_rea
     try:
         await sopy.start()
         async with await sopy.admin() as admin:
-            error = await admin.error("add_backend", provider="p", url="http://refused")
+            error = await admin.error("add_backend", provider="p", url="http://refused/v1")
             assert error["code"] == "config_store_read_only"
             assert "is read-only" in error["message"]
-            assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://before"]
+            assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://before/v1"]
             assert await admin.ok("list_admin_auth") == []
         await sopy.stop()
     finally:

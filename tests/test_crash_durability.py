@@ -42,7 +42,7 @@ async def test_sigkill_right_after_acknowledged_writes_loses_nothing(workdir: Pa
         async with await AdminConnection.open(workdir / "sopy-admin.sock") as admin:
             stored = (await admin.ok("get_backend", provider="p"))["urls"]
         assert set(acknowledged) <= set(stored)
-        assert stored == [f"http://host{i}" for i in range(len(stored))]
+        assert stored == [f"http://host{i}/v1" for i in range(len(stored))]
     finally:
         assert await restarted.terminate() == 0
 

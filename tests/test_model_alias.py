@@ -83,7 +83,8 @@ class Upstreams:
 @pytest.fixture
 async def upstreams(nursery: trio.Nursery) -> Upstreams:
     mocks = {name: MockUpstream(name) for name in ("azure", "local")}
-    urls = {name: await nursery.start(mock.serve) for name, mock in mocks.items()}
+    # Stored backend URLs are base URLs: the mock serves its API under /v1.
+    urls = {name: await nursery.start(mock.serve) + "/v1" for name, mock in mocks.items()}
     return Upstreams(mocks, {**urls, "down": _closed_port_url()})
 
 

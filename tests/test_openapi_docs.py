@@ -129,7 +129,7 @@ def test_models_are_an_openai_list() -> None:
 
     assert model_list["properties"]["object"] == {"const": "list"}
     model = schema(model_list["properties"]["data"]["items"])
-    assert set(model["required"]) == {"id", "object", "created", "owned_by"}
+    assert set(model["required"]) == {"id", "object", "created", "owned_by", "upstream_model"}
     assert model["properties"]["created"]["type"] == "integer"
 
 

@@ -32,12 +32,12 @@ async def test_everything_persists_across_a_restart(sopy: SopyUnderTest) -> None
     assert running.feed.latest is not None
     assert running.feed.latest.version == version_before == 5
     async with await sopy.admin() as admin:
-        assert await admin.ok("list_admin_auth") == ["openai"]
+        assert await admin.ok("list_admin_auth") == [{"name": "openai", "kind": "openai"}]
         revealed = await admin.ok("get_admin_auth", name="openai", reveal=True)
         assert revealed["credentials"] == "sk-provider-secret-value"
         assert (await admin.ok("get_user_api_key", id=key_id))["active"] is False
         assert await admin.ok("list_backends") == [
-            {"provider": "openai", "urls": ["https://api.openai.com"], "weights": [1]}
+            {"provider": "openai", "urls": ["https://api.openai.com/v1"], "weights": [1]}
         ]
         assert (await admin.ok("get_model_mapping", model_name="gpt-4.1"))["provider"] == "openai"
         await admin.ok("remove_user_api_key", api_key="sk-user-123")
@@ -82,7 +82,7 @@ async def test_reads_and_no_op_writes_publish_nothing(sopy: SopyUnderTest) -> No
         await admin.ok("list_user_api_keys")
         await admin.ok("activate_user_api_key", id=key["id"])
         await admin.error("get_backend", provider="none")
-        await admin.ok("add_backend", provider="p", url="http://h")
+        await admin.ok("add_backend", provider="p", url="http://h/v1")
 
     first = changes.receive_nowait()
     second = changes.receive_nowait()
@@ -99,7 +99,7 @@ async def test_a_follower_that_falls_behind_is_dropped_not_waited_for(
     async with await sopy.admin() as admin:
         with trio.fail_after(5):
             for i in range(5):
-                await admin.ok("add_backend", provider="p", url=f"http://h{i}")
+                await admin.ok("add_backend", provider="p", url=f"http://h{i}/v1")
 
     received = [stalled.receive_nowait(), stalled.receive_nowait()]
     assert len(received) == 2
@@ -115,27 +115,27 @@ async def test_writes_are_refused_once_the_database_file_is_deleted(
     sopy: SopyUnderTest,
 ) -> None:
     async with await sopy.admin() as admin:
-        await admin.ok("add_backend", provider="p", url="http://kept")
+        await admin.ok("add_backend", provider="p", url="http://kept/v1")
         for name in ("sopy_admin.db", "sopy_admin.db-wal", "sopy_admin.db-shm"):
             (sopy.settings.db_path.parent / name).unlink()
 
-        error = await admin.error("add_backend", provider="p", url="http://lost")
+        error = await admin.error("add_backend", provider="p", url="http://lost/v1")
 
         assert error["code"] == "config_store_replaced"
         assert "was deleted while Sopy was running" in error["message"]
-        assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://kept"]
+        assert (await admin.ok("get_backend", provider="p"))["urls"] == ["http://kept/v1"]
 
 
 async def test_writes_are_refused_once_the_database_file_is_replaced(
     sopy: SopyUnderTest, workdir: Path
 ) -> None:
     async with await sopy.admin() as admin:
-        await admin.ok("add_backend", provider="p", url="http://kept")
+        await admin.ok("add_backend", provider="p", url="http://kept/v1")
         copy = workdir / "copy.db"
         shutil.copyfile(sopy.settings.db_path, copy)
         os.replace(copy, sopy.settings.db_path)
 
-        error = await admin.error("add_backend", provider="p", url="http://lost")
+        error = await admin.error("add_backend", provider="p", url="http://lost/v1")
 
     assert error["code"] == "config_store_replaced"
     assert "replaced by another file" in error["message"]
@@ -154,7 +154,7 @@ async def test_a_version_is_never_reused_after_the_database_is_lost(
     running = await sopy.restart()
     async with await sopy.admin() as admin:
         assert await admin.ok("list_backends") == []
-        await admin.ok("add_backend", provider="p", url="http://new")
+        await admin.ok("add_backend", provider="p", url="http://new/v1")
 
     assert running.feed.latest is not None
     assert running.feed.latest.version > used

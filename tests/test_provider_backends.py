@@ -12,16 +12,16 @@ from tests.test_admin_events import next_message
 
 # Added interleaved, so grouping has to gather each provider's backends in the order added.
 ADDED = [
-    Backend("openai", "http://o1", 2),
-    Backend("azure", "http://a1", 1),
-    Backend("openai", "http://o2", 3),
-    Backend("anthropic", "http://n1", 5),
-    Backend("azure", "http://a2", 4),
+    Backend("openai", "http://o1/v1", 2),
+    Backend("azure", "http://a1/v1", 1),
+    Backend("openai", "http://o2/v1", 3),
+    Backend("anthropic", "http://n1/v1", 5),
+    Backend("azure", "http://a2/v1", 4),
 ]
 GROUPED = (
-    ProviderBackends("anthropic", ("http://n1",), (5,)),
-    ProviderBackends("azure", ("http://a1", "http://a2"), (1, 4)),
-    ProviderBackends("openai", ("http://o1", "http://o2"), (2, 3)),
+    ProviderBackends("anthropic", ("http://n1/v1",), (5,)),
+    ProviderBackends("azure", ("http://a1/v1", "http://a2/v1"), (1, 4)),
+    ProviderBackends("openai", ("http://o1/v1", "http://o2/v1"), (2, 3)),
 )
 
 

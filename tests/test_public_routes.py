@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from sopy.docs.openapi import openapi_document
-from sopy.errors import MethodNotAllowed, NotFound
+from sopy.errors import ErrorShape, MethodNotAllowed, NotFound, anthropic_error_type
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
     PublicDispatcher,
@@ -22,8 +22,15 @@ from sopy.routing.public_routes import (
     Reply,
 )
 from sopy.settings import Settings
+from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import AUTH, Gateway, chat, start_gateway
+from tests.gateway import (
+    AUTH,
+    Gateway,
+    chat,
+    make_anthropic,
+    start_gateway_with,
+)
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
@@ -89,6 +96,8 @@ def test_each_operation_answers_the_statuses_of_its_error_classes_and_no_others(
         for error in entry.answers:
             description = responses[str(error.status)]["description"]
             assert f"`{error.code}`" in description, (entry.path, error)
+            if entry.error_shape is ErrorShape.ANTHROPIC:
+                assert f"`{anthropic_error_type(error.status)}`" in description
             assert error.__doc__ is not None
             assert error.__doc__.split()[0] in description, (entry.path, error)
 
@@ -254,7 +263,15 @@ def test_a_route_without_a_handler_or_a_handler_without_a_route_is_refused() -> 
 
 @pytest.fixture
 async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
-    return await start_gateway(sopy, nursery, {"gpt-4.1": "openai", "sopy": "openai"})
+    """`gpt-4.1` on provider `openai`, with a fallback of kind anthropic for the Anthropic
+    routes (the mock serves both APIs)."""
+    upstreams = {"openai": [MockUpstream("openai-0")], "claude": [MockUpstream("claude-0")]}
+    models = {"gpt-4.1": "openai", "sopy": "openai"}
+    gateway = await start_gateway_with(
+        sopy, nursery, upstreams, models, fallbacks={"gpt-4.1": ["claude"]}
+    )
+    await make_anthropic(gateway, "claude")
+    return gateway
 
 
 _UPLOAD = {"model": "gpt-4.1"}, {"file": ("a.wav", b"RIFF", "audio/wav")}
@@ -273,6 +290,8 @@ EXAMPLE_REQUESTS: dict[str, dict[str, Any]] = {
     "/v1/responses": {"json": {"model": "gpt-4.1", "input": "hi", "background": True}},
     "/v1/responses/input_tokens": {"json": {"model": "gpt-4.1", "input": "hi"}},
     "/v1/responses/compact": {"json": {"model": "gpt-4.1", "input": "hi"}},
+    "/v1/messages": {"json": {**chat("gpt-4.1"), "max_tokens": 9}},
+    "/v1/messages/count_tokens": {"json": chat("gpt-4.1")},
 }
 
 

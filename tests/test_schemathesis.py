@@ -17,8 +17,9 @@ from pathlib import Path
 import trio
 from schemathesis.config import SchemathesisWarning
 
+from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, start_gateway
+from tests.gateway import USER_KEY, make_anthropic, start_gateway_with
 
 EXAMPLES = os.environ.get("SOPY_FUZZ_EXAMPLES", "25")
 WARNINGS = ",".join(
@@ -31,7 +32,12 @@ WARNINGS = ",".join(
 async def test_schemathesis_finds_no_issue_in_the_public_api(
     sopy: SopyUnderTest, nursery: trio.Nursery, workdir: Path
 ) -> None:
-    gateway = await start_gateway(sopy, nursery, {"gpt-4.1": "openai"})
+    # The mock serves both APIs: `claude` answers the Anthropic routes, as gpt-4.1's fallback.
+    upstreams = {"openai": [MockUpstream("openai-0")], "claude": [MockUpstream("claude-0")]}
+    gateway = await start_gateway_with(
+        sopy, nursery, upstreams, {"gpt-4.1": "openai"}, fallbacks={"gpt-4.1": ["claude"]}
+    )
+    await make_anthropic(gateway, "claude")
     schemathesis = Path(sys.executable).with_name("schemathesis")
     result = await trio.run_process(
         [

@@ -270,7 +270,8 @@ async def test_contradicting_key_settings_are_refused(
 
 
 async def test_serve_warns_when_the_secret_key_is_on_the_command_line(workdir: Path) -> None:
-    server = await ServeProcess.start(workdir, "--secret-key", new_secret_key())
+    # One argument with `=`: a Fernet key may start with `-`, which argparse takes for a flag.
+    server = await ServeProcess.start(workdir, f"--secret-key={new_secret_key()}")
     assert await server.terminate() == 0
     output = await server.read_rest()
     assert "a secret key on the command line can be read by every local user" in output
@@ -282,7 +283,7 @@ async def test_sopy_start_hands_the_key_over_off_the_command_line_and_logs_priva
 ) -> None:
     key = new_secret_key()
     started = await trio.run_process(
-        [sys.executable, "-m", "sopy", "start", "--port", "0", "--secret-key", key],
+        [sys.executable, "-m", "sopy", "start", "--port", "0", f"--secret-key={key}"],
         cwd=workdir,
         capture_stdout=True,
         capture_stderr=True,

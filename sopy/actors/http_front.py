@@ -12,20 +12,26 @@ durable by `sopy.actors.response_affinity_store`) which backend made each respon
 user key, and sends its follow-ups (`/v1/responses/{id}...`, `previous_response_id`) to that one
 backend only. Its WebSocket mode is handed to `sopy.actors.websocket_relay`.
 
+The Anthropic Messages routes are model routes too, with three differences: the key may come as
+`x-api-key`, only providers of kind `anthropic` serve them (`sopy.routing.messages_routes`), and
+every error is answered in Anthropic's shape, as the route table declares (`ErrorShape`).
+
 Request bodies are bounded twice: each by `max_body_bytes` (413), all those held at once by
 `max_body_bytes_in_flight` (503 with Retry-After). A body is held from the moment it is announced
 (or, chunked, as it arrives) until its request is over, as the pool may resend it to another
 backend or provider.
 """
 
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
 
+import attrs
 import orjson
 import trio
 
-from sopy.actors.front_responses import send_body, send_complete, send_json
+from sopy.actors.front_responses import send_body, send_complete, send_error, send_json
 from sopy.actors.relay import (
     CLIENT_CLOSED_REQUEST,
     ProviderInbox,
@@ -42,6 +48,7 @@ from sopy.actors.websocket_relay import (
 from sopy.docs.openapi import openapi_json
 from sopy.docs.page import docs_response
 from sopy.errors import (
+    ErrorShape,
     InternalError,
     InvalidJson,
     InvalidRequest,
@@ -62,6 +69,7 @@ from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
 from sopy.routing.cors import CorsPolicy
+from sopy.routing.messages_routes import messages_routes
 from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
@@ -84,6 +92,30 @@ _MODEL_PREFIX = public_route("retrieve_model").prefix
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
+
+
+@attrs.frozen
+class ModelRoutes:
+    """What differs between the API families routed by model: how the caller's key is read,
+    which providers may serve the request, and the shape of the errors."""
+
+    error_shape: ErrorShape
+    authenticate: Callable[[RouteTable, HttpExchange], int]
+    routes_for: Callable[[RouteTable, str], tuple[ProviderRoute, ...]]
+
+
+def _bearer_key(table: RouteTable, exchange: HttpExchange) -> int:
+    return table.authenticate(exchange.header(b"authorization"))
+
+
+def _anthropic_key(table: RouteTable, exchange: HttpExchange) -> int:
+    return table.authenticate_anthropic(
+        exchange.header(b"x-api-key"), exchange.header(b"authorization")
+    )
+
+
+OPENAI_MODEL_ROUTES = ModelRoutes(ErrorShape.OPENAI, _bearer_key, RouteTable.routes_for)
+ANTHROPIC_MODEL_ROUTES = ModelRoutes(ErrorShape.ANTHROPIC, _anthropic_key, messages_routes)
 
 
 class HttpFront:
@@ -115,10 +147,16 @@ class HttpFront:
             PublicHandler.RESPONSES: self._create_response,
             PublicHandler.RESPONSE_FOLLOW_UP: self._follow_up_response,
             PublicHandler.RESPONSES_WEBSOCKET: self._responses_websocket,
+            PublicHandler.ANTHROPIC_MESSAGES: functools.partial(
+                self._proxy, model_routes=ANTHROPIC_MODEL_ROUTES
+            ),
             PublicHandler.OPENAPI: self._openapi,
             PublicHandler.DOCS: self._docs,
         }
-        self._handler_for = PublicDispatcher(PUBLIC_ROUTES, handlers).handler_for
+        shapes = {route.handler: route.error_shape for route in PUBLIC_ROUTES}
+        self._handler_for = PublicDispatcher(
+            PUBLIC_ROUTES, {name: (handler, shapes[name]) for name, handler in handlers.items()}
+        ).handler_for
         self._cors = CorsPolicy(settings.cors_origins) if settings.cors_origins else None
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -165,9 +203,10 @@ class HttpFront:
         request_id = os.urandom(8).hex().encode()
         if self._cors is not None and await self._answered_cors(self._cors, exchange, request_id):
             return
+        error_shape = ErrorShape.OPENAI
         try:
             # Matched as sent: `/v1/chat%2Fcompletions` is not `/v1/chat/completions`.
-            handler = self._handler_for(exchange.method, exchange.raw_path)
+            handler, error_shape = self._handler_for(exchange.method, exchange.raw_path)
             try:
                 self._request_slots.acquire_nowait()
             except trio.WouldBlock:
@@ -180,9 +219,7 @@ class HttpFront:
             finally:
                 self._request_slots.release()
         except SopyError as error:
-            await send_json(
-                exchange, error.status, error.openai_body(), request_id, error.response_headers()
-            )
+            await send_error(exchange, error, error_shape, request_id)
         except ClientGone:
             log.debug("client went away before sending its whole request")
 
@@ -245,17 +282,24 @@ class HttpFront:
         """The caller's user key id (None with --no-auth), or raise 401."""
         if self._settings.no_auth:
             return None
-        return table.authenticate(exchange.header(b"authorization"))
+        return _bearer_key(table, exchange)
 
-    async def _proxy(self, exchange: HttpExchange, rid: bytes) -> None:
-        request = ProxiedRequest(rid)
+    async def _proxy(
+        self,
+        exchange: HttpExchange,
+        rid: bytes,
+        model_routes: ModelRoutes = OPENAI_MODEL_ROUTES,
+    ) -> None:
+        """Authenticate, read the body, route it by its `model` and relay the answer."""
+        request = ProxiedRequest(rid, model_routes.error_shape)
         try:
             table = self._route_table()
-            request.key_id = self._authenticate(table, exchange)
+            if not self._settings.no_auth:
+                request.key_id = model_routes.authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
                 request.model = _requested_model(body, exchange, request)
-                routes = table.routes_for(request.model)
+                routes = model_routes.routes_for(table, request.model)
                 await proxy(self._inbox_for, routes, request, exchange, body)
         except SopyError as error:
             request.status = error.status

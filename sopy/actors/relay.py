@@ -21,8 +21,9 @@ import attrs
 import orjson
 import trio
 
-from sopy.actors.front_responses import send_complete, send_json
+from sopy.actors.front_responses import send_complete, send_error
 from sopy.errors import (
+    ErrorShape,
     NoBackendAvailable,
     SopyError,
     UpstreamError,
@@ -72,9 +73,11 @@ pools restart. All the relay knows of the pools."""
 @attrs.define
 class ProxiedRequest:
     """What the relay knows about one request, for cancelling it and for its log line.
-    `failure` is the pool's own account of a failure, for the log only."""
+    `failure` is the pool's own account of a failure, for the log only. `error_shape` is the
+    route's: the shape of the errors the gateway itself answers with."""
 
     rid: bytes
+    error_shape: ErrorShape = ErrorShape.OPENAI
     key_id: int | None = None
     model: str = "-"
     began: float = attrs.field(factory=trio.current_time)
@@ -242,9 +245,7 @@ async def _pump(
     if isinstance(start, UpstreamFailed):
         request.finished = True
         error = _public_error(start.error, request)
-        await send_json(
-            exchange, error.status, error.openai_body(), request.rid, error.response_headers()
-        )
+        await send_error(exchange, error, request.error_shape, request.rid)
         return
     assert isinstance(start, ResponseStart), start
     headers = request.response_headers = client_response_headers(start.headers)
@@ -354,13 +355,15 @@ def _public_error(error: SopyError, request: ProxiedRequest) -> SopyError:
 
 
 def _sse_error_event(request: ProxiedRequest) -> bytes:
-    """The final event of a stream that broke off; what happened is in the request's log line."""
+    """The final event of a stream that broke off, as the route's API ends a stream with an
+    error (Anthropic's names the event `error`); what happened is in the request's log line."""
     error = UpstreamError(
         f"The response of provider '{request.provider}' broke off before its end. Retry the "
         "request; if this keeps happening, give the gateway's operator the request id "
         f"{request.rid.decode()}."
     )
-    return b"data: " + orjson.dumps(error.openai_body()) + b"\n\n"
+    data = b"data: " + orjson.dumps(error.body(request.error_shape, request.rid.decode())) + b"\n\n"
+    return b"event: error\n" + data if request.error_shape is ErrorShape.ANTHROPIC else data
 
 
 def log_access(request: ProxiedRequest) -> None:

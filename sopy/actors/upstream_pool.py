@@ -76,6 +76,8 @@ from sopy.settings import Settings
 log = logging.getLogger(__name__)
 
 POOL_INBOX_SIZE = 1024
+# Every forwarded public route lives under this prefix; a backend's base URL stands for it.
+PUBLIC_API_PREFIX = "/v1"
 MAX_KEEPALIVE_CONNECTIONS = 256
 
 
@@ -207,9 +209,14 @@ class _Exchange:
         self._transport = transport
         self._request = request
         self._scope = scope
-        self._headers = upstream_request_headers(request.headers, request.route.credential)
+        self._headers = upstream_request_headers(
+            request.headers, request.route.credential, request.route.kind
+        )
         self._reply = request.reply_to
         self._urls = request.route.urls
+        # Backend URLs are base URLs (`https://api.openai.com/v1`, `.../openai/v1`): what
+        # follows the client's `/v1` is appended to them.
+        self._path_after_base = request.path.removeprefix(PUBLIC_API_PREFIX)
         self._tried: list[str] = []
         self._failed_on: set[str] = set()
         # Backends that rate limited this request without saying for how long.
@@ -296,7 +303,7 @@ class _Exchange:
         try:
             with trio.CancelScope(deadline=trio.current_time() + first_byte) as deadline:
                 response = await self._transport.send(
-                    request.method, backend + request.path, self._headers, request.body
+                    request.method, backend + self._path_after_base, self._headers, request.body
                 )
                 if is_streamed(response.headers):
                     return _Answer(response, None)

@@ -155,7 +155,8 @@ async def _connect(
     failure: SopyError | None = None
     for route, backend in candidates:
         outcome.provider, outcome.backend = route.provider, backend
-        url = "ws" + backend.removeprefix("http") + "/v1/responses"
+        # Backend URLs are base URLs (`https://api.openai.com/v1`): the mode lives below them.
+        url = "ws" + backend.removeprefix("http") + "/responses"
         try:
             return await upstreams.enter_async_context(
                 trio_websocket.open_websocket_url(

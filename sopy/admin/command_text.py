@@ -4,6 +4,7 @@ command itself is still validated by `parse_admin_command`. Booleans are read by
 `sopy.boolean_text`, the same parser as the settings'."""
 
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -14,8 +15,9 @@ from sopy.messages import AdminCommand
 
 
 def field_value(command: type[AdminCommand] | None, field: str, text: str) -> Any:
-    """`text` as the type of `command`'s `field` (a list field takes comma-separated names);
-    unknown fields stay text for the parser to refuse by name."""
+    """`text` as the type of `command`'s `field` (a list field takes comma-separated names, an
+    object field comma-separated name=value pairs); unknown fields stay text for the parser to
+    refuse by name."""
     fields = _fields_of(command)
     field_type: Any = fields[field].type if field in fields else str
     if field_type is bool:
@@ -25,6 +27,8 @@ def field_value(command: type[AdminCommand] | None, field: str, text: str) -> An
             raise InvalidField(str(exc), param=field) from None
     if field_type == tuple[str, ...]:
         return [item.strip() for item in text.split(",") if item.strip()]
+    if field_type == Mapping[str, str]:
+        return _name_pairs(field, text)
     if field_type is int or int in typing.get_args(field_type):
         try:
             return int(text)
@@ -33,6 +37,20 @@ def field_value(command: type[AdminCommand] | None, field: str, text: str) -> An
                 f"field '{field}' takes an integer (got {text!r})", param=field
             ) from None
     return text
+
+
+def _name_pairs(field: str, text: str) -> dict[str, str]:
+    """`azure=gpt-4o-prod, backup=gpt-4o` as an object (names hold neither `,` nor `=`)."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, has_value, value = item.partition("=")
+        if not has_value:
+            raise InvalidField(
+                f"field '{field}' takes comma-separated name=value pairs (got {item!r})",
+                param=field,
+            )
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def is_flag(command: type[AdminCommand] | None, field: str) -> bool:

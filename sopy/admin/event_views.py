@@ -30,7 +30,11 @@ def event_message(version: int, at: float, change: ConfigEvent) -> dict[str, Any
 def masked(snapshot: ConfigSnapshot) -> dict[str, Any]:
     return {
         "admin_auth": [
-            {"name": c.provider, "credentials": keys.mask_credential(c.credential)}
+            {
+                "name": c.provider,
+                "credentials": keys.mask_credential(c.credential),
+                "kind": c.kind,
+            }
             for c in snapshot.credentials
         ],
         "user_api_keys": [

@@ -64,7 +64,7 @@ class AdminRoute:
 ADMIN_ROUTES: tuple[AdminRoute, ...] = (
     AdminRoute("POST", "/admin/admin_auth", AddAdminAuth, "Add a provider credential", 201),
     AdminRoute("DELETE", "/admin/admin_auth/{name}", RemoveAdminAuth, "Remove a credential"),
-    AdminRoute("GET", "/admin/admin_auth", ListAdminAuth, "List credential names"),
+    AdminRoute("GET", "/admin/admin_auth", ListAdminAuth, "List credentials: names and kinds"),
     AdminRoute(
         "GET",
         "/admin/admin_auth/{name}",

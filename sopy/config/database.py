@@ -51,6 +51,7 @@ from sopy.messages import (
     AddModelMapping,
     AddUserApiKey,
     AdminAuthAdded,
+    AdminAuthEntry,
     AdminAuthRemoved,
     AdminAuthView,
     AdminCommand,
@@ -161,6 +162,26 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     """
     CREATE TABLE store_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # Every provider stored before kinds existed was reached the OpenAI way.
+    """
+    ALTER TABLE admin_auth ADD COLUMN kind TEXT NOT NULL DEFAULT 'openai';
+    """,
+    # Backend URLs became base URLs that keep their `/v1` (the request's path after `/v1` is
+    # appended); before, `/v1` was stripped and the request's whole path appended. Appending
+    # `/v1` to every stored URL, in the journal too, keeps each backend's requests where they
+    # went.
+    """
+    UPDATE backends SET url = url || '/v1';
+    UPDATE config_events
+        SET event = json_set(event, '$.url', json_extract(event, '$.url') || '/v1')
+        WHERE json_extract(event, '$.kind') IN ('backend_added', 'backend_removed');
+    """,
+    # Model aliases: the model each provider knows. Existing mappings send the client's name.
+    """
+    ALTER TABLE model_mappings ADD COLUMN upstream_model TEXT;
+    UPDATE model_mappings SET upstream_model = model_name;
+    ALTER TABLE model_mappings ADD COLUMN fallback_upstream_models TEXT NOT NULL DEFAULT '{}';
     """,
 )
 
@@ -339,9 +360,9 @@ class ConfigDatabase:
         return ConfigSnapshot(
             version=self.version,
             credentials=tuple(
-                ProviderCredential(name, self._box.open(credentials))
-                for name, credentials in self._rows(
-                    "SELECT name, credentials FROM admin_auth ORDER BY name"
+                ProviderCredential(name, self._box.open(credentials), kind)
+                for name, credentials, kind in self._rows(
+                    "SELECT name, credentials, kind FROM admin_auth ORDER BY name"
                 )
             ),
             user_api_keys=tuple(
@@ -406,8 +427,8 @@ class ConfigDatabase:
                 self._db.execute("DELETE FROM admin_auth WHERE name = ?", (name,))
                 return view, AdminAuthRemoved(name)
             case ListAdminAuth():
-                names = self._rows("SELECT name FROM admin_auth ORDER BY name")
-                return tuple(name for (name,) in names), None
+                rows = self._rows("SELECT name, kind FROM admin_auth ORDER BY name")
+                return tuple(AdminAuthEntry(name, kind) for name, kind in rows), None
             case GetAdminAuth(name=name, reveal=reveal):
                 return self._admin_auth(name, reveal=reveal), None
             case AddUserApiKey():
@@ -452,21 +473,24 @@ class ConfigDatabase:
                 param="name",
             )
         self._db.execute(
-            "INSERT INTO admin_auth (name, credentials, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials",
-            (command.name, self._box.seal(command.credentials), now),
+            "INSERT INTO admin_auth (name, credentials, kind, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials, "
+            "kind = excluded.kind",
+            (command.name, self._box.seal(command.credentials), command.kind, now),
         )
-        view = AdminAuthView(command.name, keys.mask_credential(command.credentials))
-        return view, AdminAuthAdded(command.name, replaced=exists)
+        view = AdminAuthView(command.name, keys.mask_credential(command.credentials), command.kind)
+        return view, AdminAuthAdded(command.name, replaced=exists, provider_kind=command.kind)
 
     def _admin_auth(self, name: str, *, reveal: bool) -> AdminAuthView:
-        row = self._row("SELECT credentials FROM admin_auth WHERE name = ?", (name,))
+        row = self._row("SELECT credentials, kind FROM admin_auth WHERE name = ?", (name,))
         if row is None:
             raise NotFound(
                 f"no admin_auth named '{name}'; list them with list_admin_auth", param="name"
             )
-        credential = self._box.open(row[0])
-        return AdminAuthView(name, credential if reveal else keys.mask_credential(credential))
+        stored, kind = row
+        credential = self._box.open(stored)
+        shown = credential if reveal else keys.mask_credential(credential)
+        return AdminAuthView(name, shown, kind)
 
     def _add_user_api_key(self, command: AddUserApiKey, now: int) -> Outcome:
         api_key = command.api_key or keys.generate_user_key()
@@ -585,25 +609,48 @@ class ConfigDatabase:
                 'remove it first or send "replace": true',
                 param="model_name",
             )
+        upstream_model = command.upstream_model or command.model_name
+        fallback_models = dict(command.fallback_upstream_models)
         if row is not None:
             current = self._model_mapping(command.model_name)
-            if (current.provider, current.fallbacks) == (command.provider, command.fallbacks):
+            asked = (command.provider, command.fallbacks, upstream_model, fallback_models)
+            if asked == (
+                current.provider,
+                current.fallbacks,
+                current.upstream_model,
+                current.fallback_upstream_models,
+            ):
                 return current, None
         self._db.execute(
-            "INSERT INTO model_mappings (model_name, provider, fallbacks, created_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (model_name) DO UPDATE SET "
-            "provider = excluded.provider, fallbacks = excluded.fallbacks",
-            (command.model_name, command.provider, orjson.dumps(command.fallbacks).decode(), now),
+            "INSERT INTO model_mappings (model_name, provider, fallbacks, upstream_model, "
+            "fallback_upstream_models, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (model_name) DO UPDATE SET provider = excluded.provider, "
+            "fallbacks = excluded.fallbacks, upstream_model = excluded.upstream_model, "
+            "fallback_upstream_models = excluded.fallback_upstream_models",
+            (
+                command.model_name,
+                command.provider,
+                orjson.dumps(command.fallbacks).decode(),
+                upstream_model,
+                orjson.dumps(fallback_models).decode(),
+                now,
+            ),
         )
         mapping = self._model_mapping(command.model_name)
         change = ModelMappingAdded(
-            command.model_name, command.provider, row is not None, command.fallbacks
+            command.model_name,
+            command.provider,
+            row is not None,
+            command.fallbacks,
+            upstream_model,
+            fallback_models,
         )
         return mapping, change
 
     def _model_mapping(self, model_name: str) -> ModelMapping:
         row = self._row(
-            "SELECT model_name, provider, created_at, fallbacks FROM model_mappings "
+            "SELECT model_name, provider, created_at, fallbacks, upstream_model, "
+            "fallback_upstream_models FROM model_mappings "
             "WHERE model_name = ?",
             (model_name,),
         )
@@ -616,7 +663,8 @@ class ConfigDatabase:
 
     def _model_mappings(self) -> tuple[ModelMapping, ...]:
         rows = self._rows(
-            "SELECT model_name, provider, created_at, fallbacks FROM model_mappings "
+            "SELECT model_name, provider, created_at, fallbacks, upstream_model, "
+            "fallback_upstream_models FROM model_mappings "
             "ORDER BY model_name"
         )
         return tuple(_model_mapping(row) for row in rows)
@@ -775,8 +823,15 @@ def _provider_backends(provider: str, rows: list[Any]) -> ProviderBackends:
 
 
 def _model_mapping(row: Any) -> ModelMapping:
-    model_name, provider, created_at, fallbacks = row
-    return ModelMapping(model_name, provider, created_at, tuple(orjson.loads(fallbacks)))
+    model_name, provider, created_at, fallbacks, upstream_model, fallback_models = row
+    return ModelMapping(
+        model_name,
+        provider,
+        created_at,
+        tuple(orjson.loads(fallbacks)),
+        upstream_model,
+        orjson.loads(fallback_models),
+    )
 
 
 def _pending_key_path(key_file: Path) -> Path:

@@ -5,7 +5,8 @@ from what is served: the public routes from `sopy.routing.public_routes.PUBLIC_R
 routes from `sopy.admin.routes.ADMIN_ROUTES`, with each admin request body built from the attrs
 fields of the route's admin command. Error responses are derived from the `sopy.errors` classes
 a route can answer with (status, code and docstring), and the limits they quote from the
-`Settings` defaults.
+`Settings` defaults; a route whose `ErrorShape` is Anthropic's documents Anthropic's error body
+and type names.
 The HTTP front serves `openapi_json()` at `GET /openapi.json`, and the docs page
 (`sopy.docs.page`) points Swagger UI at it. The document never changes while Sopy runs, so it is
 built once; callers must not mutate it.
@@ -16,7 +17,7 @@ import importlib.metadata
 import inspect
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -26,6 +27,7 @@ from sopy.admin.http_transport import MAX_BODY_BYTES as ADMIN_MAX_BODY_BYTES
 from sopy.admin.routes import ADMIN_ROUTES, AdminRoute
 from sopy.errors import (
     Conflict,
+    ErrorShape,
     InternalError,
     InvalidField,
     InvalidJson,
@@ -35,6 +37,7 @@ from sopy.errors import (
     PayloadTooLarge,
     SopyError,
     UnknownCommand,
+    anthropic_error_type,
 )
 from sopy.messages import AdminCommand
 from sopy.routing.public_routes import ERROR_LIMITS, JSON, PUBLIC_ROUTES, PublicRoute
@@ -44,6 +47,7 @@ OPENAPI_VERSION = "3.1.0"
 ADMIN_SOCKET_CURL = "curl --unix-socket ./sopy-admin.sock"
 ADMIN_SOCKET_BASE_URL = "http://sopy"
 BEARER_AUTH = "bearerAuth"
+API_KEY_AUTH = "apiKeyAuth"
 
 _JSON_TYPE_NAMES: dict[object, str] = {
     str: "string",
@@ -112,7 +116,14 @@ def openapi_document() -> dict[str, Any]:
                     "scheme": "bearer",
                     "description": "A Sopy user API key (`sopy admin add_user_api_key`), "
                     "never a provider credential.",
-                }
+                },
+                API_KEY_AUTH: {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "A Sopy user API key, as Anthropic clients send it; "
+                    "accepted on the Anthropic Messages routes only.",
+                },
             },
         },
     }
@@ -139,6 +150,11 @@ def _info() -> dict[str, Any]:
 def _tags() -> list[dict[str, str]]:
     return [
         {"name": "openai", "description": "The OpenAI-compatible API; needs a bearer key."},
+        {
+            "name": "anthropic",
+            "description": "Anthropic's Messages API, for Claude Code and the `anthropic` SDK; "
+            "needs a key as `x-api-key` or bearer, and answers errors in Anthropic's shape.",
+        },
         {"name": "gateway", "description": "Greetings and health."},
         {"name": "docs", "description": "This document and its interactive page."},
         {"name": "admin", "description": _ADMIN_TAG_DESCRIPTION},
@@ -168,8 +184,9 @@ def _public_operation(route: PublicRoute) -> dict[str, Any]:
             _parameter(name, "path", {"type": "string"}, required=True)
             for name in route.path_parameters
         ]
+    anthropic = route.error_shape is ErrorShape.ANTHROPIC
     if route.needs_key:
-        operation["security"] = [{BEARER_AUTH: []}]
+        operation["security"] = [{BEARER_AUTH: []}] + ([{API_KEY_AUTH: []}] if anthropic else [])
     if route.request_body is not None:
         operation["requestBody"] = {
             "required": True,
@@ -189,7 +206,16 @@ def _public_operation(route: PublicRoute) -> dict[str, Any]:
             for operation_id, parameters in route.links.items()
         }
     limits = {error: _setting_limit(name) for error, name in ERROR_LIMITS.items()}
-    errors = _error_responses(route.answers, _ref("OpenAIError"), limits, _request_id_header())
+    if anthropic:
+        errors = _error_responses(
+            route.answers,
+            _ref("AnthropicError"),
+            limits,
+            _request_id_header(),
+            label=lambda error: f"`{anthropic_error_type(error.status)}` (`{error.code}`)",
+        )
+    else:
+        errors = _error_responses(route.answers, _ref("OpenAIError"), limits, _request_id_header())
     operation["responses"] = {str(route.reply.status): success, **errors}
     return operation
 
@@ -206,12 +232,13 @@ def _error_responses(
     schema: dict[str, Any],
     limits: Mapping[type[SopyError], str],
     headers: dict[str, Any] | None = None,
+    label: Callable[[type[SopyError]], str] = lambda error: f"`{error.code}`",
 ) -> dict[str, Any]:
-    """One response per status: each error class's code and docstring, and the limit it
-    enforces, if any."""
+    """One response per status: each error class's label (its code, or the type name of the
+    route's error shape) and docstring, and the limit it enforces, if any."""
     by_status: dict[int, list[str]] = {}
     for error in errors:
-        described = f"`{error.code}`: {_docstring(error)}"
+        described = f"{label(error)}: {_docstring(error)}"
         if error in limits:
             described += f" {limits[error]}"
         by_status.setdefault(error.status, []).append(described)
@@ -328,6 +355,11 @@ def _public_schemas() -> dict[str, Any]:
             "input items), relayed unchanged.",
         },
         "OpenAIError": _openai_error_schema(),
+        "AnthropicMessageRequest": _anthropic_request_schema(counting=False),
+        "AnthropicTokenCountRequest": _anthropic_request_schema(counting=True),
+        "AnthropicMessage": _anthropic_message_schema(),
+        "AnthropicTokenCount": _object({"input_tokens": {"type": "integer"}}),
+        "AnthropicError": _anthropic_error_schema(),
         "OpenAPIDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
     }
 
@@ -350,6 +382,10 @@ def _model_schema() -> dict[str, Any]:
             "object": {"const": "model"},
             "created": {"type": "integer", "description": "Unix time of the mapping."},
             "owned_by": {"type": "string", "description": "The provider it is mapped to."},
+            "upstream_model": {
+                "type": "string",
+                "description": "Sopy's addition: the model name that provider knows it by.",
+            },
         }
     )
 
@@ -444,6 +480,69 @@ def _chat_completion_schema() -> dict[str, Any]:
         },
         "additionalProperties": True,
     }
+
+
+def _anthropic_request_schema(*, counting: bool) -> dict[str, Any]:
+    required = ["model", "messages"] if counting else ["model", "max_tokens", "messages"]
+    properties: dict[str, Any] = {
+        "model": {"type": "string", "minLength": 1, "description": "A mapped model name."},
+        "messages": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
+        "system": {"type": ["string", "array"]},
+    }
+    if not counting:
+        properties["max_tokens"] = {"type": "integer", "minimum": 1}
+        properties["stream"] = {"type": ["boolean", "null"], "description": "Reply as events."}
+    return {
+        "type": "object",
+        "description": "An Anthropic Messages request. Sopy checks only `model` (and `stream`) "
+        "and forwards the body unchanged; the provider checks the rest.",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": True,
+        "examples": [
+            {
+                "model": "claude-sonnet-4-5",
+                **({} if counting else {"max_tokens": 1024}),
+                "messages": [{"role": "user", "content": "Hello!"}],
+            }
+        ],
+    }
+
+
+def _anthropic_message_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "The provider's message, relayed unchanged.",
+        "required": ["id", "type", "role", "content", "model"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"const": "message"},
+            "role": {"const": "assistant"},
+            "content": {"type": "array", "items": {"type": "object"}},
+            "model": {"type": "string"},
+            "stop_reason": {"type": ["string", "null"]},
+            "usage": {"type": "object", "additionalProperties": True},
+        },
+        "additionalProperties": True,
+    }
+
+
+def _anthropic_error_schema() -> dict[str, Any]:
+    detail = _object(
+        {
+            "type": {
+                "type": "string",
+                "examples": ["invalid_request_error", "authentication_error", "not_found_error"],
+            },
+            "message": {"type": "string", "description": "What went wrong and what to do."},
+        }
+    )
+    schema = _object({"type": {"const": "error"}, "error": detail})
+    schema["properties"]["request_id"] = {
+        "type": "string",
+        "description": "The request's id, as in the `request-id` and `x-request-id` headers.",
+    }
+    return schema
 
 
 def _openai_error_schema() -> dict[str, Any]:
@@ -591,10 +690,14 @@ def _command_schema(command: type[AdminCommand]) -> dict[str, Any]:
 
 def _field_schema(field: "attrs.Attribute[Any]") -> dict[str, Any]:
     schema = _json_schema(field.type)
+    if "enum" in field.metadata:
+        schema["enum"] = list(field.metadata["enum"])
     if isinstance(field.default, str | int | bool | None):
         schema["default"] = field.default
     elif isinstance(field.default, tuple):
         schema["default"] = list(field.default)
+    elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+        schema["default"] = field.default.factory()
     return schema
 
 
@@ -607,6 +710,8 @@ def _json_schema(python_type: object) -> dict[str, Any]:
     strings, and so on; anything else is a bug."""
     if python_type == tuple[str, ...]:
         return {"type": "array", "items": {"type": "string"}}
+    if python_type == Mapping[str, str]:
+        return {"type": "object", "additionalProperties": {"type": "string"}}
     members = typing.get_args(python_type) or (python_type,)
     unknown = [member for member in members if member not in _JSON_TYPE_NAMES]
     if unknown:

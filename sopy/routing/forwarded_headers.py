@@ -3,7 +3,8 @@ own peer: the upstream pool calls `upstream_request_headers` (what the backend s
 front's relay calls `client_response_headers` (what the client sees).
 
 Client → upstream: everything but hop-by-hop headers, the client's own credentials and headers
-that the upstream connection sets itself; then the provider credential.
+that the upstream connection sets itself; then the provider credential, in the header its kind
+takes (`sopy.provider_kinds`), and the kind's default headers the client did not send.
 Upstream → client: everything but hop-by-hop headers and those the HTTP server sets itself (`date`,
 `server`); `content-length` is dropped so a body that breaks off can never look complete. The
 backend's own `x-request-id` reaches the client as `x-upstream-request-id`, since `x-request-id`
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from sopy.protocol.events import Header
 from sopy.protocol.headers import connection_options
+from sopy.provider_kinds import DEFAULT_PROVIDER_KIND, PROVIDER_KINDS
 
 _HOP_BY_HOP = frozenset(
     {
@@ -51,9 +53,10 @@ _STREAMED_TYPES = (b"text/event-stream", b"audio/")
 
 
 def upstream_request_headers(
-    client_headers: Sequence[Header], credential: str | None
+    client_headers: Sequence[Header], credential: str | None, kind: str = DEFAULT_PROVIDER_KIND
 ) -> list[Header]:
-    """Headers to send upstream: the client's that may cross, then the provider's credential.
+    """Headers to send upstream: the client's that may cross, then the provider's credential
+    in the form its `kind` takes, then the kind's default headers that the client did not send.
 
     The client's accept-encoding is passed on as is (or `identity`), because the body is relayed
     byte for byte: the client must be able to decode whatever the upstream chose.
@@ -74,8 +77,13 @@ def upstream_request_headers(
     if lists_options:
         kept = _without_options(kept, client_headers, _NOT_FORWARDED)
     kept.append((b"accept-encoding", b"identity" if encoding is None else encoding))
+    provider_kind = PROVIDER_KINDS[kind]
     if credential is not None:
-        kept.append((b"authorization", f"Bearer {credential}".encode()))
+        value = f"{provider_kind.credential_prefix}{credential}".encode()
+        kept.append((provider_kind.credential_header, value))
+    for default in provider_kind.default_headers:
+        if all(header[0] != default[0] for header in kept):
+            kept.append(default)
     return kept
 
 

@@ -7,7 +7,8 @@ route's error responses come from the `sopy.errors` classes it names (status, co
 docstring), and the limits they quote from the `Settings` field in `ERROR_LIMITS`. A route is
 therefore either served and documented, or neither. Adding one is adding one `PublicRoute`; a
 model route forwarded to the providers names `PublicHandler.PROXY`, its request body schema and
-`MODEL_REQUEST_ERRORS`.
+`MODEL_REQUEST_ERRORS`. A route declares the `ErrorShape` of its errors too: the Anthropic
+Messages routes answer in Anthropic's.
 """
 
 import enum
@@ -19,6 +20,7 @@ import attrs
 
 from sopy.errors import (
     AuthenticationFailed,
+    ErrorShape,
     InvalidJson,
     InvalidRequest,
     MethodNotAllowed,
@@ -27,6 +29,7 @@ from sopy.errors import (
     NotFound,
     PayloadTooLarge,
     PreviousResponseNotFound,
+    ProviderKindMismatch,
     RequestTimeout,
     ResponseNotFound,
     ServerBusy,
@@ -53,6 +56,7 @@ MODEL_REQUEST_ERRORS: tuple[type[SopyError], ...] = (
     InvalidRequest,
     ModelNotFound,
     PayloadTooLarge,
+    ProviderKindMismatch,
     RequestTimeout,
     UpstreamError,
     UpstreamResponseTooLarge,
@@ -95,6 +99,7 @@ class PublicHandler(enum.Enum):
     RESPONSES = enum.auto()
     RESPONSE_FOLLOW_UP = enum.auto()
     RESPONSES_WEBSOCKET = enum.auto()
+    ANTHROPIC_MESSAGES = enum.auto()
     OPENAPI = enum.auto()
     DOCS = enum.auto()
 
@@ -132,6 +137,7 @@ class PublicRoute:
     last_parameter_takes_rest: bool = True
     # OpenAPI links from the success answer: operation id -> its parameters, as expressions.
     links: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    error_shape: ErrorShape = ErrorShape.OPENAI
 
     @property
     def path_parameters(self) -> list[str]:
@@ -355,6 +361,44 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         reply=Reply("The deletion, as its backend confirms it.", {JSON: "Response"}),
         needs_key=True,
         errors=RESPONSE_FOLLOW_UP_ERRORS,
+    ),
+    PublicRoute(
+        method="POST",
+        path="/v1/messages",
+        handler=PublicHandler.ANTHROPIC_MESSAGES,
+        operation_id="create_message",
+        tag="anthropic",
+        summary="Create a message (Anthropic Messages API)",
+        description="For Claude Code and the `anthropic` SDK (whose base URL is the gateway's "
+        "origin, without `/v1`). The Sopy key goes in `x-api-key` or `Authorization: Bearer`. "
+        "Forwarded byte for byte to a backend of the model's first provider of kind "
+        "`anthropic` (its fallbacks of that kind after it), with the provider's credential. "
+        "With `stream: true` the reply is relayed as Anthropic's server-sent events as they "
+        "arrive; if the backend breaks off mid-stream, a final `event: error` ends the stream. "
+        "Errors are in Anthropic's shape; a model mapped only to providers of another kind is "
+        "a 400 that names the provider's kind.",
+        reply=Reply(
+            "The message, or with `stream: true` Anthropic's stream events.",
+            {JSON: "AnthropicMessage", EVENT_STREAM: "ServerSentEvent"},
+        ),
+        needs_key=True,
+        request_body="AnthropicMessageRequest",
+        errors=(*MODEL_REQUEST_ERRORS, ProviderKindMismatch),
+        error_shape=ErrorShape.ANTHROPIC,
+    ),
+    PublicRoute(
+        method="POST",
+        path="/v1/messages/count_tokens",
+        handler=PublicHandler.ANTHROPIC_MESSAGES,
+        operation_id="count_message_tokens",
+        tag="anthropic",
+        summary="Count a message's input tokens (Anthropic Messages API)",
+        description="Routed, authenticated and answered like `POST /v1/messages`.",
+        reply=Reply("The number of input tokens.", {JSON: "AnthropicTokenCount"}),
+        needs_key=True,
+        request_body="AnthropicTokenCountRequest",
+        errors=(*MODEL_REQUEST_ERRORS, ProviderKindMismatch),
+        error_shape=ErrorShape.ANTHROPIC,
     ),
     PublicRoute(
         method="GET",

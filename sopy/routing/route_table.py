@@ -11,8 +11,9 @@ import orjson
 
 from sopy import keys
 from sopy.errors import AuthenticationFailed, ModelNotFound, NoBackendAvailable
-from sopy.messages import ConfigSnapshot, ProviderBackends, ProviderRoute
+from sopy.messages import ConfigSnapshot, ModelMapping, ProviderBackends, ProviderRoute
 from sopy.provider_backends import group_by_provider
+from sopy.provider_kinds import DEFAULT_PROVIDER_KIND
 
 # A provider known only by its credential or a mapping routes to no backend.
 _NO_BACKENDS = ProviderBackends("", (), ())
@@ -33,11 +34,22 @@ class RouteTable:
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
         backends = {group.provider: group for group in group_by_provider(snapshot.backends)}
-        credentials = {c.provider: c.credential for c in snapshot.credentials}
+        credentials = {c.provider: c for c in snapshot.credentials}
 
-        def route(provider: str) -> ProviderRoute:
+        def route(provider: str, mapping: ModelMapping | None = None) -> ProviderRoute:
+            """`provider`'s route; for `mapping`'s chain, with the model it knows."""
             found = backends.get(provider, _NO_BACKENDS)
-            return ProviderRoute(provider, found.urls, found.weights, credentials.get(provider))
+            stored = credentials.get(provider)
+            upstream_model = None if mapping is None else mapping.upstream_model_of(provider)
+            return ProviderRoute(
+                provider,
+                found.urls,
+                found.weights,
+                None if stored is None else stored.credential,
+                DEFAULT_PROVIDER_KIND if stored is None else stored.kind,
+                # None when unchanged: the request path then leaves the body alone.
+                None if mapping is None or upstream_model == mapping.model_name else upstream_model,
+            )
 
         models = [
             {
@@ -45,6 +57,7 @@ class RouteTable:
                 "object": "model",
                 "created": mapping.created_at,
                 "owned_by": mapping.provider,
+                "upstream_model": mapping.upstream_model_of(mapping.provider),
             }
             for mapping in snapshot.model_mappings
         ]
@@ -55,7 +68,7 @@ class RouteTable:
                 k.key_hash for k in snapshot.user_api_keys if not k.active
             ),
             chains={
-                m.model_name: tuple(route(provider) for provider in (m.provider, *m.fallbacks))
+                m.model_name: tuple(route(provider, m) for provider in (m.provider, *m.fallbacks))
                 for m in snapshot.model_mappings
             },
             providers={provider: route(provider) for provider in backends},
@@ -74,6 +87,23 @@ class RouteTable:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.")
+        return self._key_id(token)
+
+    def authenticate_anthropic(self, x_api_key: bytes | None, authorization: bytes | None) -> int:
+        """The id of the active user key sent as Anthropic clients send it: in `x-api-key`
+        (Claude Code), else as `Authorization: Bearer` (the `anthropic` SDK); or raise 401."""
+        token = (x_api_key or b"").decode("latin-1").strip()
+        if token:
+            return self._key_id(token)
+        if not authorization:
+            raise AuthenticationFailed(
+                "You didn't provide an API key. Send your Sopy key as 'x-api-key: YOUR_KEY' or "
+                "'Authorization: Bearer YOUR_KEY'; an admin can create one with "
+                "`sopy admin add_user_api_key`."
+            )
+        return self.authenticate(authorization)
+
+    def _key_id(self, token: str) -> int:
         key_hash = keys.hash_user_key(token)
         key_id = self.key_ids_by_hash.get(key_hash)
         if key_id is not None:
