@@ -71,7 +71,8 @@ def test_every_package_a_snippet_imports_is_installed_by_the_readme() -> None:
     pip_lines = " ".join(
         line for block in code_blocks(README, "bash") for line in block.splitlines()
     )
-    installed |= set(re.findall(r"pip install (?:-\S+ )*([\w-]+)", pip_lines))
+    for packages in re.findall(r"pip install ((?:[\w-]+ ?)+)", pip_lines):
+        installed |= set(packages.split())
     for snippet in code_blocks(README, "python"):
         for node in ast.walk(ast.parse(snippet)):
             if isinstance(node, ast.Import | ast.ImportFrom):
@@ -123,7 +124,7 @@ async def test_quick_start_and_admin_examples_run_as_written(workdir: Path) -> N
 
     env = {**os.environ, "PATH": f"{workdir / '.venv' / 'bin'}:{os.environ['PATH']}"}
     quick_start = [as_run_here(block) for block in code_blocks(section("Quick start"), "bash")]
-    mock, configure, curl_call, install_openai = quick_start
+    mock, configure, curl_calls, install_sdks = quick_start
     assert mock.strip().endswith("&"), "the quick start runs the mock in the background"
     mock_process = await trio.lowlevel.open_process(
         ["bash", "-c", f"exec {mock.strip().removesuffix('&')}"],
@@ -136,8 +137,8 @@ async def test_quick_start_and_admin_examples_run_as_written(workdir: Path) -> N
             f"for _ in $(seq 100); do (: </dev/tcp/127.0.0.1/{mock_port}) 2>/dev/null && break;"
             " sleep 0.1; done",
             configure,
-            curl_call,
-            install_openai,
+            curl_calls,
+            install_sdks,
             'printf "%s" "$KEY" > key.txt',
         ]
     )
@@ -146,15 +147,25 @@ async def test_quick_start_and_admin_examples_run_as_written(workdir: Path) -> N
         reply = await run_bash(script, workdir, env, within=120)
         key = (workdir / "key.txt").read_text()
 
-        # Then the curl call got an answer from the mock provider
+        # Then the curl calls got a chat answer and an embedding from the mock provider
         assert '"content":"Hello from mock' in reply, reply
+        assert '"object":"embedding"' in reply.replace(" ", ""), reply
 
-        # And the SDK snippet, with the key from above, answers and streams
-        (snippet,) = code_blocks(section("Quick start"), "python")
-        assert _PLACEHOLDER_KEY in snippet
-        program = as_run_here(snippet).replace(_PLACEHOLDER_KEY, repr(key))
-        printed = await run_bash(f".venv/bin/python - <<'EOF'\n{program}EOF\n", workdir, env)
-        assert printed.count("Hello from") == 2, printed
+        # And the SDK snippets, with the key from above, answer: the OpenAI one chats, streams,
+        # makes a Responses API response and reaches it again, and embeds; the Anthropic one
+        # gets a message
+        openai_snippet, anthropic_snippet = code_blocks(section("Quick start"), "python")
+        printed = []
+        for snippet in (openai_snippet, anthropic_snippet):
+            assert _PLACEHOLDER_KEY in snippet
+            program = as_run_here(snippet).replace(_PLACEHOLDER_KEY, repr(key))
+            command = f".venv/bin/python - <<'EOF'\n{program}EOF\n"
+            printed.append(await run_bash(command, workdir, env))
+        lines = printed[0].splitlines()
+        assert "you said Hello!" in lines[0] and "you said Stream it" in lines[1], printed[0]
+        assert "you said Hello, Responses!" in lines[2] and lines[3] == "completed", printed[0]
+        assert int(lines[4]) > 0, printed[0]
+        assert "Hello!" in printed[1], printed[1]
 
         # And every admin example runs and ends by itself; `sopy events` follows until stopped
         (examples,) = code_blocks(section("Admin socket"), "bash")
