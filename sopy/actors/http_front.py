@@ -33,10 +33,9 @@ import trio
 
 from sopy.actors.front_responses import send_body, send_complete, send_error, send_json
 from sopy.actors.relay import (
-    CLIENT_CLOSED_REQUEST,
     ProviderInbox,
     ProxiedRequest,
-    log_access,
+    accounted,
     proxy,
 )
 from sopy.actors.websocket_relay import (
@@ -292,7 +291,7 @@ class HttpFront:
     ) -> None:
         """Authenticate, read the body, route it by its `model` and relay the answer."""
         request = ProxiedRequest(rid, model_routes.error_shape)
-        try:
+        with accounted(request):
             table = self._route_table()
             if not self._settings.no_auth:
                 request.key_id = model_routes.authenticate(table, exchange)
@@ -301,20 +300,12 @@ class HttpFront:
                 request.model = _requested_model(body, exchange, request)
                 routes = model_routes.routes_for(table, request.model)
                 await proxy(self._inbox_for, routes, request, exchange, body)
-        except SopyError as error:
-            request.status = error.status
-            raise
-        except ClientGone:
-            request.status = CLIENT_CLOSED_REQUEST
-            raise
-        finally:
-            log_access(request)
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
         """POST /v1/responses: by model, or with `previous_response_id` to the backend that
         made that response; the id of the response made is remembered for its follow-ups."""
         request = ProxiedRequest(rid)
-        try:
+        with accounted(request):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
@@ -336,14 +327,6 @@ class HttpFront:
                     routes = (_pinned(table, owner, request.model, previous_id),)
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)
-        except SopyError as error:
-            request.status = error.status
-            raise
-        except ClientGone:
-            request.status = CLIENT_CLOSED_REQUEST
-            raise
-        finally:
-            log_access(request)
 
     def _remembering(self, request: ProxiedRequest) -> Callable[[str], None]:
         def remember(response_id: str) -> None:
@@ -356,7 +339,7 @@ class HttpFront:
         """GET/DELETE /v1/responses/{id}, its cancel and input_items: to the backend that made
         the response, for the key that made it only."""
         request = ProxiedRequest(rid)
-        try:
+        with accounted(request):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             response_id = exchange.raw_path[len(_RESPONSE_ID_PREFIX) :].split("/", 1)[0]
@@ -369,21 +352,13 @@ class HttpFront:
                 await proxy(self._inbox_for, (route,), request, exchange, body)
             if exchange.method == "DELETE" and request.status == 200:
                 self._affinity.forget(response_id)
-        except SopyError as error:
-            request.status = error.status
-            raise
-        except ClientGone:
-            request.status = CLIENT_CLOSED_REQUEST
-            raise
-        finally:
-            log_access(request)
 
     async def _responses_websocket(self, exchange: HttpExchange, rid: bytes) -> None:
         """GET /v1/responses with `Upgrade: websocket`: the WebSocket mode, relayed to a
         backend's own (`sopy.actors.websocket_relay`), or a 426 before upgrading."""
         request = ProxiedRequest(rid)
         outcome = WebsocketOutcome()
-        try:
+        with accounted(request):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             upgrade = exchange.header(b"upgrade")
@@ -409,11 +384,6 @@ class HttpFront:
                 outcome.failure,
             )
             request.provider, request.backend = outcome.provider, outcome.backend
-        except SopyError as error:
-            request.status = error.status
-            raise
-        finally:
-            log_access(request)
 
 
 def _pinned(table: RouteTable, owner: ResponseOwner, model: str | None, rid: str) -> ProviderRoute:

@@ -15,7 +15,7 @@ it goes to the request's access log line only.
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 import orjson
@@ -42,7 +42,7 @@ from sopy.messages import (
     UpstreamEvent,
     UpstreamFailed,
 )
-from sopy.protocol.server import HttpExchange
+from sopy.protocol.server import ClientGone, HttpExchange
 from sopy.routing import model_field
 from sopy.routing.forwarded_headers import (
     client_response_headers,
@@ -364,6 +364,22 @@ def _sse_error_event(request: ProxiedRequest) -> bytes:
     )
     data = b"data: " + orjson.dumps(error.body(request.error_shape, request.rid.decode())) + b"\n\n"
     return b"event: error\n" + data if request.error_shape is ErrorShape.ANTHROPIC else data
+
+
+@contextlib.contextmanager
+def accounted(request: ProxiedRequest) -> Iterator[None]:
+    """Around one public request's handling: its status for a failure (a `SopyError`'s, or 499
+    when the client left), then its one access log line, however it ended."""
+    try:
+        yield
+    except SopyError as error:
+        request.status = error.status
+        raise
+    except ClientGone:
+        request.status = CLIENT_CLOSED_REQUEST
+        raise
+    finally:
+        log_access(request)
 
 
 def log_access(request: ProxiedRequest) -> None:
