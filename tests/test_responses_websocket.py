@@ -12,7 +12,7 @@ import trio_websocket
 from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, start_gateway_with
+from tests.gateway import USER_KEY, Gateway, make_anthropic, start_gateway_with
 
 MODEL = "gpt-4.1"
 AUTH = [(b"authorization", f"Bearer {USER_KEY}".encode())]
@@ -84,6 +84,22 @@ async def test_a_provider_without_the_mode_is_answered_426_before_upgrading(
     error = orjson.loads(rejected.value.body)["error"]
     assert error["code"] == "websocket_not_supported"
     assert "POST /v1/responses" in error["message"]
+
+
+async def test_a_provider_whose_kind_has_no_websocket_mode_is_answered_426_at_once(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    gateway = await _gateway(sopy, nursery, websocket=True)
+    await make_anthropic(gateway, "openai")
+
+    with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+        async with trio_websocket.open_websocket_url(_url(gateway), extra_headers=AUTH):
+            pass
+
+    assert rejected.value.status_code == 426
+    assert rejected.value.body is not None
+    assert orjson.loads(rejected.value.body)["error"]["code"] == "websocket_not_supported"
+    assert gateway.providers["openai"].upstreams[0].requests == []
 
 
 async def test_an_upgrade_without_a_key_gets_401(
