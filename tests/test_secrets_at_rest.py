@@ -141,6 +141,40 @@ async def test_rotation_with_a_key_file_rewrites_the_file(
     await again.stop()
 
 
+async def test_a_key_file_that_cannot_be_replaced_after_the_commit_leaves_the_rotation_in_effect(
+    nursery: trio.Nursery, settings: Settings, workdir: Path
+) -> None:
+    key_file = workdir / "sopy.key"
+    with_file = attrs.evolve(settings, secret_key_file=key_file)
+    sopy = await start(nursery, with_file)
+    first_key = key_file.read_text()
+    async with await sopy.admin() as admin:
+        await admin.ok("add_admin_auth", name="openai", credentials=CREDENTIAL)
+        # The new key is moved onto the key file's path after the commit: make that move fail.
+        key_file.unlink()
+        key_file.mkdir()
+        await admin.ok("rotate_secret_key")
+        # The rotation was committed, so the running store works on with the new key and the
+        # next version number.
+        revealed = await admin.ok("get_admin_auth", name="openai", reveal=True)
+        await admin.ok("add_admin_auth", name="second", credentials=OTHER)
+    assert revealed["credentials"] == CREDENTIAL
+    await sopy.stop()
+    assert f"{key_file.name}.next" in os.listdir(workdir)
+
+    # Once the key file's path is usable again, the next start finishes the rotation.
+    key_file.rmdir()
+    key_file.write_text(first_key)
+    os.chmod(key_file, 0o600)
+    again = await start(nursery, with_file)
+    async with await again.admin() as admin:
+        second = await admin.ok("get_admin_auth", name="second", reveal=True)
+    assert second["credentials"] == OTHER
+    await again.stop()
+    assert key_file.read_text() != first_key
+    assert f"{key_file.name}.next" not in os.listdir(workdir)
+
+
 def test_a_rotation_interrupted_after_its_commit_is_finished_on_the_next_start(
     workdir: Path,
 ) -> None:

@@ -330,7 +330,8 @@ class ConfigDatabase:
     def _transaction(self, *, write: bool = True) -> Iterator[None]:
         """One transaction: `BEGIN IMMEDIATE` to write, a plain `BEGIN` (a read transaction,
         which needs no write lock) to read. Committed, then the work queued in
-        `_after_commit` runs; or rolled back, and that work is dropped."""
+        `_after_commit` runs (it must not raise: the change is made whatever it does); or
+        rolled back, and that work is dropped."""
         self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield
@@ -687,10 +688,29 @@ class ConfigDatabase:
         return rotation, SecretKeyRotated(fingerprint)
 
     def _adopt_box(self, box: SecretBox) -> None:
-        if self._key_file is not None:
-            os.replace(_pending_key_path(self._key_file), self._key_file)
+        """Open with `box` from now on: the credentials sealed by it are committed. Runs after
+        the commit, so nothing failing here may undo it: a new key that cannot be moved into
+        the key file stays beside it, where the next start finds it and finishes the move
+        (`_finish_interrupted_rotation`)."""
         self._box = box
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self._key_file is not None:
+            pending = _pending_key_path(self._key_file)
+            try:
+                os.replace(pending, self._key_file)
+            except OSError as exc:
+                log.error(
+                    "the credentials are sealed with the new secret key, but it could not be "
+                    "moved from %s to %s (%s); keep %s: the next start moves it into place",
+                    pending,
+                    self._key_file,
+                    exc.strerror or exc,
+                    pending,
+                )
+        try:
+            # Old sealed values out of the write-ahead log; a failure only leaves them longer.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("cannot checkpoint the config database %s: %s", self._path, exc)
 
     def _reseal(self, box: SecretBox) -> int:
         """Rewrite every credential sealed by `box`; the caller holds the transaction."""
