@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from sopy.testing.mock.faults import NO_FAULTS, Faults
-from sopy.testing.mock.http import MockResponse, ReceivedRequest
+from sopy.testing.mock.http import Headers, MockResponse, ReceivedRequest
 
 
 @attrs.frozen
@@ -30,9 +30,20 @@ async def send_parts(
     exchange: Exchange, parts: Sequence[bytes], content_type: bytes = b"text/event-stream"
 ) -> None:
     """A streamed answer, one body part each (one server-sent event, or a piece of audio)."""
-    response, faults = exchange.response, exchange.faults
-    headers = [(b"cache-control", b"no-cache")] if content_type == b"text/event-stream" else []
-    await response.start(200, content_type, headers)
+    await stream_parts(exchange.response, parts, exchange.faults, content_type)
+
+
+async def stream_parts(
+    response: MockResponse,
+    parts: Sequence[bytes],
+    faults: Faults,
+    content_type: bytes = b"text/event-stream",
+    headers: Headers = (),
+) -> None:
+    """`parts` as one streamed answer with `headers`, honouring `chunk_delay` and
+    `reset_after`; for the chat route, which has no `Exchange`."""
+    cache = [(b"cache-control", b"no-cache")] if content_type == b"text/event-stream" else []
+    await response.start(200, content_type, [*cache, *headers])
     to_send = parts if faults.reset_after is None else parts[: faults.reset_after]
     for index, part in enumerate(to_send):
         if index:

@@ -51,7 +51,7 @@ from sopy.testing.mock.chat import (
     last_user_text,
     parse_chat_request,
 )
-from sopy.testing.mock.exchange import Exchange
+from sopy.testing.mock.exchange import Exchange, stream_parts
 from sopy.testing.mock.faults import (
     NO_FAULTS,
     Faults,
@@ -61,7 +61,6 @@ from sopy.testing.mock.faults import (
     retry_after_header,
 )
 from sopy.testing.mock.http import (
-    Headers,
     MockResponse,
     ReceivedRequest,
     RouteError,
@@ -407,7 +406,7 @@ class MockUpstream:
         completion_id = f"chatcmpl-mock-{number}"
         if chat.stream:
             events = chat_stream_events(completion_id, chat, pieces, usage)
-            await _stream(response, events, faults, headers)
+            await stream_parts(response, events, faults, headers=headers)
         else:
             completion = chat_completion(completion_id, chat.model, "".join(pieces), usage)
             await response.json(200, completion, headers)
@@ -539,21 +538,6 @@ async def _acknowledge_lifespan(receive: ASGIReceiveCallable, send: ASGISendCall
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-async def _stream(
-    response: MockResponse, events: list[bytes], faults: Faults, headers: Headers
-) -> None:
-    await response.start(200, b"text/event-stream", [(b"cache-control", b"no-cache"), *headers])
-    to_send = events if faults.reset_after is None else events[: faults.reset_after]
-    for index, event in enumerate(to_send):
-        if index:
-            await trio.sleep(faults.chunk_delay)
-        await response.send_part(event)
-    if faults.reset_after is None:
-        await response.finish()
-    else:
-        response.abandon()
 
 
 async def _reset_before_body(response: MockResponse) -> None:
