@@ -18,6 +18,8 @@ from sopy.provider_kinds import PROVIDER_KINDS
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
 _TOKEN = re.compile(r"[\x21-\x7e]+")
+# A URL's user name and password: whatever comes before an `@`, back to the last `/`.
+_USER_INFO = re.compile(r"[^/@]*@")
 _MAX_SECRET_LENGTH = 4096
 _MIN_USER_KEY_LENGTH = 8
 _MAX_USER_KEY_LENGTH = 256
@@ -163,7 +165,7 @@ def normalised_backend_url(value: str) -> str:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise ValueError(
-            f"field 'url' must start with http:// or https:// (got {value!r}), "
+            f"field 'url' must start with http:// or https:// (got {_quotable(value)!r}), "
             "for example https://api.openai.com"
         )
     if parts.username is not None or parts.password is not None:
@@ -171,16 +173,22 @@ def normalised_backend_url(value: str) -> str:
             "field 'url' must not embed credentials; store them with add_admin_auth instead"
         )
     if not parts.hostname:
-        raise ValueError(f"field 'url' has no host (got {value!r})")
+        raise ValueError(f"field 'url' has no host (got {_quotable(value)!r})")
     if parts.query or parts.fragment:
         raise ValueError("field 'url' must not have a query string or fragment")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"field 'url' has an invalid port (got {value!r})") from None
+        raise ValueError(f"field 'url' has an invalid port (got {_quotable(value)!r})") from None
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
     path = parts.path.rstrip("/") or DEFAULT_BASE_PATH
     return f"{scheme}://{netloc}{path}"
+
+
+def _quotable(url: str) -> str:
+    """`url` fit to quote in an error: what precedes an `@` (a user name and password, whether
+    or not the rest parses as a URL) is masked, as errors carry no secrets."""
+    return _USER_INFO.sub("***@", url)

@@ -145,6 +145,16 @@ async def test_backend_urls_must_be_http_or_https(admin: AdminConnection) -> Non
         assert error["field"] == "url"
 
 
+async def test_a_refused_backend_url_is_never_echoed_with_its_credentials(
+    admin: AdminConnection,
+) -> None:
+    for url in ["ftp://user:sekrit@example.com", "user:sekrit@example.com/v1"]:
+        error = await admin.error("add_backend", provider="openai", url=url)
+        assert error["code"] == "invalid_field", url
+        assert "sekrit" not in error["message"], error
+        assert "example.com" in error["message"], error
+
+
 async def test_model_mappings_add_list_get_replace_remove(admin: AdminConnection) -> None:
     added = await admin.ok("add_model_mapping", model_name="gpt-4.1", provider="openai")
     assert added["model_name"] == "gpt-4.1"
