@@ -256,18 +256,27 @@ class ConfigStoreUnavailable(SopyError):
 
 
 class ConfigStoreFull(ConfigStoreUnavailable):
+    """The disk holding the config database is full."""
+
     code = "config_store_full"
 
 
 class ConfigStoreLocked(ConfigStoreUnavailable):
+    """Another process has held a write lock on the config database too long."""
+
     code = "config_store_locked"
 
 
 class ConfigStoreReadOnly(ConfigStoreUnavailable):
+    """The config database, its directory or its filesystem is read-only."""
+
     code = "config_store_read_only"
 
 
 class ConfigStoreReplaced(ConfigStoreUnavailable):
+    """The config database file was deleted or replaced while Sopy ran; writes wait for a
+    restart."""
+
     code = "config_store_replaced"
 
 

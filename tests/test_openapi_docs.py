@@ -199,6 +199,16 @@ def test_the_admin_replies_are_the_admin_envelope() -> None:
     assert "field" in failure["properties"]["error"]["properties"]
 
 
+def test_every_admin_route_documents_the_config_store_being_unavailable() -> None:
+    codes = ["config_store_unavailable", "config_store_full", "config_store_locked"]
+    codes += ["config_store_read_only", "config_store_replaced"]
+    for route in ADMIN_ROUTES:
+        unavailable = operation(route.method, route.path)["responses"].get("503")
+        assert unavailable is not None, route
+        for code in codes:
+            assert f"`{code}`" in unavailable["description"], (route, code)
+
+
 def test_the_event_stream_is_documented_as_an_admin_websocket() -> None:
     events = operation("GET", "/admin/events")
 

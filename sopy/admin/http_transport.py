@@ -3,7 +3,8 @@ websocket, served with h11 and trio-websocket on connections that start with an 
 
 REST requests become the same `AdminCommand`s as the JSON-lines protocol (through
 `sopy.admin.routes` and `parse_admin_command`) and get the same reply envelope back, with an
-HTTP status: 201 for a creation, the error's status (400, 404, 405, 409, 413, 500) otherwise.
+HTTP status: 201 for a creation, the error's status (400, 404, 405, 409, 413, 500, 503)
+otherwise.
 """
 
 import urllib.parse

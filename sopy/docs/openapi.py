@@ -26,6 +26,11 @@ import orjson
 from sopy.admin.http_transport import MAX_BODY_BYTES as ADMIN_MAX_BODY_BYTES
 from sopy.admin.routes import ADMIN_ROUTES, AdminRoute
 from sopy.errors import (
+    ConfigStoreFull,
+    ConfigStoreLocked,
+    ConfigStoreReadOnly,
+    ConfigStoreReplaced,
+    ConfigStoreUnavailable,
     Conflict,
     ErrorShape,
     InternalError,
@@ -69,6 +74,11 @@ _ADMIN_ERRORS: tuple[type[SopyError], ...] = (
     Conflict,
     PayloadTooLarge,
     InternalError,
+    ConfigStoreUnavailable,
+    ConfigStoreFull,
+    ConfigStoreLocked,
+    ConfigStoreReadOnly,
+    ConfigStoreReplaced,
 )
 
 _ADMIN_TAG_DESCRIPTION = (
