@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import trio
 
 from sopy.messages import BackendAdded, ConfigChanged, ModelMappingAdded, UserApiKeyDeactivated
@@ -92,7 +93,7 @@ async def test_reads_and_no_op_writes_publish_nothing(sopy: SopyUnderTest) -> No
 
 
 async def test_a_follower_that_falls_behind_is_dropped_not_waited_for(
-    sopy: SopyUnderTest,
+    sopy: SopyUnderTest, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert sopy.running is not None
     stalled = sopy.running.feed.subscribe(buffer=2)
@@ -109,6 +110,7 @@ async def test_a_follower_that_falls_behind_is_dropped_not_waited_for(
         pass
     else:
         raise AssertionError("a follower over its buffer should have been dropped")
+    assert "dropping a config follower that fell 2 changes behind" in caplog.text
 
 
 async def test_writes_are_refused_once_the_database_file_is_deleted(

@@ -41,7 +41,7 @@ class ChangeFeed:
             except trio.WouldBlock:
                 log.warning(
                     "dropping a config follower that fell %d changes behind",
-                    DEFAULT_FOLLOWER_BUFFER,
+                    follower.statistics().max_buffer_size,
                 )
                 follower.close()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
