@@ -19,6 +19,7 @@ from sopy.config.database import ConfigDatabase
 from sopy.config.secret_box import SecretBox, box_from_key_file, new_secret_key
 from sopy.errors import StartupError
 from sopy.messages import AddAdminAuth, RotateSecretKey
+from sopy.runtime.private_files import file_beside
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest, startup_error
 from tests.polling import eventually
@@ -173,6 +174,38 @@ async def test_a_key_file_that_cannot_be_replaced_after_the_commit_leaves_the_ro
     await again.stop()
     assert key_file.read_text() != first_key
     assert f"{key_file.name}.next" not in os.listdir(workdir)
+
+
+async def test_a_rotation_that_fails_never_overwrites_a_key_still_waiting_to_be_moved(
+    nursery: trio.Nursery, settings: Settings, workdir: Path
+) -> None:
+    key_file = workdir / "sopy.key"
+    version_mark = file_beside(settings.db_path, ".version")
+    with_file = attrs.evolve(settings, secret_key_file=key_file)
+    sopy = await start(nursery, with_file)
+    first_key = key_file.read_text()
+    async with await sopy.admin() as admin:
+        await admin.ok("add_admin_auth", name="openai", credentials=CREDENTIAL)
+        key_file.unlink()
+        key_file.mkdir()
+        # Committed; its key waits beside the key file, the only copy of it on disk.
+        await admin.ok("rotate_secret_key")
+        # The next rotation fails before its commit (the version mark cannot be written).
+        version_mark.unlink()
+        version_mark.symlink_to(workdir / "elsewhere")
+        refused = await admin.error("rotate_secret_key")
+        assert refused["code"].startswith("config_store"), refused
+    await sopy.stop()
+
+    version_mark.unlink()
+    key_file.rmdir()
+    key_file.write_text(first_key)
+    os.chmod(key_file, 0o600)
+    again = await start(nursery, with_file)
+    async with await again.admin() as admin:
+        revealed = await admin.ok("get_admin_auth", name="openai", reveal=True)
+    assert revealed["credentials"] == CREDENTIAL
+    await again.stop()
 
 
 def test_a_rotation_interrupted_after_its_commit_is_finished_on_the_next_start(

@@ -677,6 +677,7 @@ class ConfigDatabase:
         new_key = command.new_key or secret_box.new_secret_key()
         new_box = SecretBox(new_key)
         if self._key_file is not None:
+            self._move_waiting_key()
             secret_box.write_key_file(_pending_key_path(self._key_file), new_key)
         count = self._reseal(new_box)
         fingerprint = new_box.fingerprint()
@@ -686,6 +687,21 @@ class ConfigDatabase:
         key_file = None if self._key_file is None else str(self._key_file.absolute())
         rotation = SecretKeyRotation(fingerprint, count, key_file, shown)
         return rotation, SecretKeyRotated(fingerprint)
+
+    def _move_waiting_key(self) -> None:
+        """A key beside the key file that opens the database now (an earlier rotation could
+        not move it into place) is the only copy of that key on disk: move it into the key file
+        before a new key takes its place there, and refuse the rotation (OSError) if it still
+        cannot be moved. A key there that opens nothing is left from a rotation that failed
+        before its commit, and is simply replaced."""
+        assert self._key_file is not None
+        waiting = _pending_key_path(self._key_file)
+        try:
+            key = waiting.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return
+        if secret_box.fingerprint_of(key) == self._box.fingerprint():
+            os.replace(waiting, self._key_file)
 
     def _adopt_box(self, box: SecretBox) -> None:
         """Open with `box` from now on: the credentials sealed by it are committed. Runs after

@@ -52,10 +52,7 @@ class SecretBox:
         return self._fernet is not None
 
     def fingerprint(self) -> str | None:
-        if self._key is None:
-            return None
-        digest = hmac.new(self._key.encode("ascii"), _FINGERPRINT_LABEL, hashlib.sha256)
-        return digest.hexdigest()[:16]
+        return None if self._key is None else fingerprint_of(self._key)
 
     def seal(self, plaintext: str) -> str:
         if self._fernet is None:
@@ -71,6 +68,12 @@ class SecretBox:
             return self._fernet.decrypt(stored[len(SEALED_PREFIX) :].encode("ascii")).decode()
         except InvalidToken:
             raise WrongSecretKey("a credential does not decrypt with the secret key") from None
+
+
+def fingerprint_of(key: str) -> str:
+    """What the database keeps to recognise `key` by: an HMAC of a label, never the key."""
+    digest = hmac.new(key.encode("utf-8"), _FINGERPRINT_LABEL, hashlib.sha256)
+    return digest.hexdigest()[:16]
 
 
 def is_sealed(stored: str) -> bool:
