@@ -114,6 +114,27 @@ async def test_an_upgrade_without_a_key_gets_401(
     assert rejected.value.status_code == 401
 
 
+async def test_a_previous_response_id_that_is_not_a_string_is_refused_as_over_http(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    gateway = await _gateway(sopy, nursery, websocket=True)
+    (upstream,) = gateway.upstreams("openai")
+
+    async with trio_websocket.open_websocket_url(_url(gateway), extra_headers=AUTH) as connection:
+        (refused,) = await _events(
+            connection, {"model": MODEL, "input": "hi", "previous_response_id": 42}
+        )
+
+    assert refused["status"] == 400
+    assert refused["error"] == {
+        "message": "'previous_response_id' must be a non-empty string.",
+        "type": "invalid_request_error",
+        "param": "previous_response_id",
+        "code": "invalid_request",
+    }
+    assert upstream.websocket_messages == []
+
+
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return attrs.evolve(settings, max_body_bytes=4096)

@@ -35,7 +35,6 @@ import trio_websocket
 from sopy.errors import (
     InvalidJson,
     InvalidRequest,
-    PreviousResponseNotFound,
     SopyError,
     UpgradeRequired,
     UpstreamError,
@@ -43,7 +42,7 @@ from sopy.errors import (
 )
 from sopy.messages import ProviderRoute
 from sopy.protocol.server import HttpExchange
-from sopy.routing.response_affinity import ResponseAffinity
+from sopy.routing.response_affinity import ResponseAffinity, previous_response_route
 from sopy.routing.response_ids import id_of_created_event
 from sopy.routing.route_table import RouteTable
 from sopy.settings import Settings
@@ -214,18 +213,7 @@ def _candidates(
     if previous_id is None:
         routes = table.routes_for(model)
         return [(route, url) for route in routes for url in support.usable_backends(route)]
-    owner = (
-        affinity.owner_for(previous_id, client_info.key_id)
-        if isinstance(previous_id, str)
-        else None
-    )
-    route = None if owner is None else table.pinned_route(owner.provider, owner.backend, model)
-    if route is None:
-        raise PreviousResponseNotFound(
-            f"Previous response with id '{previous_id}' not found. It was not made with this "
-            "API key through this gateway, or it expired or was deleted.",
-            param="previous_response_id",
-        )
+    route = previous_response_route(previous_id, client_info.key_id, model, table, affinity)
     return [(route, url) for url in support.usable_backends(route)]
 
 
