@@ -2,6 +2,8 @@
 backend's own WebSocket mode with the provider's credential, and refused with a 426 before
 upgrading once the provider is known not to serve it, so clients fall back to HTTP."""
 
+from functools import partial
+
 import attrs
 import openai
 import orjson
@@ -12,7 +14,7 @@ import trio_websocket
 from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, make_anthropic, start_gateway_with
+from tests.gateway import USER_KEY, Gateway, make_anthropic, receive_until, start_gateway_with
 
 MODEL = "gpt-4.1"
 AUTH = [(b"authorization", f"Bearer {USER_KEY}".encode())]
@@ -133,6 +135,37 @@ async def test_a_previous_response_id_that_is_not_a_string_is_refused_as_over_ht
         "code": "invalid_request",
     }
     assert upstream.websocket_messages == []
+
+
+async def _answer_every_request_with_503(stream: trio.SocketStream) -> None:
+    async with stream:
+        await receive_until(stream, b"\r\n\r\n")
+        await stream.send_all(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+
+
+async def test_a_backend_that_cannot_take_an_upgrade_now_is_tried_again_later(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    """A 503 to the upgrade is a passing state of the backend, not a refusal of the mode: the
+    next upgrade is accepted and the backend asked again, not answered 426 for good."""
+    gateway = await _gateway(sopy, nursery, websocket=True)
+    (listener,) = await nursery.start(
+        partial(trio.serve_tcp, _answer_every_request_with_503, 0, host="127.0.0.1")
+    )
+    port = listener.socket.getsockname()[1]
+    await gateway.admin_ok("add_backend", provider="busy", url=f"http://127.0.0.1:{port}/v1")
+    await gateway.admin_ok("add_admin_auth", name="busy", credentials="sk-busy-credential")
+    await gateway.admin_ok("add_model_mapping", model_name="busy-model", provider="busy")
+
+    for _ in range(2):
+        async with trio_websocket.open_websocket_url(
+            _url(gateway), extra_headers=AUTH
+        ) as connection:
+            (failed,) = await _events(connection, {"model": "busy-model", "input": "hi"})
+        assert failed["status"] == 502
+        assert failed["error"]["code"] == "upstream_error"  # type: ignore[index]
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ works in two steps, both learnt from the configuration and from backends:
   life; a backend added later is tried afresh). Clients then use plain HTTP without retrying;
 - after upgrading, the first message's model (or its `previous_response_id`, whose backend is
   then the only one tried) chooses the provider chain; each backend not known to refuse is
-  tried in turn until one accepts. A refusal marks that backend. If none accepts, the client
-  gets one `error` event (`status` 426 if every backend refused, else 502/504) and the
+  tried in turn until one accepts. A refusal marks that backend; an answer saying it cannot take
+  one now (429, 5xx) or refusing the credential (401, 403) does not. If none accepts, the
+  client gets one `error` event (`status` 426 if every backend refused, else 502/504) and the
   connection closes, so that its next attempt is refused before upgrading.
 
 Once connected, messages are relayed both ways as they come, unchanged, each bounded in size
@@ -44,6 +45,7 @@ from sopy.messages import ProviderRoute
 from sopy.protocol.server import HttpExchange
 from sopy.routing.response_affinity import ResponseAffinity, previous_response_route
 from sopy.routing.response_ids import id_of_created_event
+from sopy.routing.retry_policy import is_retryable_status
 from sopy.routing.route_table import RouteTable
 from sopy.settings import Settings
 
@@ -167,6 +169,18 @@ async def _connect(
                 )
             )
         except trio_websocket.ConnectionRejected as refused:
+            if not _refuses_the_mode(refused.status_code):
+                log.info(
+                    "backend %s of provider '%s' answered %s to a WebSocket upgrade",
+                    backend,
+                    route.provider,
+                    refused.status_code,
+                )
+                failure = UpstreamError(
+                    f"Provider '{route.provider}' could not take a WebSocket connection now; "
+                    f"retry, or use POST /v1/responses (request id {client_info.request_id})."
+                )
+                continue
             log.info(
                 "backend %s of provider '%s' refused the WebSocket mode (%s); not trying it again",
                 backend,
@@ -188,6 +202,12 @@ async def _connect(
         f"The provider of model '{outcome.model}' does not serve the Responses API's WebSocket "
         "mode; use POST /v1/responses (HTTP, with stream: true for events) instead."
     )
+
+
+def _refuses_the_mode(status: int) -> bool:
+    """Whether a backend's answer to an upgrade says it has no WebSocket mode (404, 405, 426...),
+    rather than that it cannot take one now (429, 5xx) or refused the credential (401, 403)."""
+    return not is_retryable_status(status) and status not in (401, 403)
 
 
 def _candidates(
