@@ -23,6 +23,7 @@ from tests.gateway import (
     receive_until,
     start_gateway,
 )
+from tests.polling import eventually
 
 BODY = b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -171,8 +172,10 @@ async def test_a_websocket_client_that_stops_reading_is_disconnected_after_the_s
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The Responses API's WebSocket mode takes the connection over from the HTTP server; its
-    writes stay under the same watchdog."""
+    writes stay under the same watchdog, and the relay ends (its log line written) without
+    waiting on the backend it leaves blocked."""
     caplog.set_level(logging.INFO, logger="sopy.protocol.server")
+    caplog.set_level(logging.INFO, logger="sopy.access")
     url = gateway.base_url.replace("http://", "ws://") + "/responses"
     # Each is answered with events that repeat the instructions: kilobytes per message.
     message = orjson.dumps(
@@ -189,6 +192,8 @@ async def test_a_websocket_client_that_stops_reading_is_disconnected_after_the_s
             while True:
                 await connection.send_message(message)
     assert "left its response unread" in caplog.text
+    await eventually(lambda: "status=101" in caplog.text, within=5)
+    assert "unexpected error" not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ one closes the connection with code 1009). The connection stays with its backend
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import attrs
 import orjson
@@ -112,7 +112,8 @@ async def relay_websocket(
     outcome: WebsocketOutcome,
 ) -> None:
     """Upgrade the exchange's connection and relay it to a backend until either side closes."""
-    async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as upstreams:
+    closing = _closed_within(settings.send_timeout, client_info.request_id)
+    async with closing as (nursery, upstreams):
         request = await trio_websocket.wrap_server_stream(
             nursery, exchange.take_over(), max_message_size=settings.max_body_bytes
         )
@@ -141,6 +142,24 @@ async def relay_websocket(
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(settings.send_timeout):
                 await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _closed_within(
+    seconds: float, request_id: str
+) -> AsyncIterator[tuple[trio.Nursery, contextlib.AsyncExitStack]]:
+    """A nursery for the client connection's tasks and a stack for the backend connection: once
+    the relay is over, what is left to close (either side's close handshake, a reader task
+    blocked on its full message queue) gets `seconds`, then is cancelled."""
+    with trio.CancelScope() as closing:
+        try:
+            async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as upstreams:
+                try:
+                    yield nursery, upstreams
+                finally:
+                    closing.deadline = trio.current_time() + seconds
+        except* trio_websocket.DisconnectionTimeout:
+            log.info("request %s: the backend did not close its WebSocket in time", request_id)
 
 
 async def _connect(
