@@ -43,6 +43,8 @@ from sopy.errors import (
 )
 from sopy.messages import ProviderRoute
 from sopy.protocol.server import HttpExchange
+from sopy.provider_kinds import PROVIDER_KINDS
+from sopy.routing.forwarded_headers import credential_header
 from sopy.routing.response_affinity import ResponseAffinity, previous_response_route
 from sopy.routing.response_ids import id_of_created_event
 from sopy.routing.retry_policy import is_retryable_status
@@ -261,7 +263,7 @@ def _upstream_headers(
 ) -> list[tuple[bytes, bytes]]:
     headers = [(name, value) for name, value in client_info.headers if name in _FORWARDED_HEADERS]
     if route.credential is not None:
-        headers.append((b"authorization", b"Bearer " + route.credential.encode()))
+        headers.append(credential_header(route.credential, PROVIDER_KINDS[route.kind]))
     return headers
 
 
