@@ -2,6 +2,7 @@
 backend's own WebSocket mode with the provider's credential, and refused with a 426 before
 upgrading once the provider is known not to serve it, so clients fall back to HTTP."""
 
+import logging
 from functools import partial
 
 import attrs
@@ -14,7 +15,15 @@ import trio_websocket
 from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, make_anthropic, receive_until, start_gateway_with
+from tests.gateway import (
+    USER_KEY,
+    Gateway,
+    access_log_line,
+    make_anthropic,
+    receive_until,
+    request_id_in,
+    start_gateway_with,
+)
 
 MODEL = "gpt-4.1"
 AUTH = [(b"authorization", f"Bearer {USER_KEY}".encode())]
@@ -166,6 +175,30 @@ async def test_a_backend_that_cannot_take_an_upgrade_now_is_tried_again_later(
             (failed,) = await _events(connection, {"model": "busy-model", "input": "hi"})
         assert failed["status"] == 502
         assert failed["error"]["code"] == "upstream_error"  # type: ignore[index]
+
+
+async def test_a_backend_that_cannot_be_reached_is_named_with_its_cause_in_the_log_only(
+    sopy: SopyUnderTest, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sopy.access")
+    gateway = await _gateway(sopy, nursery, websocket=True)
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    dead_url = f"http://127.0.0.1:{dead_port}/v1"
+    await gateway.admin_ok("add_backend", provider="down", url=dead_url)
+    await gateway.admin_ok("add_admin_auth", name="down", credentials="sk-down-credential")
+    await gateway.admin_ok("add_model_mapping", model_name="down-model", provider="down")
+
+    async with trio_websocket.open_websocket_url(_url(gateway), extra_headers=AUTH) as connection:
+        (failed,) = await _events(connection, {"model": "down-model", "input": "hi"})
+
+    message = failed["error"]["message"]  # type: ignore[index]
+    assert failed["status"] == 502
+    assert str(dead_port) not in message
+    line = await access_log_line(caplog, request_id_in(message))
+    assert f"backend={dead_url}" in line
+    assert f"error='backend {dead_url} could not be reached over WebSocket: " in line
 
 
 @pytest.fixture

@@ -130,7 +130,8 @@ async def relay_websocket(
             outcome.failure = "the client closed before its first message"
             return
         except SopyError as error:
-            outcome.status, outcome.failure = error.status, error.message
+            # A backend's failure is told in the gateway's words; the log line has its cause.
+            outcome.status, outcome.failure = error.status, outcome.failure or error.message
             await _send_error(client, error)
             return
         remember = _remembering(affinity, outcome, client_info.key_id)
@@ -191,11 +192,8 @@ async def _connect(
             )
         except trio_websocket.ConnectionRejected as refused:
             if not _refuses_the_mode(refused.status_code):
-                log.info(
-                    "backend %s of provider '%s' answered %s to a WebSocket upgrade",
-                    backend,
-                    route.provider,
-                    refused.status_code,
+                outcome.failure = (
+                    f"backend {backend} answered {refused.status_code} to a WebSocket upgrade"
                 )
                 failure = UpstreamError(
                     f"Provider '{route.provider}' could not take a WebSocket connection now; "
@@ -210,11 +208,17 @@ async def _connect(
             )
             support.mark_refused(backend)
         except trio_websocket.ConnectionTimeout:
+            outcome.failure = (
+                f"backend {backend} did not accept a WebSocket connection within "
+                f"{settings.connect_timeout:g} s"
+            )
             failure = UpstreamTimeout(
                 f"Provider '{route.provider}' did not accept a WebSocket connection in time; "
                 f"retry, or use POST /v1/responses (request id {client_info.request_id})."
             )
-        except (OSError, trio_websocket.HandshakeError):
+        except (OSError, trio_websocket.HandshakeError) as exc:
+            cause = exc.__cause__ or exc
+            outcome.failure = f"backend {backend} could not be reached over WebSocket: {cause}"
             failure = UpstreamError(
                 f"Provider '{route.provider}' could not be reached over WebSocket; retry, or "
                 f"use POST /v1/responses (request id {client_info.request_id})."
