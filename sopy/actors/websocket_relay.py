@@ -21,7 +21,10 @@ Once connected, messages are relayed both ways as they come, unchanged, each bou
 (client to backend by `--max-body-bytes`, backend to client by `--max-response-bytes`; a larger
 one closes the connection with code 1009). The connection stays with its backend: every later
 `response.create` goes there, whatever its model. The id of every response the backend creates
-(`response.created` events) is remembered for its HTTP follow-ups, as on the HTTP route.
+(`response.created` events) is remembered for its HTTP follow-ups, as on the HTTP route. A
+client that stops reading is cut off after `--send-timeout`, as on HTTP (the server's watchdog
+watches the connection it handed over), and once the relay ends, closing both connections gets
+that long too. Why a backend could not take the connection goes to the access log line only.
 """
 
 import contextlib
