@@ -10,6 +10,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio_websocket
 
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
@@ -22,6 +23,7 @@ from tests.gateway import (
     receive_until,
     start_gateway,
 )
+from tests.polling import eventually
 
 BODY = b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -164,6 +166,34 @@ async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeou
     with contextlib.suppress(trio.BrokenResourceError, ConnectionResetError):
         # The header timeout is 30 s here: only the send timeout can have ended the connection.
         await read_until_closed(stream, within=5)
+
+
+async def test_a_websocket_client_that_stops_reading_is_disconnected_after_the_send_timeout(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Responses API's WebSocket mode takes the connection over from the HTTP server; its
+    writes stay under the same watchdog, and the relay ends (its log line written) without
+    waiting on the backend it leaves blocked."""
+    caplog.set_level(logging.INFO, logger="sopy.protocol.server")
+    caplog.set_level(logging.INFO, logger="sopy.access")
+    url = gateway.base_url.replace("http://", "ws://") + "/responses"
+    # Each is answered with events that repeat the instructions: kilobytes per message.
+    message = orjson.dumps(
+        {"type": "response.create", "model": "gpt-4.1", "input": "hi", "instructions": "x" * 3000}
+    ).decode()
+    with pytest.raises(trio_websocket.ConnectionClosed), trio.fail_after(20):
+        # No message queue: once the first answer is in, the client reads no more.
+        async with trio_websocket.open_websocket_url(
+            url,
+            extra_headers=[(b"authorization", f"Bearer {USER_KEY}".encode())],
+            message_queue_size=0,
+            disconnect_timeout=1,
+        ) as connection:
+            while True:
+                await connection.send_message(message)
+    assert "left its response unread" in caplog.text
+    await eventually(lambda: "status=101" in caplog.text, within=5)
+    assert "unexpected error" not in caplog.text
 
 
 @pytest.mark.parametrize(

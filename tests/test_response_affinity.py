@@ -123,6 +123,20 @@ async def test_another_key_gets_404_as_for_an_unknown_id(
     assert (await client.responses.retrieve(response_id)).id == response_id
 
 
+async def test_a_previous_response_whose_backend_was_removed_gets_the_previous_response_404(
+    gateway: Gateway, client: openai.AsyncOpenAI
+) -> None:
+    response_id = (await client.responses.create(model=MODEL, input="hi")).id
+    for url in (await gateway.admin_ok("get_backend", provider="openai"))["urls"]:
+        await gateway.admin_ok("remove_backend", provider="openai", url=url)
+
+    with pytest.raises(openai.NotFoundError) as refused:
+        await client.responses.create(model=MODEL, input="hi", previous_response_id=response_id)
+    assert refused.value.code == "previous_response_not_found"
+    assert refused.value.param == "previous_response_id"
+    assert "no longer in the gateway's configuration" in refused.value.message
+
+
 async def test_deleted_response_is_forgotten(client: openai.AsyncOpenAI) -> None:
     response_id = (await client.responses.create(model=MODEL, input="hi")).id
     await client.responses.delete(response_id)

@@ -54,7 +54,6 @@ from sopy.errors import (
     NoBackendAvailable,
     NotFound,
     PayloadTooLarge,
-    PreviousResponseNotFound,
     RequestTimeout,
     ResponseNotFound,
     ServerBusy,
@@ -76,7 +75,11 @@ from sopy.routing.public_routes import (
     PublicHandler,
     public_route,
 )
-from sopy.routing.response_affinity import ResponseAffinity, ResponseOwner
+from sopy.routing.response_affinity import (
+    ResponseAffinity,
+    ResponseOwner,
+    previous_response_route,
+)
 from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.routing.route_table import RouteTable
 from sopy.runtime.byte_budget import ByteBudget, ByteShare
@@ -312,19 +315,15 @@ class HttpFront:
                 body = await _read_body(exchange, self._settings, body_share)
                 payload = _request_payload(body)
                 request.model = _model_of(payload)
-                previous_id = _previous_response_id(payload)
+                previous_id = payload.get("previous_response_id")
                 if previous_id is None:
                     routes = table.routes_for(request.model)
                 else:
-                    owner = self._affinity.owner_for(previous_id, request.key_id)
-                    if owner is None:
-                        raise PreviousResponseNotFound(
-                            f"Previous response with id '{previous_id}' not found. It was not "
-                            "made with this API key through this gateway, or it expired or was "
-                            "deleted; start a new conversation without it.",
-                            param="previous_response_id",
-                        )
-                    routes = (_pinned(table, owner, request.model, previous_id),)
+                    routes = (
+                        previous_response_route(
+                            previous_id, request.key_id, request.model, table, self._affinity
+                        ),
+                    )
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
@@ -346,7 +345,7 @@ class HttpFront:
             owner = self._affinity.owner_for(response_id, request.key_id)
             if owner is None:
                 raise _response_not_found(response_id)
-            route = _pinned(table, owner, None, response_id)
+            route = _pinned(table, owner, response_id)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
                 await proxy(self._inbox_for, (route,), request, exchange, body)
@@ -386,8 +385,8 @@ class HttpFront:
             request.provider, request.backend = outcome.provider, outcome.backend
 
 
-def _pinned(table: RouteTable, owner: ResponseOwner, model: str | None, rid: str) -> ProviderRoute:
-    route = table.pinned_route(owner.provider, owner.backend, model)
+def _pinned(table: RouteTable, owner: ResponseOwner, rid: str) -> ProviderRoute:
+    route = table.pinned_route(owner.provider, owner.backend, None)
     if route is None:
         raise ResponseNotFound(
             f"Response with id '{rid}' is stored on a backend of provider '{owner.provider}' "
@@ -401,15 +400,6 @@ def _response_not_found(response_id: str) -> ResponseNotFound:
         f"Response with id '{response_id}' not found. Only responses made with this API key "
         "through this gateway can be reached, until they expire or are deleted."
     )
-
-
-def _previous_response_id(payload: dict[str, object]) -> str | None:
-    previous_id = payload.get("previous_response_id")
-    if previous_id is not None and (not isinstance(previous_id, str) or not previous_id):
-        raise InvalidRequest(
-            "'previous_response_id' must be a non-empty string.", param="previous_response_id"
-        )
-    return previous_id
 
 
 def _render_error(status: int, message: str) -> tuple[list[Header], bytes]:

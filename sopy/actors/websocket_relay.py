@@ -12,20 +12,24 @@ works in two steps, both learnt from the configuration and from backends:
   life; a backend added later is tried afresh). Clients then use plain HTTP without retrying;
 - after upgrading, the first message's model (or its `previous_response_id`, whose backend is
   then the only one tried) chooses the provider chain; each backend not known to refuse is
-  tried in turn until one accepts. A refusal marks that backend. If none accepts, the client
-  gets one `error` event (`status` 426 if every backend refused, else 502/504) and the
+  tried in turn until one accepts. A refusal marks that backend; an answer saying it cannot take
+  one now (429, 5xx) or refusing the credential (401, 403) does not. If none accepts, the
+  client gets one `error` event (`status` 426 if every backend refused, else 502/504) and the
   connection closes, so that its next attempt is refused before upgrading.
 
 Once connected, messages are relayed both ways as they come, unchanged, each bounded in size
 (client to backend by `--max-body-bytes`, backend to client by `--max-response-bytes`; a larger
 one closes the connection with code 1009). The connection stays with its backend: every later
 `response.create` goes there, whatever its model. The id of every response the backend creates
-(`response.created` events) is remembered for its HTTP follow-ups, as on the HTTP route.
+(`response.created` events) is remembered for its HTTP follow-ups, as on the HTTP route. A
+client that stops reading is cut off after `--send-timeout`, as on HTTP (the server's watchdog
+watches the connection it handed over), and once the relay ends, closing both connections gets
+that long too. Why a backend could not take the connection goes to the access log line only.
 """
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import attrs
 import orjson
@@ -35,7 +39,6 @@ import trio_websocket
 from sopy.errors import (
     InvalidJson,
     InvalidRequest,
-    PreviousResponseNotFound,
     SopyError,
     UpgradeRequired,
     UpstreamError,
@@ -43,8 +46,11 @@ from sopy.errors import (
 )
 from sopy.messages import ProviderRoute
 from sopy.protocol.server import HttpExchange
-from sopy.routing.response_affinity import ResponseAffinity
+from sopy.provider_kinds import PROVIDER_KINDS
+from sopy.routing.forwarded_headers import credential_header
+from sopy.routing.response_affinity import ResponseAffinity, previous_response_route
 from sopy.routing.response_ids import id_of_created_event
+from sopy.routing.retry_policy import is_retryable_status
 from sopy.routing.route_table import RouteTable
 from sopy.settings import Settings
 
@@ -111,7 +117,8 @@ async def relay_websocket(
     outcome: WebsocketOutcome,
 ) -> None:
     """Upgrade the exchange's connection and relay it to a backend until either side closes."""
-    async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as upstreams:
+    closing = _closed_within(settings.send_timeout, client_info.request_id)
+    async with closing as (nursery, upstreams):
         request = await trio_websocket.wrap_server_stream(
             nursery, exchange.take_over(), max_message_size=settings.max_body_bytes
         )
@@ -126,7 +133,8 @@ async def relay_websocket(
             outcome.failure = "the client closed before its first message"
             return
         except SopyError as error:
-            outcome.status, outcome.failure = error.status, error.message
+            # A backend's failure is told in the gateway's words; the log line has its cause.
+            outcome.status, outcome.failure = error.status, outcome.failure or error.message
             await _send_error(client, error)
             return
         remember = _remembering(affinity, outcome, client_info.key_id)
@@ -140,6 +148,24 @@ async def relay_websocket(
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(settings.send_timeout):
                 await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _closed_within(
+    seconds: float, request_id: str
+) -> AsyncIterator[tuple[trio.Nursery, contextlib.AsyncExitStack]]:
+    """A nursery for the client connection's tasks and a stack for the backend connection: once
+    the relay is over, what is left to close (either side's close handshake, a reader task
+    blocked on its full message queue) gets `seconds`, then is cancelled."""
+    with trio.CancelScope() as closing:
+        try:
+            async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as upstreams:
+                try:
+                    yield nursery, upstreams
+                finally:
+                    closing.deadline = trio.current_time() + seconds
+        except* trio_websocket.DisconnectionTimeout:
+            log.info("request %s: the backend did not close its WebSocket in time", request_id)
 
 
 async def _connect(
@@ -168,6 +194,15 @@ async def _connect(
                 )
             )
         except trio_websocket.ConnectionRejected as refused:
+            if not _refuses_the_mode(refused.status_code):
+                outcome.failure = (
+                    f"backend {backend} answered {refused.status_code} to a WebSocket upgrade"
+                )
+                failure = UpstreamError(
+                    f"Provider '{route.provider}' could not take a WebSocket connection now; "
+                    f"retry, or use POST /v1/responses (request id {client_info.request_id})."
+                )
+                continue
             log.info(
                 "backend %s of provider '%s' refused the WebSocket mode (%s); not trying it again",
                 backend,
@@ -176,11 +211,17 @@ async def _connect(
             )
             support.mark_refused(backend)
         except trio_websocket.ConnectionTimeout:
+            outcome.failure = (
+                f"backend {backend} did not accept a WebSocket connection within "
+                f"{settings.connect_timeout:g} s"
+            )
             failure = UpstreamTimeout(
                 f"Provider '{route.provider}' did not accept a WebSocket connection in time; "
                 f"retry, or use POST /v1/responses (request id {client_info.request_id})."
             )
-        except (OSError, trio_websocket.HandshakeError):
+        except (OSError, trio_websocket.HandshakeError) as exc:
+            cause = exc.__cause__ or exc
+            outcome.failure = f"backend {backend} could not be reached over WebSocket: {cause}"
             failure = UpstreamError(
                 f"Provider '{route.provider}' could not be reached over WebSocket; retry, or "
                 f"use POST /v1/responses (request id {client_info.request_id})."
@@ -189,6 +230,12 @@ async def _connect(
         f"The provider of model '{outcome.model}' does not serve the Responses API's WebSocket "
         "mode; use POST /v1/responses (HTTP, with stream: true for events) instead."
     )
+
+
+def _refuses_the_mode(status: int) -> bool:
+    """Whether a backend's answer to an upgrade says it has no WebSocket mode (404, 405, 426...),
+    rather than that it cannot take one now (429, 5xx) or refused the credential (401, 403)."""
+    return not is_retryable_status(status) and status not in (401, 403)
 
 
 def _candidates(
@@ -214,18 +261,7 @@ def _candidates(
     if previous_id is None:
         routes = table.routes_for(model)
         return [(route, url) for route in routes for url in support.usable_backends(route)]
-    owner = (
-        affinity.owner_for(previous_id, client_info.key_id)
-        if isinstance(previous_id, str)
-        else None
-    )
-    route = None if owner is None else table.pinned_route(owner.provider, owner.backend, model)
-    if route is None:
-        raise PreviousResponseNotFound(
-            f"Previous response with id '{previous_id}' not found. It was not made with this "
-            "API key through this gateway, or it expired or was deleted.",
-            param="previous_response_id",
-        )
+    route = previous_response_route(previous_id, client_info.key_id, model, table, affinity)
     return [(route, url) for url in support.usable_backends(route)]
 
 
@@ -234,7 +270,7 @@ def _upstream_headers(
 ) -> list[tuple[bytes, bytes]]:
     headers = [(name, value) for name, value in client_info.headers if name in _FORWARDED_HEADERS]
     if route.credential is not None:
-        headers.append((b"authorization", b"Bearer " + route.credential.encode()))
+        headers.append(credential_header(route.credential, PROVIDER_KINDS[route.kind]))
     return headers
 
 

@@ -159,13 +159,14 @@ class HttpExchange:
     def take_over(self) -> trio.abc.Stream:
         """Hand the connection to another protocol (a websocket upgrade) instead of answering:
         the stream returned reads this request's head again (as the other protocol's
-        handshake), then whatever the client sends next. The server sends nothing more on the
-        connection and closes it once the handler returns."""
+        handshake), then whatever the client sends next. Its writes are watched like the
+        server's own: one left blocked for `send_timeout` disconnects the client. The server
+        sends nothing more on the connection and closes it once the handler returns."""
         self.response_started = self.response_finished = self.last_on_connection = True
         request = self._request
         head = b"%s %s HTTP/%s\r\n" % (request.method, request.target, request.http_version)
         head += b"".join(b"%s: %s\r\n" % header for header in request.headers) + b"\r\n"
-        stream = ReplayStream(self._connection.stream)
+        stream = _TakenOverStream(self._connection)
         stream.unread(head)
         return stream
 
@@ -186,6 +187,23 @@ class HttpExchange:
         )
         # Draining, a request not read whole, or the client asked: the connection's last answer.
         return self.last_on_connection
+
+
+class _TakenOverStream(ReplayStream):
+    """A connection handed to another protocol: its writes mark the connection as writing, so
+    the watchdog cuts off a client that stops reading, as it does for HTTP answers."""
+
+    def __init__(self, connection: "_Connection") -> None:
+        super().__init__(connection.stream)
+        self._connection = connection
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        connection = self._connection
+        connection.writing_since = trio.current_time()
+        try:
+            await super().send_all(data)
+        finally:
+            connection.writing_since = None
 
 
 class _Connection:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from sopy.protocol.events import Header
 from sopy.protocol.headers import connection_options
-from sopy.provider_kinds import DEFAULT_PROVIDER_KIND, PROVIDER_KINDS
+from sopy.provider_kinds import DEFAULT_PROVIDER_KIND, PROVIDER_KINDS, ProviderKind
 
 _HOP_BY_HOP = frozenset(
     {
@@ -79,12 +79,16 @@ def upstream_request_headers(
     kept.append((b"accept-encoding", b"identity" if encoding is None else encoding))
     provider_kind = PROVIDER_KINDS[kind]
     if credential is not None:
-        value = f"{provider_kind.credential_prefix}{credential}".encode()
-        kept.append((provider_kind.credential_header, value))
+        kept.append(credential_header(credential, provider_kind))
     for default in provider_kind.default_headers:
         if all(header[0] != default[0] for header in kept):
             kept.append(default)
     return kept
+
+
+def credential_header(credential: str, kind: ProviderKind) -> Header:
+    """The provider credential in the header, and the form, that its `kind` takes."""
+    return kind.credential_header, f"{kind.credential_prefix}{credential}".encode()
 
 
 def client_response_headers(upstream_headers: Sequence[Header]) -> list[Header]:

@@ -10,6 +10,9 @@ seconds each. It is made durable off the request path: every change is also note
 and the affinity store actor (`sopy.actors.response_affinity_store`) alone takes those notes
 (`take_changes`) and writes them to its own SQLite file in batches, and fills the map from that
 file (`load`) before the front serves.
+
+`previous_response_route` is how a new response naming `previous_response_id` finds its
+backend, on the HTTP route and in the WebSocket mode alike.
 """
 
 import time
@@ -17,6 +20,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 import attrs
+
+from sopy.errors import InvalidRequest, PreviousResponseNotFound
+from sopy.messages import ProviderRoute
+from sopy.routing.route_table import RouteTable
 
 
 @attrs.frozen
@@ -86,3 +93,36 @@ class ResponseAffinity:
         while len(self._owners) > self.max_entries:
             evicted, _ = self._owners.popitem(last=False)
             self._pending[evicted] = None
+
+
+def previous_response_route(
+    previous_id: object,
+    key_id: int | None,
+    model: str,
+    table: RouteTable,
+    affinity: "ResponseAffinity",
+) -> ProviderRoute:
+    """The route, narrowed to its one backend, of the response a new one names as its
+    `previous_response_id` (a request's field, as sent); 400 if the field is not a non-empty
+    string, 404 if the caller's key made no such response or its backend is gone."""
+    if not isinstance(previous_id, str) or not previous_id:
+        raise InvalidRequest(
+            "'previous_response_id' must be a non-empty string.", param="previous_response_id"
+        )
+    owner = affinity.owner_for(previous_id, key_id)
+    if owner is None:
+        raise PreviousResponseNotFound(
+            f"Previous response with id '{previous_id}' not found. It was not made with this "
+            "API key through this gateway, or it expired or was deleted; start a new "
+            "conversation without it.",
+            param="previous_response_id",
+        )
+    route = table.pinned_route(owner.provider, owner.backend, model)
+    if route is None:
+        raise PreviousResponseNotFound(
+            f"Previous response with id '{previous_id}' is stored on a backend of provider "
+            f"'{owner.provider}' that is no longer in the gateway's configuration, so it cannot "
+            "be reached; start a new conversation without it.",
+            param="previous_response_id",
+        )
+    return route
