@@ -36,7 +36,7 @@ from sopy.errors import (
 )
 from sopy.keys import hash_user_key
 from sopy.messages import ProviderRoute
-from sopy.routing.messages_routes import messages_routes
+from sopy.routing.native_routes import messages_routes
 from sopy.routing.route_table import RouteTable
 from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream

@@ -12,7 +12,7 @@ from sopy.routing.forwarded_headers import upstream_request_headers
 from sopy.testing.mock_upstream import MockUpstream
 from tests.admin_connection import AdminConnection, open_events
 from tests.conftest import SopyUnderTest
-from tests.gateway import Gateway, chat, start_gateway_with
+from tests.gateway import USER_KEY, Gateway, chat, start_gateway_with
 from tests.test_admin_events import next_message
 from tests.test_cli_admin import _sopy_admin
 
@@ -34,9 +34,18 @@ async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
 async def upstream_headers(
     gateway: Gateway, model: str, headers: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """The headers the provider of `model` received for one chat completion."""
+    """The headers the provider of `model` received for one request in its own API: a chat
+    completion, or for kind anthropic a message."""
+    path, body = (
+        (
+            "/v1/messages",
+            {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        if KINDS[model] == "anthropic"
+        else ("/v1/chat/completions", chat(model))
+    )
     async with gateway.client() as http:
-        response = await http.post("/v1/chat/completions", json=chat(model), headers=headers)
+        response = await http.post(path, json=body, headers=headers)
     assert response.status_code == 200, response.text
     received = gateway.upstreams(KINDS[model])[0].requests[-1].headers
     return received
@@ -80,9 +89,31 @@ async def test_a_client_credential_in_any_form_never_reaches_the_upstream(
     gateway: Gateway,
 ) -> None:
     sent = {"api-key": "sk-client-own-1", "x-api-key": "sk-client-own-2"}
-    for model in KINDS:
-        headers = await upstream_headers(gateway, model, sent)
+    for model, kind in KINDS.items():
+        # On the Messages route an `x-api-key` is how a client sends its Sopy key.
+        own = sent if kind != "anthropic" else {"api-key": "sk-client-own-1", "x-api-key": USER_KEY}
+        headers = await upstream_headers(gateway, model, own)
         assert "sk-client-own" not in str(headers)
+        assert USER_KEY not in str(headers)
+
+
+async def test_an_openai_route_to_a_provider_of_another_api_is_a_400_naming_its_kind(
+    gateway: Gateway,
+) -> None:
+    async with gateway.client() as http:
+        for path, body in (
+            ("/v1/chat/completions", chat("claude-anthropic")),
+            ("/v1/embeddings", {"model": "claude-anthropic", "input": "hi"}),
+            ("/v1/responses", {"model": "claude-anthropic", "input": "hi"}),
+        ):
+            response = await http.post(path, json=body)
+
+            assert response.status_code == 400, (path, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "unsupported_provider_kind" and error["param"] == "model"
+            assert "provider 'anthropic', which is of kind 'anthropic'" in error["message"]
+            assert "POST /v1/messages" in error["message"]
+    assert gateway.upstreams("anthropic")[0].requests == []
 
 
 def test_every_kind_has_a_credential_header_form() -> None:

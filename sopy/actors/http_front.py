@@ -13,7 +13,7 @@ user key, and sends its follow-ups (`/v1/responses/{id}...`, `previous_response_
 backend only. Its WebSocket mode is handed to `sopy.actors.websocket_relay`.
 
 The Anthropic Messages routes are model routes too, with three differences: the key may come as
-`x-api-key`, only providers of kind `anthropic` serve them (`sopy.routing.messages_routes`), and
+`x-api-key`, only providers of kind `anthropic` serve them (`sopy.routing.native_routes`), and
 every error is answered in Anthropic's shape, as the route table declares (`ErrorShape`).
 
 Request bodies are bounded twice: each by `max_body_bytes` (413), all those held at once by
@@ -67,8 +67,8 @@ from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
 from sopy.routing.cors import CorsPolicy
-from sopy.routing.messages_routes import messages_routes
 from sopy.routing.model_field import form_boundary, form_model
+from sopy.routing.native_routes import messages_routes, openai_routes
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
     PublicDispatcher,
@@ -116,7 +116,7 @@ def _anthropic_key(table: RouteTable, exchange: HttpExchange) -> int:
     )
 
 
-OPENAI_MODEL_ROUTES = ModelRoutes(ErrorShape.OPENAI, _bearer_key, RouteTable.routes_for)
+OPENAI_MODEL_ROUTES = ModelRoutes(ErrorShape.OPENAI, _bearer_key, openai_routes)
 ANTHROPIC_MODEL_ROUTES = ModelRoutes(ErrorShape.ANTHROPIC, _anthropic_key, messages_routes)
 
 
@@ -317,7 +317,7 @@ class HttpFront:
                 request.model = _model_of(payload)
                 previous_id = payload.get("previous_response_id")
                 if previous_id is None:
-                    routes = table.routes_for(request.model)
+                    routes = openai_routes(table, request.model)
                 else:
                     routes = (
                         previous_response_route(

@@ -383,7 +383,7 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         ),
         needs_key=True,
         request_body="AnthropicMessageRequest",
-        errors=(*MODEL_REQUEST_ERRORS, ProviderKindMismatch),
+        errors=MODEL_REQUEST_ERRORS,
         error_shape=ErrorShape.ANTHROPIC,
     ),
     PublicRoute(
@@ -397,7 +397,7 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         reply=Reply("The number of input tokens.", {JSON: "AnthropicTokenCount"}),
         needs_key=True,
         request_body="AnthropicTokenCountRequest",
-        errors=(*MODEL_REQUEST_ERRORS, ProviderKindMismatch),
+        errors=MODEL_REQUEST_ERRORS,
         error_shape=ErrorShape.ANTHROPIC,
     ),
     PublicRoute(
