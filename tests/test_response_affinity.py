@@ -3,17 +3,23 @@ each reaches the backend that made the response (the mock upstreams store respon
 instance, and name themselves in each id), only for the key that made it, across a restart,
 until the id expires or is pushed out by newer ones."""
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import attrs
 import openai
 import pytest
 import trio
 
+from sopy.actors.response_affinity_store import ResponseAffinityStore
+from sopy.routing.response_affinity import ResponseAffinity
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
 from tests.gateway import USER_KEY, Gateway, start_gateway
+from tests.polling import eventually
 
 MODEL = "gpt-4.1"
 OTHER_KEY = "sk-user-test-key-0002"
@@ -180,3 +186,25 @@ async def test_the_oldest_id_is_forgotten_beyond_the_bound(client: openai.AsyncO
     with pytest.raises(openai.NotFoundError):
         await client.responses.retrieve(older)
     assert (await client.responses.retrieve(newer)).id == newer
+
+
+async def test_changes_the_file_cannot_take_are_kept_and_written_once_it_can(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = workdir / "sopy_responses.db"
+    affinity = ResponseAffinity(max_entries=10, ttl=3600)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ResponseAffinityStore(path, affinity).run)
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            # Another process holds the write lock past SQLite's busy timeout (5 s).
+            other.execute("BEGIN IMMEDIATE")
+            affinity.remember("resp_kept", "openai", "http://backend/v1", 7)
+            await eventually(lambda: "could not write 1 response id" in caplog.text, within=10)
+            other.execute("ROLLBACK")
+
+            def written() -> bool:
+                rows = other.execute("SELECT response_id, key_id FROM response_owners")
+                return rows.fetchall() == [("resp_kept", 7)]
+
+            await eventually(written, within=5)
+        nursery.cancel_scope.cancel()

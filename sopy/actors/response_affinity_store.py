@@ -46,12 +46,12 @@ class ResponseAffinityStore:
     def __init__(self, path: Path, affinity: ResponseAffinity) -> None:
         self._path = path
         self._affinity = affinity
-        self._thread = trio.CapacityLimiter(1)
+        self._database_calls = trio.CapacityLimiter(1)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        database = await trio.to_thread.run_sync(self._open, limiter=self._thread)
+        database = await trio.to_thread.run_sync(self._open, limiter=self._database_calls)
         try:
-            entries = await trio.to_thread.run_sync(_load, database, limiter=self._thread)
+            entries = await trio.to_thread.run_sync(_load, database, limiter=self._database_calls)
             self._affinity.load(entries)
             log.info("%d response ids loaded from %s", len(self._affinity), self._path)
             task_status.started()
@@ -61,12 +61,26 @@ class ResponseAffinityStore:
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush(database)
-                await trio.to_thread.run_sync(database.close, limiter=self._thread)
+                await trio.to_thread.run_sync(database.close, limiter=self._database_calls)
 
     async def _flush(self, database: sqlite3.Connection) -> None:
+        """Write the changes noted since the last write; if the file cannot take them (disk
+        full, locked, read-only), keep them for the next try instead of losing them."""
         changes = self._affinity.take_changes()
-        if changes:
-            await trio.to_thread.run_sync(_write, database, changes, limiter=self._thread)
+        if not changes:
+            return
+        try:
+            await trio.to_thread.run_sync(_write, database, changes, limiter=self._database_calls)
+        except (sqlite3.Error, OSError) as exc:
+            self._affinity.give_back(changes)
+            log.warning(
+                "could not write %d response id changes to %s (%s); they are kept in memory "
+                "and written again in %g s",
+                len(changes),
+                self._path,
+                exc,
+                FLUSH_INTERVAL,
+            )
 
     def _open(self) -> sqlite3.Connection:
         what, flag = "response affinity database", "--db-path"

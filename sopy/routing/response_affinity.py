@@ -89,6 +89,12 @@ class ResponseAffinity:
         changes, self._pending = self._pending, {}
         return changes
 
+    def give_back(self, changes: dict[str, PendingChange]) -> None:
+        """Changes the store could not write, to be taken again with the next ones; a change
+        noted since they were taken is newer and wins."""
+        changes.update(self._pending)
+        self._pending = changes
+
     def _evict_beyond_bound(self) -> None:
         while len(self._owners) > self.max_entries:
             evicted, _ = self._owners.popitem(last=False)
