@@ -183,7 +183,21 @@ class RotateSecretKey:
     )
 
 
-AdminCommand: TypeAlias = (
+@attrs.frozen
+class GetUsage:
+    """Token usage summed per group of the records that match every filter given; `since` and
+    `until` are Unix seconds (`until` excluded), `day` groups by UTC day."""
+
+    command: ClassVar[str] = "get_usage"
+    key_id: int | None = None
+    model: str | None = None
+    provider: str | None = None
+    since: int | None = None
+    until: int | None = None
+    group_by: tuple[str, ...] = attrs.field(default=(), validator=validators.usage_groups)
+
+
+ConfigCommand: TypeAlias = (
     AddAdminAuth
     | RemoveAdminAuth
     | ListAdminAuth
@@ -204,6 +218,10 @@ AdminCommand: TypeAlias = (
     | GetModelMapping
     | RotateSecretKey
 )
+"""The admin commands the config actor answers."""
+
+AdminCommand: TypeAlias = ConfigCommand | GetUsage
+"""Every admin command; `get_usage` is the usage actor's."""
 
 ADMIN_COMMANDS: Mapping[str, type[AdminCommand]] = {
     cls.command: cls for cls in AdminCommand.__args__
@@ -292,8 +310,17 @@ class SecretKeyRotation:
     new_key: str | None = attrs.field(default=None, repr=False)
 
 
+@attrs.frozen
+class UsageReport:
+    """One entry per group: the group's fields (those of `group_by`), then `requests` and the
+    token sums."""
+
+    groups: tuple[Mapping[str, int | str | None], ...]
+
+
 AdminResult: TypeAlias = (
     AdminAuthView
+    | UsageReport
     | UserApiKeyView
     | NewUserApiKey
     | ProviderBackends
@@ -468,7 +495,7 @@ CommandReply: TypeAlias = CommandSucceeded | CommandFailed
 
 @attrs.frozen
 class AdminRequest:
-    command: AdminCommand
+    command: ConfigCommand
     reply_to: trio.MemorySendChannel[CommandReply]
 
 
@@ -578,3 +605,48 @@ class CancelForward:
 
 
 PoolMessage: TypeAlias = ForwardRequest | CancelForward
+
+
+# -- HTTP front -> usage actor ----------------------------------------------------------------
+
+
+@attrs.frozen
+class TokenCounts:
+    """Token counts as a provider reported them, in OpenAI's terms (`input`/`output`, cached
+    input, reasoning); a count the provider did not report is 0."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@attrs.frozen
+class UsageRecord:
+    """One model request, as the usage actor stores and streams it. `at` is when it ended (Unix
+    seconds); `tokens_from_provider` is false when the answer reported no usage (the counts are
+    then 0); `cut_short` when a stream ended before its end (counts are what was seen);
+    `client_gone` when the client left before the end."""
+
+    at: float
+    request_id: str
+    key_id: int | None
+    model: str
+    provider: str
+    backend: str | None
+    route: str
+    status: int
+    tokens: TokenCounts
+    tokens_from_provider: bool
+    upstream_ms: float
+    first_token_ms: float | None
+    client_gone: bool
+    cut_short: bool
+
+
+@attrs.frozen
+class UsageQuery:
+    """`get_usage`, from an admin transport to the usage actor."""
+
+    command: GetUsage
+    reply_to: trio.MemorySendChannel[CommandReply]

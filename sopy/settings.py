@@ -176,6 +176,13 @@ class Settings:
             "seconds a response id is remembered (OpenAI keeps responses 30 days)", low=1.0
         ),
     )
+    usage_retention_days: float = attrs.field(
+        default=90.0,
+        metadata=_about(
+            "days usage records are kept in sopy_usage.db (beside the config database)",
+            low=0.001,
+        ),
+    )
     drain_timeout: float = attrs.field(
         default=30.0,
         metadata=_about("seconds in-flight requests may finish after SIGTERM", low=0.0),

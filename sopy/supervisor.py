@@ -1,10 +1,11 @@
 """The supervisor: one trio nursery that starts every actor under `supervise` (restart with
 backoff), and stops them all when asked.
 
-Actors are started in dependency order: the config actor publishes its snapshot, and the
-response affinity store loads the remembered response ids, before anything that serves requests
-starts. Stopping drains first: the HTTP front stops accepting and lets
-in-flight requests and streams finish for up to `drain_timeout`, then everything is cancelled.
+Actors are started in dependency order: the config actor publishes its snapshot, the
+response affinity store loads the remembered response ids, and the usage actor opens its file,
+before anything that serves requests starts. Stopping drains first: the HTTP front stops
+accepting and lets in-flight requests and streams finish for up to `drain_timeout`, then
+everything is cancelled (the usage actor writing its last records as it stops).
 """
 
 import logging
@@ -18,15 +19,21 @@ from sopy.actors.config_store import ConfigStore
 from sopy.actors.http_front import HttpFront
 from sopy.actors.response_affinity_store import ResponseAffinityStore, affinity_database_path
 from sopy.actors.upstream_pool import OpenTransport, ProviderPools, open_connections
-from sopy.messages import ConfigRequest
+from sopy.actors.usage_store import UsageStore, usage_database_path
+from sopy.messages import ConfigRequest, UsageQuery
 from sopy.routing.response_affinity import ResponseAffinity
+from sopy.runtime.admin_requests import AdminInboxes
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.supervision import supervise
+from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CONFIG_INBOX_SIZE = 256
+USAGE_INBOX_SIZE = 16
+# Unwritten usage records kept while the usage file refuses writes (about 100 MB).
+MAX_PENDING_USAGE_RECORDS = 200_000
 DRAIN_MARGIN = 1.0
 
 
@@ -54,13 +61,25 @@ async def run_sopy(
     pools = ProviderPools(feed, settings, open_transport)
     affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl)
     affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity)
-    front = HttpFront(settings, feed, pools.inbox_for, affinity)
-    admin = AdminSocket(settings.admin_socket, config_send, feed, settings.event_buffer)
+    usage = UsageLedger(MAX_PENDING_USAGE_RECORDS)
+    usage_send, usage_receive = trio.open_memory_channel[UsageQuery](USAGE_INBOX_SIZE)
+    usage_store = UsageStore(
+        usage_database_path(settings.db_path), usage, usage_receive, settings.usage_retention_days
+    )
+    front = HttpFront(settings, feed, pools.inbox_for, affinity, usage)
+    admin = AdminSocket(
+        settings.admin_socket,
+        AdminInboxes(config_send, usage_send),
+        feed,
+        usage,
+        settings.event_buffer,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(supervise, "config_store", store.run)
         admin_path = await nursery.start(supervise, "admin_socket", admin.run)
         await nursery.start(supervise, "provider_pools", pools.run)
         await nursery.start(supervise, "response_affinity_store", affinity_store.run)
+        await nursery.start(supervise, "usage_store", usage_store.run)
         http_url = await nursery.start(supervise, "http_front", front.run)
         task_status.started(RunningSopy(http_url, admin_path, feed))
         await shutdown.wait()

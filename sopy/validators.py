@@ -192,3 +192,16 @@ def _quotable(url: str) -> str:
     """`url` fit to quote in an error: what precedes an `@` (a user name and password, whether
     or not the rest parses as a URL) is masked, as errors carry no secrets."""
     return _USER_INFO.sub("***@", url)
+
+
+USAGE_GROUPS = ("key_id", "model", "provider", "day")
+
+
+def usage_groups(
+    _instance: object, attribute: "attrs.Attribute[Any]", value: tuple[str, ...]
+) -> None:
+    unknown = [name for name in value if name not in USAGE_GROUPS]
+    if unknown:
+        raise _fail(
+            attribute, f"cannot group by {unknown[0]!r}; use any of {', '.join(USAGE_GROUPS)}"
+        )

@@ -145,13 +145,13 @@ def test_every_admin_route_is_documented_with_its_method_summary_and_status() ->
         assert {"400", "404", "405", "409", "413"} <= set(documented["responses"])
 
 
-def test_the_admin_section_holds_exactly_the_admin_routes_and_the_event_stream() -> None:
+def test_the_admin_section_holds_exactly_the_admin_routes_and_the_event_streams() -> None:
     document = openapi_document()
 
     admin = {(m, p) for m, p in operations(document) if "admin" in operation(m, p)["tags"]}
 
     expected = {(route.method.lower(), route.path) for route in ADMIN_ROUTES}
-    assert admin == expected | {("get", "/admin/events")}
+    assert admin == expected | {("get", "/admin/events"), ("get", "/admin/usage/events")}
 
 
 def test_the_add_backend_body_requires_provider_and_url() -> None:

@@ -7,8 +7,8 @@ connection's first bytes.
 - HTTP (a line starts with a method such as `GET`): the admin REST routes, and the
   `/admin/events` websocket, both in `sopy.admin.http_transport`.
 
-This module only translates: lines become `AdminCommand`s for the config actor
-(`ask_config_store`), replies become lines. It also owns the boundary around each connection:
+This module only translates: lines become `AdminCommand`s for the actor that answers them
+(`AdminInboxes.ask`), replies become lines. It also owns the boundary around each connection:
 whatever goes wrong on one connection (a reset, a broken pipe, a protocol error, a bug) ends that
 connection alone and is logged once, so one client can never take the admin plane down.
 """
@@ -25,12 +25,13 @@ import trio_websocket
 from sopy.admin.http_transport import AdminHttp
 from sopy.codec import admin_reply_json, parse_admin_command
 from sopy.errors import InvalidJson, PayloadTooLarge, SopyError, innermost
-from sopy.messages import CommandFailed, ConfigRequest
+from sopy.messages import CommandFailed
 from sopy.protocol.line_reader import LineReader
 from sopy.protocol.replay_stream import ReplayStream
+from sopy.runtime.admin_requests import AdminInboxes
 from sopy.runtime.change_feed import ChangeFeed
-from sopy.runtime.config_requests import ask_config_store
 from sopy.runtime.unix_listener import unix_listener
+from sopy.runtime.usage_ledger import UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,14 @@ class AdminSocket:
     def __init__(
         self,
         path: Path,
-        config_inbox: trio.MemorySendChannel[ConfigRequest],
+        inboxes: AdminInboxes,
         feed: ChangeFeed,
+        usage: UsageLedger,
         event_buffer: int,
     ) -> None:
         self._path = path
-        self._config_inbox = config_inbox
-        self._http = AdminHttp(config_inbox, feed, event_buffer)
+        self._inboxes = inboxes
+        self._http = AdminHttp(inboxes, feed, usage, event_buffer)
 
     async def run(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         async with unix_listener(self._path) as listener, trio.open_nursery() as nursery:
@@ -113,7 +115,7 @@ class AdminSocket:
             command = parse_admin_command(payload)
         except SopyError as error:
             return _failure(error, request_id)
-        return admin_reply_json(await ask_config_store(self._config_inbox, command), request_id)
+        return admin_reply_json(await self._inboxes.ask(command), request_id)
 
 
 async def _first_bytes(stream: ReplayStream) -> bytes:

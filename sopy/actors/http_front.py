@@ -82,13 +82,18 @@ from sopy.routing.response_affinity import (
 )
 from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.routing.route_table import RouteTable
+from sopy.routing.usage_counts import with_usage_requested
 from sopy.runtime.byte_budget import ByteBudget, ByteShare
 from sopy.runtime.change_feed import ChangeFeed
+from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _HELLO_NAME_PREFIX = public_route("hello_name").prefix
+_STREAMS_WITH_USAGE_OPTION = frozenset(
+    public_route(name).path for name in ("create_chat_completion", "create_completion")
+)
 _RESPONSE_ID_PREFIX = public_route("get_response").prefix
 _MODEL_PREFIX = public_route("retrieve_model").prefix
 
@@ -127,9 +132,11 @@ class HttpFront:
         feed: ChangeFeed,
         inbox_for: ProviderInbox,
         affinity: ResponseAffinity,
+        usage: UsageLedger,
     ) -> None:
         self._settings = settings
         self._affinity = affinity
+        self._usage = usage
         self._websocket_support = WebsocketSupport()
         self._feed = feed
         self._inbox_for = inbox_for
@@ -293,22 +300,25 @@ class HttpFront:
         model_routes: ModelRoutes = OPENAI_MODEL_ROUTES,
     ) -> None:
         """Authenticate, read the body, route it by its `model` and relay the answer."""
-        request = ProxiedRequest(rid, model_routes.error_shape)
-        with accounted(request):
+        request = ProxiedRequest(rid, model_routes.error_shape, exchange.raw_path)
+        with accounted(request, self._usage):
             table = self._route_table()
             if not self._settings.no_auth:
                 request.key_id = model_routes.authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
-                request.model = _requested_model(body, exchange, request)
+                request.model, payload = _requested_model(body, exchange, request)
+                if _needs_usage_option(exchange.raw_path, payload):
+                    body = with_usage_requested(body)
+                    request.strip_usage_chunk = True
                 routes = model_routes.routes_for(table, request.model)
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
         """POST /v1/responses: by model, or with `previous_response_id` to the backend that
         made that response; the id of the response made is remembered for its follow-ups."""
-        request = ProxiedRequest(rid)
-        with accounted(request):
+        request = ProxiedRequest(rid, route=exchange.raw_path)
+        with accounted(request, self._usage):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
@@ -337,8 +347,8 @@ class HttpFront:
     async def _follow_up_response(self, exchange: HttpExchange, rid: bytes) -> None:
         """GET/DELETE /v1/responses/{id}, its cancel and input_items: to the backend that made
         the response, for the key that made it only."""
-        request = ProxiedRequest(rid)
-        with accounted(request):
+        request = ProxiedRequest(rid, route=exchange.raw_path)
+        with accounted(request, self._usage):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             response_id = exchange.raw_path[len(_RESPONSE_ID_PREFIX) :].split("/", 1)[0]
@@ -355,9 +365,9 @@ class HttpFront:
     async def _responses_websocket(self, exchange: HttpExchange, rid: bytes) -> None:
         """GET /v1/responses with `Upgrade: websocket`: the WebSocket mode, relayed to a
         backend's own (`sopy.actors.websocket_relay`), or a 426 before upgrading."""
-        request = ProxiedRequest(rid)
+        request = ProxiedRequest(rid, route=exchange.raw_path)
         outcome = WebsocketOutcome()
-        with accounted(request):
+        with accounted(request, self._usage):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             upgrade = exchange.header(b"upgrade")
@@ -408,9 +418,24 @@ def _render_error(status: int, message: str) -> tuple[list[Header], bytes]:
     return [(b"content-type", b"application/json")], orjson.dumps(error.openai_body())
 
 
-def _requested_model(body: bytes, exchange: HttpExchange, request: ProxiedRequest) -> str:
-    """The model a JSON body asks for, or, failing JSON, a multipart/form-data body's `model`
-    field (whose span `request` keeps, for a provider that knows the model by another name)."""
+def _needs_usage_option(path: str, payload: dict[str, object] | None) -> bool:
+    """Whether Sopy must ask for a stream's usage chunk itself: a chat or completions stream
+    whose client did not set `stream_options` (one that sets it without `include_usage` is
+    counted as not reported rather than having its options rewritten)."""
+    return (
+        payload is not None
+        and path in _STREAMS_WITH_USAGE_OPTION
+        and payload.get("stream") is True
+        and "stream_options" not in payload
+    )
+
+
+def _requested_model(
+    body: bytes, exchange: HttpExchange, request: ProxiedRequest
+) -> tuple[str, dict[str, object] | None]:
+    """The model a JSON body asks for (and the body's object), or, failing JSON, a
+    multipart/form-data body's `model` field (whose span `request` keeps, for a provider that
+    knows the model by another name)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -421,8 +446,9 @@ def _requested_model(body: bytes, exchange: HttpExchange, request: ProxiedReques
                 "'Content-Type: application/json' (or, to upload a file, a multipart/form-data "
                 "body with a 'model' field)."
             ) from None
-        return _form_model(body, boundary, request)
-    return _model_of(_json_object(payload))
+        return _form_model(body, boundary, request), None
+    fields = _json_object(payload)
+    return _model_of(fields), fields
 
 
 def _request_payload(body: bytes) -> dict[str, object]:

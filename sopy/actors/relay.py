@@ -11,10 +11,15 @@ The relay decides what the client sees of the upstream: which backend headers cr
 (`client_response_headers`), and, for a failure, a message of the gateway's own that says what
 to do and carries the request id. The pool's account of the failure names backends and causes;
 it goes to the request's access log line only.
+
+Every request that reached a provider also ends in a `UsageRecord` for the usage ledger
+(`accounted`), with the token counts read from the answer as it is relayed
+(`sopy.routing.usage_counts`).
 """
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 import attrs
@@ -39,8 +44,10 @@ from sopy.messages import (
     ResponseChunk,
     ResponseEnd,
     ResponseStart,
+    TokenCounts,
     UpstreamEvent,
     UpstreamFailed,
+    UsageRecord,
 )
 from sopy.protocol.server import ClientGone, HttpExchange
 from sopy.routing import model_field
@@ -51,8 +58,10 @@ from sopy.routing.forwarded_headers import (
 )
 from sopy.routing.model_field import Span
 from sopy.routing.response_ids import ResponseIdWatcher
+from sopy.routing.usage_counts import StreamUsageWatcher, usage_of_body
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
+from sopy.runtime.usage_ledger import UsageLedger
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sopy.access")
@@ -78,6 +87,7 @@ class ProxiedRequest:
 
     rid: bytes
     error_shape: ErrorShape = ErrorShape.OPENAI
+    route: str = "-"
     key_id: int | None = None
     model: str = "-"
     began: float = attrs.field(factory=trio.current_time)
@@ -97,6 +107,13 @@ class ProxiedRequest:
     json_model_span: Span | None = None
     # What the client was sent of the backend's headers, for the log line's upstream id.
     response_headers: list[tuple[bytes, bytes]] | None = None
+    # Usage: the counts of a whole answer, or the watcher of a streamed one (set with its
+    # start); `strip_usage_chunk` when Sopy asked a chat stream's usage chunk itself.
+    tokens: TokenCounts | None = None
+    stream_usage: StreamUsageWatcher | None = None
+    strip_usage_chunk: bool = False
+    stream_complete: bool = False
+    first_token_seconds: float | None = None
 
 
 async def proxy(
@@ -251,6 +268,7 @@ async def _pump(
     headers = request.response_headers = client_response_headers(start.headers)
     if start.body is not None:
         request.finished = True
+        request.tokens = usage_of_body(start.body)
         if request.response_ids is not None:
             request.response_ids.whole(start.status, start.body)
         await send_complete(exchange, start.status, headers, start.body, request.rid)
@@ -271,25 +289,36 @@ async def _relay_stream(
     ready, end = _take_ready(events)
     headers.append((b"x-request-id", request.rid))
     watcher = request.response_ids if status == 200 else None
+    usage = None
+    if is_event_stream(headers):
+        usage = request.stream_usage = StreamUsageWatcher(
+            strip_usage_chunk=request.strip_usage_chunk
+        )
     if watcher is not None:
         watcher.feed(ready)
-    await exchange.start_response(status, headers, ready)
+    if ready:
+        request.first_token_seconds = trio.current_time() - request.began
+    await exchange.start_response(status, headers, usage.feed(ready) if usage else ready)
     while end is None:
         event = await _next_event(events)
         if isinstance(event, ResponseChunk):
             ready, end = _take_ready(events)
             data = event.data + ready
+            if request.first_token_seconds is None:
+                request.first_token_seconds = trio.current_time() - request.began
             if watcher is not None and not watcher.done:
                 watcher.feed(data)
-            await exchange.send_chunk(data)
+            await exchange.send_chunk(usage.feed(data) if usage else data)
         else:
             end = event
     request.failure = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
     request.finished = True
+    rest = usage.end() if usage else b""
     if request.failure is None:
-        await exchange.end_response()
+        request.stream_complete = True
+        await exchange.end_response(rest)
     elif is_event_stream(headers):
-        await exchange.end_response(_sse_error_event(request))
+        await exchange.end_response(rest + _sse_error_event(request))
     # Other streams (audio) have no way to say so: left unfinished, the response is cut off
     # with its connection, so the client cannot take it for whole.
 
@@ -367,9 +396,10 @@ def _sse_error_event(request: ProxiedRequest) -> bytes:
 
 
 @contextlib.contextmanager
-def accounted(request: ProxiedRequest) -> Iterator[None]:
+def accounted(request: ProxiedRequest, usage: UsageLedger) -> Iterator[None]:
     """Around one public request's handling: its status for a failure (a `SopyError`'s, or 499
-    when the client left), then its one access log line, however it ended."""
+    when the client left), then its one access log line and, if it reached a provider, its
+    usage record, however it ended."""
     try:
         yield
     except SopyError as error:
@@ -380,6 +410,31 @@ def accounted(request: ProxiedRequest) -> Iterator[None]:
         raise
     finally:
         log_access(request)
+        if request.provider is not None:
+            usage.record(usage_record(request, request.provider))
+
+
+def usage_record(request: ProxiedRequest, provider: str) -> UsageRecord:
+    streamed = request.stream_usage
+    tokens = request.tokens if streamed is None else streamed.tokens
+    return UsageRecord(
+        at=time.time(),
+        request_id=request.rid.decode(),
+        key_id=request.key_id,
+        model=request.model,
+        provider=provider,
+        backend=request.backend,
+        route=request.route,
+        status=request.status,
+        tokens=tokens or TokenCounts(),
+        tokens_from_provider=tokens is not None,
+        upstream_ms=request.upstream_seconds * 1000,
+        first_token_ms=None
+        if request.first_token_seconds is None
+        else request.first_token_seconds * 1000,
+        client_gone=request.status == CLIENT_CLOSED_REQUEST,
+        cut_short=streamed is not None and not request.stream_complete,
+    )
 
 
 def log_access(request: ProxiedRequest) -> None:

@@ -1,5 +1,6 @@
-"""The HTTP side of the admin socket: the seed's admin REST routes and the `/admin/events`
-websocket, served with h11 and trio-websocket on connections that start with an HTTP request.
+"""The HTTP side of the admin socket: the seed's admin REST routes and the `/admin/events` and
+`/admin/usage/events` websockets, served with h11 and trio-websocket on connections that start
+with an HTTP request.
 
 REST requests become the same `AdminCommand`s as the JSON-lines protocol (through
 `sopy.admin.routes` and `parse_admin_command`) and get the same reply envelope back, with an
@@ -19,28 +20,33 @@ import trio_websocket
 from sopy.admin.command_text import field_value
 from sopy.admin.event_stream import stream_changes
 from sopy.admin.routes import AdminRoute, match_admin_route
+from sopy.admin.usage_stream import stream_usage
 from sopy.codec import admin_reply_json, parse_admin_command
 from sopy.errors import InvalidField, InvalidJson, InvalidRequest, PayloadTooLarge, SopyError
-from sopy.messages import CommandFailed, CommandSucceeded, ConfigRequest
+from sopy.messages import CommandFailed, CommandSucceeded
 from sopy.protocol.replay_stream import ReplayStream
+from sopy.runtime.admin_requests import AdminInboxes
 from sopy.runtime.change_feed import ChangeFeed
-from sopy.runtime.config_requests import ask_config_store
+from sopy.runtime.usage_ledger import UsageLedger
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 _RECEIVE_SIZE = 65536
 EVENTS_PATH = "/admin/events"
+USAGE_EVENTS_PATH = "/admin/usage/events"
 
 
 class AdminHttp:
     def __init__(
         self,
-        config_inbox: trio.MemorySendChannel[ConfigRequest],
+        inboxes: AdminInboxes,
         feed: ChangeFeed,
+        usage: UsageLedger,
         event_buffer: int,
     ) -> None:
-        self._config_inbox = config_inbox
+        self._inboxes = inboxes
         self._feed = feed
+        self._usage = usage
         self._event_buffer = event_buffer
 
     async def serve(self, stream: ReplayStream) -> None:
@@ -88,7 +94,7 @@ class AdminHttp:
             )
         except SopyError as error:
             return error.status, admin_reply_json(CommandFailed(error)), error.response_headers()
-        reply = await ask_config_store(self._config_inbox, command)
+        reply = await self._inboxes.ask(command)
         if isinstance(reply, CommandSucceeded):
             return route.status, admin_reply_json(reply), []
         return reply.error.status, admin_reply_json(reply), reply.error.response_headers()
@@ -97,6 +103,10 @@ class AdminHttp:
         async with trio.open_nursery() as nursery:
             request = await trio_websocket.wrap_server_stream(nursery, stream)
             target = urllib.parse.urlsplit(request.path or "")
+            if target.path == USAGE_EVENTS_PATH:
+                await stream_usage(await request.accept(), self._usage, self._event_buffer)
+                nursery.cancel_scope.cancel()
+                return
             if target.path != EVENTS_PATH:
                 await request.reject(404, body=f"no websocket at {target.path}".encode())
                 return
@@ -106,7 +116,7 @@ class AdminHttp:
                 await request.reject(400, body=error.message.encode())
                 return
             ws = await request.accept()
-            await stream_changes(ws, self._feed, self._config_inbox, since, self._event_buffer)
+            await stream_changes(ws, self._feed, self._inboxes.config, since, self._event_buffer)
             nursery.cancel_scope.cancel()
 
 

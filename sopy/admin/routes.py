@@ -22,6 +22,7 @@ from sopy.messages import (
     GetAdminAuth,
     GetBackend,
     GetModelMapping,
+    GetUsage,
     GetUserApiKey,
     ListAdminAuth,
     ListBackends,
@@ -96,6 +97,13 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
     AdminRoute("GET", "/admin/model_mapping", ListModelMappings, "List model mappings"),
     AdminRoute(
         "GET", "/admin/model_mapping/{model_name}", GetModelMapping, "Get a model's provider"
+    ),
+    AdminRoute(
+        "GET",
+        "/admin/usage",
+        GetUsage,
+        "Token usage, filtered and grouped",
+        query_fields=("key_id", "model", "provider", "since", "until", "group_by"),
     ),
     AdminRoute(
         "POST",

@@ -54,11 +54,11 @@ from sopy.messages import (
     AdminAuthEntry,
     AdminAuthRemoved,
     AdminAuthView,
-    AdminCommand,
     AdminResult,
     Backend,
     BackendAdded,
     BackendRemoved,
+    ConfigCommand,
     ConfigEvent,
     ConfigSnapshot,
     DeactivateUserApiKey,
@@ -262,7 +262,7 @@ class ConfigDatabase:
     def close(self) -> None:
         self._db.close()
 
-    def apply(self, command: AdminCommand, now: float) -> Applied:
+    def apply(self, command: ConfigCommand, now: float) -> Applied:
         """Run one command in one transaction; a raised SopyError leaves the database as it was.
         A write the storage refuses raises a `ConfigStoreUnavailable` naming the cause."""
         writes = not isinstance(command, READ_COMMANDS)
@@ -419,7 +419,7 @@ class ConfigDatabase:
             "DELETE FROM config_events WHERE version <= ?", (version - self._journal_length,)
         )
 
-    def _dispatch(self, command: AdminCommand, now: int) -> Outcome:
+    def _dispatch(self, command: ConfigCommand, now: int) -> Outcome:
         match command:
             case AddAdminAuth():
                 return self._add_admin_auth(command, now)

@@ -579,6 +579,10 @@ def _admin_paths() -> dict[str, Any]:
         "servers": [_admin_socket_server()],
         "get": _admin_events_operation(),
     }
+    paths["/admin/usage/events"] = {
+        "servers": [_admin_socket_server()],
+        "get": _usage_events_operation(),
+    }
     return paths
 
 
@@ -645,6 +649,19 @@ def _admin_responses(route: AdminRoute) -> dict[str, Any]:
     return {str(route.status): success, **errors}
 
 
+_USAGE_EVENTS_DESCRIPTION = (
+    "A WebSocket (upgrade this GET) that streams one JSON text message per model request as it "
+    'ends: `{"type": "usage", "record": {"at", "request_id", "key_id", "model", "provider", '
+    '"backend", "route", "status", "tokens": {"input_tokens", "output_tokens", '
+    '"cached_input_tokens", "reasoning_tokens"}, "tokens_from_provider", "upstream_ms", '
+    '"first_token_ms", "client_gone", "cut_short"}}`. Key ids only, never keys. A subscriber '
+    "that stops reading is closed with code 4001; `get_usage` (GET /admin/usage) has every "
+    "record.\n\n"
+    f"Served over the admin Unix socket, e.g. `{ADMIN_SOCKET_CURL} "
+    f"{ADMIN_SOCKET_BASE_URL}/admin/usage/events` with WebSocket upgrade headers."
+)
+
+
 def _admin_events_operation() -> dict[str, Any]:
     since = _parameter(
         "since",
@@ -665,6 +682,18 @@ def _admin_events_operation() -> dict[str, Any]:
                 "description": "`since` is not an integer.",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             },
+        },
+    }
+
+
+def _usage_events_operation() -> dict[str, Any]:
+    return {
+        "tags": ["admin"],
+        "operationId": "admin_usage_events",
+        "summary": "Follow usage records live (WebSocket)",
+        "description": _USAGE_EVENTS_DESCRIPTION,
+        "responses": {
+            "101": {"description": "Switching protocols: the usage stream follows."},
         },
     }
 

@@ -9,10 +9,10 @@ import trio
 
 from sopy.errors import InternalError
 from sopy.messages import (
-    AdminCommand,
     AdminRequest,
     CommandFailed,
     CommandReply,
+    ConfigCommand,
     ConfigRequest,
     JournalEntry,
     JournalRequest,
@@ -20,7 +20,7 @@ from sopy.messages import (
 
 
 async def ask_config_store(
-    inbox: trio.MemorySendChannel[ConfigRequest], command: AdminCommand
+    inbox: trio.MemorySendChannel[ConfigRequest], command: ConfigCommand
 ) -> CommandReply:
     """Send one command to the config actor and wait for its reply (after the commit).
 

@@ -1,0 +1,229 @@
+"""The usage actor: the only owner of `sopy_usage.db`, the record of every model request's
+token usage (`UsageRecord`).
+
+The HTTP front notes records in the `UsageLedger` without waiting; every `FLUSH_INTERVAL`
+seconds, and once more when it is stopped, this actor writes the records noted since in one
+transaction on its own worker thread, and deletes those older than the retention. A write the
+file refuses (locked, disk full, read-only) is kept and retried at the next flush. It answers
+`get_usage` (`UsageQuery`, from the admin transports) after writing what is pending, so an
+answer counts every request finished before it was asked.
+
+The file lives beside the config database, under the same private-file rules
+(`sopy.runtime.private_files`).
+"""
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import trio
+
+from sopy.errors import InternalError, StartupError
+from sopy.messages import (
+    CommandFailed,
+    CommandReply,
+    CommandSucceeded,
+    GetUsage,
+    UsageQuery,
+    UsageRecord,
+    UsageReport,
+)
+from sopy.runtime.private_files import existing_private_file, open_private
+from sopy.runtime.usage_ledger import UsageLedger
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 1.0
+DATABASE_NAME = "sopy_usage.db"
+SECONDS_PER_DAY = 24 * 3600
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS usage_records (
+        at REAL NOT NULL,
+        request_id TEXT NOT NULL,
+        key_id INTEGER,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        backend TEXT,
+        route TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_input_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        tokens_from_provider INTEGER NOT NULL,
+        upstream_ms REAL NOT NULL,
+        first_token_ms REAL,
+        client_gone INTEGER NOT NULL,
+        cut_short INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS usage_records_at ON usage_records (at)",
+)
+# The SQL of each `group_by` name.
+_GROUP_COLUMNS: Mapping[str, str] = {
+    "key_id": "key_id",
+    "model": "model",
+    "provider": "provider",
+    "day": "date(at, 'unixepoch')",
+}
+_SUMS = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
+
+
+def usage_database_path(config_database: Path) -> Path:
+    return config_database.parent / DATABASE_NAME
+
+
+class UsageStore:
+    def __init__(
+        self,
+        path: Path,
+        ledger: UsageLedger,
+        inbox: trio.MemoryReceiveChannel[UsageQuery],
+        retention_days: float,
+    ) -> None:
+        self._path = path
+        self._ledger = ledger
+        self._inbox = inbox
+        self._retention = retention_days * SECONDS_PER_DAY
+        self._database_calls = trio.CapacityLimiter(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        database = await trio.to_thread.run_sync(self._open, limiter=self._database_calls)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._answer_queries, database)
+                task_status.started()
+                while True:
+                    await trio.sleep(FLUSH_INTERVAL)
+                    await self._flush(database)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush(database)
+                await trio.to_thread.run_sync(database.close, limiter=self._database_calls)
+
+    async def _answer_queries(self, database: sqlite3.Connection) -> None:
+        async for query in self._inbox:
+            await self._flush(database)
+            reply: CommandReply
+            try:
+                report = await trio.to_thread.run_sync(
+                    _report, database, query.command, limiter=self._database_calls
+                )
+                reply = CommandSucceeded(report)
+            except sqlite3.Error as exc:
+                reply = CommandFailed(
+                    InternalError(f"could not read the usage database {self._path}: {exc}")
+                )
+            try:
+                query.reply_to.send_nowait(reply)
+            except (trio.BrokenResourceError, trio.WouldBlock):
+                log.debug("a get_usage caller left before its answer")
+
+    async def _flush(self, database: sqlite3.Connection) -> None:
+        """Write the records noted since the last write and forget those past the retention; if
+        the file cannot take them, keep them for the next try instead of losing them."""
+        records = self._ledger.take_pending()
+        try:
+            await trio.to_thread.run_sync(
+                _write,
+                database,
+                records,
+                time.time() - self._retention,
+                limiter=self._database_calls,
+            )
+        except (sqlite3.Error, OSError) as exc:
+            self._ledger.give_back(records)
+            log.warning(
+                "could not write %d usage records to %s (%s); they are kept in memory and "
+                "written again in %g s",
+                len(records),
+                self._path,
+                exc,
+                FLUSH_INTERVAL,
+            )
+
+    def _open(self) -> sqlite3.Connection:
+        what, flag = "usage database", "--db-path"
+        try:
+            # Same rules as the config database's: ours, not a link, 0600 (which SQLite gives
+            # its -wal and -shm files too).
+            if not existing_private_file(self._path, what, flag):
+                os.close(open_private(self._path, os.O_RDWR))
+            database = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            database.execute("PRAGMA journal_mode = WAL")
+            for statement in _SCHEMA:
+                database.execute(statement)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StartupError(
+                f"cannot open the usage database {self._path}: {exc}. Check that its directory "
+                "(the config database's) is writable and the file is Sopy's."
+            ) from exc
+        return database
+
+
+def _write(database: sqlite3.Connection, records: list[UsageRecord], oldest: float) -> None:
+    rows = [
+        (
+            record.at,
+            record.request_id,
+            record.key_id,
+            record.model,
+            record.provider,
+            record.backend,
+            record.route,
+            record.status,
+            record.tokens.input_tokens,
+            record.tokens.output_tokens,
+            record.tokens.cached_input_tokens,
+            record.tokens.reasoning_tokens,
+            record.tokens_from_provider,
+            record.upstream_ms,
+            record.first_token_ms,
+            record.client_gone,
+            record.cut_short,
+        )
+        for record in records
+    ]
+    database.execute("BEGIN")
+    try:
+        database.executemany(
+            f"INSERT INTO usage_records VALUES ({', '.join('?' * 17)})",
+            rows,
+        )
+        database.execute("DELETE FROM usage_records WHERE at < ?", (oldest,))
+        database.execute("COMMIT")
+    except BaseException:
+        database.execute("ROLLBACK")
+        raise
+
+
+def _report(database: sqlite3.Connection, command: GetUsage) -> UsageReport:
+    conditions: list[str] = []
+    values: list[object] = []
+    for column, value, test in (
+        ("key_id", command.key_id, "="),
+        ("model", command.model, "="),
+        ("provider", command.provider, "="),
+        ("at", command.since, ">="),
+        ("at", command.until, "<"),
+    ):
+        if value is not None:
+            conditions.append(f"{column} {test} ?")
+            values.append(value)
+    groups = [_GROUP_COLUMNS[name] for name in command.group_by]
+    sums = ", ".join(f"COALESCE(SUM({column}), 0)" for column in _SUMS)
+    # Every name in the SQL comes from the tables above, never from the command.
+    sql = f"SELECT {', '.join([*groups, 'COUNT(*)', sums])} FROM usage_records"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    if groups:
+        sql += f" GROUP BY {', '.join(groups)} ORDER BY {', '.join(groups)}"
+    names = (*command.group_by, "requests", *_SUMS)
+    return UsageReport(
+        tuple(dict(zip(names, row, strict=True)) for row in database.execute(sql, values))
+    )

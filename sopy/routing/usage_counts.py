@@ -1,0 +1,169 @@
+"""Reading token counts from a provider's answer as it is relayed (sans-IO).
+
+A whole JSON answer (chat, completions, embeddings, Responses, Anthropic) has a top-level
+`usage` object: `usage_of_body` finds the last `"usage": {` and decodes that object alone, so the
+answer is never parsed whole. An event stream is read by a `StreamUsageWatcher`, line by line,
+keeping only the unfinished line (up to `MAX_EVENT_LINE_BYTES`; a longer line is skipped, never
+buffered). Its `usage` objects are merged as they come, whichever the API: the final chunk of a
+chat stream (`usage`), `response.completed` and the other final Responses events
+(`response.usage`), Anthropic's `message_start` (`message.usage`) and `message_delta` (`usage`).
+
+A chat stream for which Sopy asked the usage itself (`with_usage_requested`) is stripped of its
+usage-only chunk (`choices: []`) so the client sees the stream it asked for; the watcher then
+holds back only the unfinished line.
+"""
+
+import re
+from typing import Any
+
+import orjson
+
+from sopy.messages import TokenCounts
+
+MAX_EVENT_LINE_BYTES = 1024 * 1024
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}]', re.DOTALL)
+_STREAM_OPTIONS = b'"stream_options":{"include_usage":true},'
+# Where the usage of each API's events lies: the event itself, Responses' `response`,
+# Anthropic's `message` (in `message_start`).
+_USAGE_HOLDERS = ("response", "message")
+
+
+def with_usage_requested(body: bytes) -> bytes:
+    """A chat/completions request body asking for the stream's usage chunk: the option is
+    spliced in after the opening brace, the rest goes upstream byte for byte. Only for a body
+    without `stream_options` (the caller checks), so no key is duplicated."""
+    opening = body.index(b"{") + 1
+    return body[:opening] + _STREAM_OPTIONS + body[opening:]
+
+
+def usage_of_body(body: bytes) -> TokenCounts | None:
+    """The counts of a whole JSON answer's `usage` object, or None if it has none."""
+    for found in reversed(list(_USAGE_OBJECT.finditer(body))):
+        # A `"usage"` inside a string is written `\"usage\"`: not a key.
+        if found.start() > 0 and body[found.start() - 1] == 0x5C:
+            continue
+        usage = _object_at(body, found.end() - 1)
+        if usage is not None:
+            return _counts(usage, None)
+    return None
+
+
+def _object_at(body: bytes, start: int) -> dict[str, Any] | None:
+    depth = 0
+    for token in _JSON_TOKEN.finditer(body, start):
+        if token.group() == b"{":
+            depth += 1
+        elif token.group() == b"}":
+            depth -= 1
+            if depth == 0:
+                try:
+                    value = orjson.loads(body[start : token.end()])
+                except orjson.JSONDecodeError:
+                    return None
+                return value if isinstance(value, dict) else None
+    return None
+
+
+def _number(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _detail(usage: dict[str, Any], names: tuple[str, ...], field: str) -> int | None:
+    for name in names:
+        details = usage.get(name)
+        if isinstance(details, dict) and (count := _number(details.get(field))) is not None:
+            return count
+    return None
+
+
+def _counts(usage: dict[str, Any], seen: TokenCounts | None) -> TokenCounts:
+    """`usage` in any API's terms over what was `seen` before (a count it lacks stays)."""
+    before = seen or TokenCounts()
+    input_tokens = _number(usage.get("prompt_tokens"))
+    if input_tokens is None:
+        input_tokens = _number(usage.get("input_tokens"))
+    output_tokens = _number(usage.get("completion_tokens"))
+    if output_tokens is None:
+        output_tokens = _number(usage.get("output_tokens"))
+    cached = _number(usage.get("cache_read_input_tokens"))
+    if cached is None:
+        cached = _detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
+    reasoning = _detail(
+        usage, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
+    )
+    return TokenCounts(
+        before.input_tokens if input_tokens is None else input_tokens,
+        before.output_tokens if output_tokens is None else output_tokens,
+        before.cached_input_tokens if cached is None else cached,
+        before.reasoning_tokens if reasoning is None else reasoning,
+    )
+
+
+class StreamUsageWatcher:
+    """Reads the usage of one event stream from the chunks relayed. With `strip_usage_chunk`,
+    `feed` returns what the client is to be sent (every complete line but the usage-only
+    chunk's); otherwise it returns the chunk unchanged."""
+
+    def __init__(self, *, strip_usage_chunk: bool = False) -> None:
+        self.tokens: TokenCounts | None = None
+        self._strip = strip_usage_chunk
+        self._line = bytearray()
+        self._skipping_long_line = False
+        self._dropping_event = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._line += chunk
+        if b"\n" not in chunk:
+            return self._line_too_long(chunk)
+        *lines, rest = self._line.split(b"\n")
+        self._line = bytearray(rest)
+        kept = [line for line in lines if self._keep(line)]
+        if not self._strip:
+            self._line_too_long(b"")
+            return chunk
+        sent = b"\n".join(kept) + b"\n" if kept else b""
+        return sent + self._line_too_long(b"")
+
+    def end(self) -> bytes:
+        """What is left to send when the stream ends: its unfinished last line."""
+        rest, self._line = bytes(self._line), bytearray()
+        return rest if self._strip else b""
+
+    def _line_too_long(self, chunk: bytes) -> bytes:
+        """Past the bound the unfinished line is not kept (and, stripping, is sent as is)."""
+        if len(self._line) <= MAX_EVENT_LINE_BYTES:
+            return b"" if self._strip else chunk
+        held, self._line = bytes(self._line), bytearray()
+        self._skipping_long_line = True
+        return held if self._strip else chunk
+
+    def _keep(self, line: bytearray) -> bool:
+        """Whether the client gets `line`; reads the usage it carries."""
+        if self._skipping_long_line:
+            self._skipping_long_line = False
+            return True
+        if self._dropping_event:
+            # The blank line that ends the dropped event goes with it.
+            self._dropping_event = False
+            if not line.strip():
+                return False
+        if not line.startswith(b"data:") or _USAGE_OBJECT.search(line) is None:
+            return True
+        try:
+            event = orjson.loads(bytes(line[5:]))
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(event, dict):
+            return True
+        self._read_usage(event)
+        if self._strip and event.get("choices") == [] and isinstance(event.get("usage"), dict):
+            self._dropping_event = True
+            return False
+        return True
+
+    def _read_usage(self, event: dict[str, Any]) -> None:
+        holders = [event, *(event.get(name) for name in _USAGE_HOLDERS)]
+        for holder in holders:
+            if isinstance(holder, dict) and isinstance(usage := holder.get("usage"), dict):
+                self.tokens = _counts(usage, self.tokens)
