@@ -4,6 +4,11 @@ from typing import Any
 
 
 def format_result(result: Any) -> str:
+    if isinstance(result, dict) and len(result) == 1:
+        # A result that is one named list (get_usage's `groups`) reads as that list's table.
+        (only,) = result.values()
+        if isinstance(only, list):
+            return format_result(only)
     if isinstance(result, dict):
         return _key_values(result)
     if isinstance(result, list):
