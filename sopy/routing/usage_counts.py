@@ -38,12 +38,16 @@ def with_usage_requested(body: bytes) -> bytes:
 
 
 def usage_of_body(body: bytes) -> TokenCounts | None:
-    """The counts of a whole JSON answer's `usage` object, or None if it has none."""
-    for found in reversed(list(_USAGE_OBJECT.finditer(body))):
+    """The counts of a whole JSON answer's `usage` object, or None if it has none. Searched
+    from the end, where every API puts it, so a long answer is not scanned through."""
+    end = len(body)
+    while (at := body.rfind(b'"usage"', 0, end)) >= 0:
+        end = at
         # A `"usage"` inside a string is written `\"usage\"`: not a key.
-        if found.start() > 0 and body[found.start() - 1] == 0x5C:
+        if at > 0 and body[at - 1] == 0x5C:
             continue
-        usage = _object_at(body, found.end() - 1)
+        key = _USAGE_OBJECT.match(body, at)
+        usage = None if key is None else _object_at(body, key.end() - 1)
         if usage is not None:
             return _counts(usage, None)
     return None
