@@ -17,10 +17,12 @@ import trio
 import trio_websocket
 
 from sopy.actors.usage_store import usage_database_path
+from sopy.testing.mock_upstream import MockUpstream
 from tests.conftest import SopyUnderTest
-from tests.gateway import Gateway, chat, make_anthropic, start_gateway
+from tests.gateway import USER_KEY, Gateway, chat, make_anthropic, start_gateway, start_gateway_with
 
 ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
+WS_AUTH = [(b"authorization", f"Bearer {USER_KEY}".encode())]
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 
 
@@ -315,3 +317,32 @@ async def test_each_record_streams_live_over_the_admin_websocket(
     assert streamed["provider"] == "azure" and streamed["first_token_ms"] is not None
     assert streamed["tokens_from_provider"] is True and streamed["cut_short"] is False
     assert "sk-" not in orjson.dumps([whole, streamed]).decode()
+
+
+async def test_each_response_of_a_websocket_mode_connection_is_recorded(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    upstreams = {"openai": [MockUpstream("openai-0", websocket=True)]}
+    gateway = await start_gateway_with(sopy, nursery, upstreams, {"gpt-4.1": "openai"})
+    url = gateway.base_url.replace("http://", "ws://") + "/responses"
+    completed = []
+    async with (
+        events(sopy, nursery) as usage_events,
+        trio_websocket.open_websocket_url(url, extra_headers=WS_AUTH) as connection,
+    ):
+        for text in ("tell me", "tell me more please"):
+            request = {"type": "response.create", "model": "gpt-4.1", "input": text}
+            await connection.send_message(orjson.dumps(request).decode())
+            with trio.fail_after(10):
+                while (event := orjson.loads(await connection.get_message()))["type"] != (
+                    "response.completed"
+                ):
+                    pass
+            completed.append(event["response"]["usage"])
+        records = [await next_record(usage_events), await next_record(usage_events)]
+
+    for record, usage in zip(records, completed, strict=True):
+        assert (record["model"], record["provider"], record["status"]) == ("gpt-4.1", "openai", 200)
+        assert record["tokens"]["input_tokens"] == usage["input_tokens"]
+        assert record["tokens"]["output_tokens"] == usage["output_tokens"]
+    assert (await usage_totals(gateway))["requests"] == 2

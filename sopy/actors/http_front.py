@@ -37,6 +37,7 @@ from sopy.actors.relay import (
     ProxiedRequest,
     accounted,
     proxy,
+    usage_record,
 )
 from sopy.actors.websocket_relay import (
     WebsocketClient,
@@ -62,7 +63,7 @@ from sopy.errors import (
     UpgradeRequired,
     innermost,
 )
-from sopy.messages import ConfigChanged, ProviderRoute
+from sopy.messages import ConfigChanged, ProviderRoute, TokenCounts
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
@@ -367,7 +368,8 @@ class HttpFront:
         backend's own (`sopy.actors.websocket_relay`), or a 426 before upgrading."""
         request = ProxiedRequest(rid, route=exchange.raw_path)
         outcome = WebsocketOutcome()
-        with accounted(request, self._usage):
+        # Not the connection but each response made over it is a model request to record.
+        with accounted(request, None):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             upgrade = exchange.header(b"upgrade")
@@ -386,6 +388,7 @@ class HttpFront:
                 self._affinity,
                 self._settings,
                 outcome,
+                self._recording_responses(request, outcome),
             )
             request.model, request.status, request.failure = (
                 outcome.model,
@@ -393,6 +396,20 @@ class HttpFront:
                 outcome.failure,
             )
             request.provider, request.backend = outcome.provider, outcome.backend
+
+    def _recording_responses(
+        self, request: ProxiedRequest, outcome: WebsocketOutcome
+    ) -> Callable[[TokenCounts | None], None]:
+        """Records each response of a WebSocket-mode connection as it ends, under the
+        connection's request id."""
+
+        def record(tokens: TokenCounts | None) -> None:
+            assert outcome.provider is not None
+            request.model, request.backend, request.status = outcome.model, outcome.backend, 200
+            request.tokens = tokens
+            self._usage.record(usage_record(request, outcome.provider))
+
+        return record
 
 
 def _pinned(table: RouteTable, owner: ResponseOwner, rid: str) -> ProviderRoute:

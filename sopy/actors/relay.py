@@ -396,10 +396,10 @@ def _sse_error_event(request: ProxiedRequest) -> bytes:
 
 
 @contextlib.contextmanager
-def accounted(request: ProxiedRequest, usage: UsageLedger) -> Iterator[None]:
+def accounted(request: ProxiedRequest, usage: UsageLedger | None) -> Iterator[None]:
     """Around one public request's handling: its status for a failure (a `SopyError`'s, or 499
     when the client left), then its one access log line and, if it reached a provider, its
-    usage record, however it ended."""
+    usage record in `usage` (None: the handler records usage itself), however it ended."""
     try:
         yield
     except SopyError as error:
@@ -410,7 +410,7 @@ def accounted(request: ProxiedRequest, usage: UsageLedger) -> Iterator[None]:
         raise
     finally:
         log_access(request)
-        if request.provider is not None:
+        if usage is not None and request.provider is not None:
             usage.record(usage_record(request, request.provider))
 
 

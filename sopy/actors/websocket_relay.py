@@ -21,7 +21,9 @@ Once connected, messages are relayed both ways as they come, unchanged, each bou
 (client to backend by `--max-body-bytes`, backend to client by `--max-response-bytes`; a larger
 one closes the connection with code 1009). The connection stays with its backend: every later
 `response.create` goes there, whatever its model. The id of every response the backend creates
-(`response.created` events) is remembered for its HTTP follow-ups, as on the HTTP route. A
+(`response.created` events) is remembered for its HTTP follow-ups, as on the HTTP route, and
+the usage of every response that ends (`response.completed`, `.incomplete`, `.failed`) is
+handed to `response_ended`, one usage record per response. A
 client that stops reading is cut off after `--send-timeout`, as on HTTP (the server's watchdog
 watches the connection it handed over), and once the relay ends, closing both connections gets
 that long too. Why a backend could not take the connection goes to the access log line only.
@@ -44,7 +46,7 @@ from sopy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from sopy.messages import ProviderRoute
+from sopy.messages import ProviderRoute, TokenCounts
 from sopy.protocol.server import HttpExchange
 from sopy.provider_kinds import PROVIDER_KINDS
 from sopy.routing.forwarded_headers import credential_header
@@ -52,6 +54,7 @@ from sopy.routing.response_affinity import ResponseAffinity, previous_response_r
 from sopy.routing.response_ids import id_of_created_event
 from sopy.routing.retry_policy import is_retryable_status
 from sopy.routing.route_table import RouteTable
+from sopy.routing.usage_counts import ends_a_response, usage_of_body
 from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,8 +118,10 @@ async def relay_websocket(
     affinity: ResponseAffinity,
     settings: Settings,
     outcome: WebsocketOutcome,
+    response_ended: Callable[[TokenCounts | None], None],
 ) -> None:
-    """Upgrade the exchange's connection and relay it to a backend until either side closes."""
+    """Upgrade the exchange's connection and relay it to a backend until either side closes;
+    `response_ended` gets the usage of each response as it ends."""
     closing = _closed_within(settings.send_timeout, client_info.request_id)
     async with closing as (nursery, upstreams):
         request = await trio_websocket.wrap_server_stream(
@@ -137,7 +142,7 @@ async def relay_websocket(
             outcome.status, outcome.failure = error.status, outcome.failure or error.message
             await _send_error(client, error)
             return
-        remember = _remembering(affinity, outcome, client_info.key_id)
+        remember = _remembering(affinity, outcome, client_info.key_id, response_ended)
         try:
             await upstream.send_message(first)
             async with trio.open_nursery() as pumps:
@@ -275,7 +280,10 @@ def _upstream_headers(
 
 
 def _remembering(
-    affinity: ResponseAffinity, outcome: WebsocketOutcome, key_id: int | None
+    affinity: ResponseAffinity,
+    outcome: WebsocketOutcome,
+    key_id: int | None,
+    response_ended: Callable[[TokenCounts | None], None],
 ) -> Callable[[str | bytes], None]:
     provider, backend = outcome.provider, outcome.backend
     assert provider is not None and backend is not None
@@ -290,6 +298,9 @@ def _remembering(
             response_id = id_of_created_event(message)
             if response_id is not None:
                 affinity.remember(response_id, provider, backend, key_id)
+        elif ends_a_response(message):
+            whole = message.encode() if isinstance(message, str) else message
+            response_ended(usage_of_body(whole))
 
     return remember
 

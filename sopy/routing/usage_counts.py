@@ -8,6 +8,9 @@ buffered). Its `usage` objects are merged as they come, whichever the API: the f
 chat stream (`usage`), `response.completed` and the other final Responses events
 (`response.usage`), Anthropic's `message_start` (`message.usage`) and `message_delta` (`usage`).
 
+The Responses API's WebSocket mode sends one JSON event per message: `final_response_usage`
+reads the usage of the events that end a response.
+
 A chat stream for which Sopy asked the usage itself (`with_usage_requested`) is stripped of its
 usage-only chunk (`choices: []`) so the client sees the stream it asked for; the watcher then
 holds back only the unfinished line.
@@ -23,6 +26,8 @@ from sopy.messages import TokenCounts
 MAX_EVENT_LINE_BYTES = 1024 * 1024
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}]', re.DOTALL)
+_FINAL_RESPONSE_EVENT = re.compile(r'"response\.(?:completed|incomplete|failed)"')
+_FINAL_RESPONSE_EVENT_BYTES = re.compile(_FINAL_RESPONSE_EVENT.pattern.encode())
 _STREAM_OPTIONS = b'"stream_options":{"include_usage":true},'
 # Where the usage of each API's events lies: the event itself, Responses' `response`,
 # Anthropic's `message` (in `message_start`).
@@ -51,6 +56,14 @@ def usage_of_body(body: bytes) -> TokenCounts | None:
         if usage is not None:
             return _counts(usage, None)
     return None
+
+
+def ends_a_response(message: str | bytes) -> bool:
+    """Whether a WebSocket-mode message may be the event that ends a response (a cheap look:
+    most messages are deltas)."""
+    if isinstance(message, str):
+        return _FINAL_RESPONSE_EVENT.search(message) is not None
+    return _FINAL_RESPONSE_EVENT_BYTES.search(message) is not None
 
 
 def _object_at(body: bytes, start: int) -> dict[str, Any] | None:
