@@ -91,3 +91,8 @@ def test_the_usage_option_is_spliced_in_without_reserialising() -> None:
     spliced = with_usage_requested(body)
     assert spliced.endswith(body[1:])
     assert orjson.loads(spliced)["stream_options"] == {"include_usage": True}
+
+
+def test_a_usage_that_is_not_the_last_key_is_read_too() -> None:
+    body = orjson.dumps({"usage": CHAT_USAGE, "choices": [{"text": "}"}], "id": "x"})
+    assert usage_of_body(body) == TokenCounts(11, 7, 3, 2)

@@ -16,6 +16,7 @@ usage-only chunk (`choices: []`) so the client sees the stream it asked for; the
 holds back only the unfinished line.
 """
 
+import contextlib
 import re
 from typing import Any
 
@@ -28,6 +29,7 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}]', re.DOTALL)
 _FINAL_RESPONSE_EVENT = re.compile(r'"response\.(?:completed|incomplete|failed)"')
 _FINAL_RESPONSE_EVENT_BYTES = re.compile(_FINAL_RESPONSE_EVENT.pattern.encode())
+_NOTHING_SEEN = TokenCounts()
 _STREAM_OPTIONS = b'"stream_options":{"include_usage":true},'
 # Where the usage of each API's events lies: the event itself, Responses' `response`,
 # Anthropic's `message` (in `message_start`).
@@ -67,6 +69,12 @@ def ends_a_response(message: str | bytes) -> bool:
 
 
 def _object_at(body: bytes, start: int) -> dict[str, Any] | None:
+    """The JSON object that opens at `start`. Usually the body's last value: that is tried
+    first, in one decode, before its end is looked for token by token."""
+    last = body.rfind(b"}")
+    if last > start:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return _object(orjson.loads(body[start:last]))
     depth = 0
     for token in _JSON_TOKEN.finditer(body, start):
         if token.group() == b"{":
@@ -75,45 +83,34 @@ def _object_at(body: bytes, start: int) -> dict[str, Any] | None:
             depth -= 1
             if depth == 0:
                 try:
-                    value = orjson.loads(body[start : token.end()])
+                    return _object(orjson.loads(body[start : token.end()]))
                 except orjson.JSONDecodeError:
                     return None
-                return value if isinstance(value, dict) else None
     return None
 
 
-def _number(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _object(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
-def _detail(usage: dict[str, Any], names: tuple[str, ...], field: str) -> int | None:
-    for name in names:
-        details = usage.get(name)
-        if isinstance(details, dict) and (count := _number(details.get(field))) is not None:
-            return count
-    return None
+def _count(value: object, before: int) -> int:
+    return value if type(value) is int else before
 
 
 def _counts(usage: dict[str, Any], seen: TokenCounts | None) -> TokenCounts:
     """`usage` in any API's terms over what was `seen` before (a count it lacks stays)."""
-    before = seen or TokenCounts()
-    input_tokens = _number(usage.get("prompt_tokens"))
-    if input_tokens is None:
-        input_tokens = _number(usage.get("input_tokens"))
-    output_tokens = _number(usage.get("completion_tokens"))
-    if output_tokens is None:
-        output_tokens = _number(usage.get("output_tokens"))
-    cached = _number(usage.get("cache_read_input_tokens"))
+    before = seen or _NOTHING_SEEN
+    cached = usage.get("cache_read_input_tokens")
     if cached is None:
-        cached = _detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
-    reasoning = _detail(
-        usage, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
-    )
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
     return TokenCounts(
-        before.input_tokens if input_tokens is None else input_tokens,
-        before.output_tokens if output_tokens is None else output_tokens,
-        before.cached_input_tokens if cached is None else cached,
-        before.reasoning_tokens if reasoning is None else reasoning,
+        _count(usage.get("prompt_tokens", usage.get("input_tokens")), before.input_tokens),
+        _count(usage.get("completion_tokens", usage.get("output_tokens")), before.output_tokens),
+        _count(cached, before.cached_input_tokens),
+        _count(reasoning, before.reasoning_tokens),
     )
 
 
