@@ -37,6 +37,8 @@ class RunningSopy:
     http_url: str
     admin_socket: Path
     feed: ChangeFeed
+    # The `--metrics-port` server's URL; None when /metrics is on the public port.
+    metrics_url: str | None = None
 
 
 async def run_sopy(
@@ -62,7 +64,7 @@ async def run_sopy(
         await nursery.start(supervise, "provider_pools", pools.run)
         await nursery.start(supervise, "response_affinity_store", affinity_store.run)
         http_url = await nursery.start(supervise, "http_front", front.run)
-        task_status.started(RunningSopy(http_url, admin_path, feed))
+        task_status.started(RunningSopy(http_url, admin_path, feed, front.metrics_url))
         await shutdown.wait()
         log.info(
             "shutting down: no new requests; in-flight ones have %.0f s to finish",

@@ -11,6 +11,9 @@ The relay decides what the client sees of the upstream: which backend headers cr
 (`client_response_headers`), and, for a failure, a message of the gateway's own that says what
 to do and carries the request id. The pool's account of the failure names backends and causes;
 it goes to the request's access log line only.
+
+`accounted` ends every model request with its access log line and its one entry in the
+gateway's metrics (`sopy.runtime.metrics`).
 """
 
 import contextlib
@@ -21,7 +24,12 @@ import attrs
 import orjson
 import trio
 
-from sopy.actors.front_responses import send_complete, send_error
+from sopy.actors.front_responses import (
+    overhead_header,
+    overhead_seconds,
+    send_complete,
+    send_error,
+)
 from sopy.errors import (
     ErrorShape,
     NoBackendAvailable,
@@ -53,6 +61,7 @@ from sopy.routing.model_field import Span
 from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
+from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sopy.access")
@@ -77,9 +86,13 @@ class ProxiedRequest:
     route's: the shape of the errors the gateway itself answers with."""
 
     rid: bytes
+    # The route table template the request matched: a bounded label for the metrics.
+    route: str
     error_shape: ErrorShape = ErrorShape.OPENAI
     key_id: int | None = None
     model: str = "-"
+    # Whether `model` is a mapped name (only those become a metrics label).
+    model_mapped: bool = False
     began: float = attrs.field(factory=trio.current_time)
     pool_inbox: trio.MemorySendChannel[PoolMessage] | None = None
     provider: str | None = None
@@ -87,6 +100,10 @@ class ProxiedRequest:
     attempts: int = 0
     status: int = 0
     upstream_seconds: float = 0.0
+    # Waiting for the providers' first answers, summed over the fallback hops.
+    upstream_wait: float | None = None
+    # A streamed answer's first body chunk relayed (trio's clock).
+    first_chunk_at: float | None = None
     finished: bool = False
     failure: str | None = None
     # Set for a Responses API request: learns the id of the response relayed.
@@ -129,7 +146,9 @@ async def _first_answer(
         sent_at = trio.current_time()
         events = await _forward(inbox_for, route, request, exchange, body)
         first = await _next_event(events)
-        request.upstream_seconds = trio.current_time() - sent_at
+        request.upstream_seconds = waited = trio.current_time() - sent_at
+        exchange.waited += waited
+        request.upstream_wait = (request.upstream_wait or 0.0) + waited
         _note_answer(request, route, first)
         if index + 1 < len(routes) and _provider_could_not_answer(first):
             log.info(
@@ -270,13 +289,18 @@ async def _relay_stream(
     one each."""
     ready, end = _take_ready(events)
     headers.append((b"x-request-id", request.rid))
+    headers.append(overhead_header(exchange))
     watcher = request.response_ids if status == 200 else None
     if watcher is not None:
         watcher.feed(ready)
+    if ready:
+        request.first_chunk_at = trio.current_time()
     await exchange.start_response(status, headers, ready)
     while end is None:
         event = await _next_event(events)
         if isinstance(event, ResponseChunk):
+            if request.first_chunk_at is None:
+                request.first_chunk_at = trio.current_time()
             ready, end = _take_ready(events)
             data = event.data + ready
             if watcher is not None and not watcher.done:
@@ -367,9 +391,13 @@ def _sse_error_event(request: ProxiedRequest) -> bytes:
 
 
 @contextlib.contextmanager
-def accounted(request: ProxiedRequest) -> Iterator[None]:
+def accounted(
+    request: ProxiedRequest, exchange: HttpExchange, metrics: GatewayMetrics
+) -> Iterator[None]:
     """Around one public request's handling: its status for a failure (a `SopyError`'s, or 499
-    when the client left), then its one access log line, however it ended."""
+    when the client left), then its one access log line and its metrics, however it ended.
+    A failure the front answers after this (the status set here) is written by then; its
+    answer is not, so its total time is up to the failure."""
     try:
         yield
     except SopyError as error:
@@ -380,6 +408,21 @@ def accounted(request: ProxiedRequest) -> Iterator[None]:
         raise
     finally:
         log_access(request)
+        received_at = exchange.received_at
+        metrics.record_request(
+            route=request.route,
+            model=request.model if request.model_mapped else UNMAPPED,
+            provider=request.provider,
+            status=request.status,
+            key_id=request.key_id,
+            total=trio.current_time() - received_at,
+            upstream=request.upstream_wait,
+            first_token=None
+            if request.first_chunk_at is None
+            else request.first_chunk_at - received_at,
+            overhead=overhead_seconds(exchange),
+            attempts=request.attempts,
+        )
 
 
 def log_access(request: ProxiedRequest) -> None:
