@@ -99,6 +99,7 @@ _RESPONSE_ID_PREFIX = public_route("get_response").prefix
 _MODEL_PREFIX = public_route("retrieve_model").prefix
 _FOLLOW_UP_ROUTE = public_route("get_response").path
 _RESPONSES_ROUTE = public_route("create_response").path
+_METRICS_PATH = public_route("metrics").path
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
@@ -222,7 +223,7 @@ class HttpFront:
     async def _serve_metrics_port(self, exchange: HttpExchange) -> None:
         """The `--metrics-port` server: GET /metrics, and a 404 for anything else."""
         rid = os.urandom(8).hex().encode()
-        if exchange.raw_path == public_route("metrics").path and exchange.method in ("GET", "HEAD"):
+        if exchange.raw_path == _METRICS_PATH and exchange.method in ("GET", "HEAD"):
             await self._send_metrics(exchange, rid)
         else:
             error = NotFound(
