@@ -57,6 +57,12 @@ async def run_sopy(
     affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl)
     affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity)
     front = HttpFront(settings, feed, pools.inbox_for, affinity)
+    front.metrics.add_counter_source(
+        "sopy_backend_cooldowns",
+        "Backends put to rest after failing, by provider.",
+        "provider",
+        pools.cooldowns_by_provider,
+    )
     admin = AdminSocket(settings.admin_socket, config_send, feed, settings.event_buffer)
     async with trio.open_nursery() as nursery:
         await nursery.start(supervise, "config_store", store.run)

@@ -230,3 +230,19 @@ async def test_overhead_histogram_leaves_out_the_upstream_time(http: httpx.Async
     assert value(text, "sopy_request_duration_seconds_sum", **route) >= UPSTREAM_DELAY
     assert value(text, "sopy_upstream_duration_seconds_sum", provider="openai") >= UPSTREAM_DELAY
     assert value(text, "sopy_overhead_seconds_sum", **route) < UPSTREAM_DELAY / 2
+
+
+async def test_retries_and_backend_cooldowns_are_counted_by_provider(
+    nursery: trio.Nursery, settings: Settings
+) -> None:
+    sopy = SopyUnderTest(nursery, attrs.evolve(settings, cooldown_after=1, retries=1))
+    await sopy.start()
+    gateway = await start_gateway(sopy, nursery, {"gpt-4.1": "openai"}, upstreams_per_provider=2)
+    async with gateway.client() as http:
+        failed = await http.post("/v1/chat/completions", json=chat(mock={"status": 500}))
+        assert failed.status_code == 500
+        text = await scrape(http)
+    await sopy.stop()
+    # The first backend failed and rested; the request was resent to the second, which did too.
+    assert value(text, "sopy_upstream_retries_total", provider="openai") == 1
+    assert value(text, "sopy_backend_cooldowns_total", provider="openai") == 2

@@ -26,7 +26,7 @@ type, limit refusals) is one more `_Counts` and one call where the fact is known
 """
 
 import bisect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -143,12 +143,24 @@ class GatewayMetrics:
             OVERHEAD_BUCKETS,
         )
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
+        self.counter_sources: list[tuple[str, str, str, Callable[[], Mapping[str, float]]]] = []
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
     def add_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A value read when scraped (in-flight requests, the config version...)."""
         self.gauges.append((name, documentation, read))
+
+    def add_counter_source(
+        self,
+        name: str,
+        documentation: str,
+        label_name: str,
+        read: Callable[[], Mapping[str, float]],
+    ) -> None:
+        """A counter whose values by one label are kept elsewhere and read when scraped
+        (backend cooldowns, counted where they start)."""
+        self.counter_sources.append((name, documentation, label_name, read))
 
     def record_request(
         self,
@@ -186,6 +198,11 @@ class GatewayMetrics:
         yield self.upstream_seconds.family()
         yield self.first_token_seconds.family()
         yield self.overhead_seconds.family()
+        for name, documentation, label_name, read_counts in self.counter_sources:
+            family = CounterMetricFamily(name, documentation, labels=[label_name])
+            for label, count in read_counts().items():
+                family.add_metric([label], count)
+            yield family
         for name, documentation, read in self.gauges:
             yield GaugeMetricFamily(name, documentation, value=read())
 
