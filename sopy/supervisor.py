@@ -57,13 +57,18 @@ async def run_sopy(
     affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl)
     affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity)
     front = HttpFront(settings, feed, pools.inbox_for, affinity)
+    admin = AdminSocket(settings.admin_socket, config_send, feed, settings.event_buffer)
     front.metrics.add_counter_source(
         "sopy_backend_cooldowns",
         "Backends put to rest after failing, by provider.",
         "provider",
         pools.cooldowns_by_provider,
     )
-    admin = AdminSocket(settings.admin_socket, config_send, feed, settings.event_buffer)
+    front.metrics.add_gauge(
+        "sopy_event_subscribers",
+        "Websockets following /admin/events now.",
+        lambda: admin.event_subscribers,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(supervise, "config_store", store.run)
         admin_path = await nursery.start(supervise, "admin_socket", admin.run)

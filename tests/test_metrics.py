@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from sopy.settings import Settings
+from tests.admin_connection import open_events
 from tests.conftest import SopyUnderTest
 from tests.gateway import USER_KEY, Gateway, chat, start_gateway
 
@@ -246,3 +247,17 @@ async def test_retries_and_backend_cooldowns_are_counted_by_provider(
     # The first backend failed and rested; the request was resent to the second, which did too.
     assert value(text, "sopy_upstream_retries_total", provider="openai") == 1
     assert value(text, "sopy_backend_cooldowns_total", provider="openai") == 2
+
+
+async def test_event_subscribers_are_counted_while_connected(
+    http: httpx.AsyncClient, gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    assert value(await scrape(http), "sopy_event_subscribers") == 0
+    ws = await open_events(nursery, gateway.sopy.settings.admin_socket)
+    await ws.get_message()  # the snapshot: the subscription is live
+    assert value(await scrape(http), "sopy_event_subscribers") == 1
+    await ws.aclose()
+    # The server notices the close on its own time; each scrape is a round trip that lets it.
+    with trio.fail_after(5):
+        while value(await scrape(http), "sopy_event_subscribers") != 0:
+            pass

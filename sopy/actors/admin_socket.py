@@ -60,6 +60,11 @@ class AdminSocket:
         self._config_inbox = config_inbox
         self._http = AdminHttp(config_inbox, feed, event_buffer)
 
+    @property
+    def event_subscribers(self) -> int:
+        """`/admin/events` websockets open now."""
+        return self._http.event_subscribers
+
     async def run(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         async with unix_listener(self._path) as listener, trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._serve_connection, [listener])

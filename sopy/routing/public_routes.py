@@ -518,7 +518,8 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         summary="Prometheus metrics",
         description="Needs no key. Requests by route, model, provider and status; latency "
         "histograms (total, upstream, time to first token); retries; `sopy_overhead_seconds`, "
-        "the time Sopy itself adds per request; requests in flight and the config version. "
+        "the time Sopy itself adds per request; backend cooldowns; requests in flight, the "
+        "config version and `/admin/events` subscribers. "
         "Labels carry no key or client text (a model that is not mapped is `-`); key ids only "
         "with `--metrics-per-key`. With `--metrics-port` it is served on that port instead, "
         "and this one answers 404.",

@@ -4,7 +4,10 @@
 `GatewayMetrics` owns every number. The HTTP front calls `record_request` once per model request,
 when its access log line is written (`sopy.actors.relay.accounted`); a scrape turns the counts
 into prometheus-client metric families through `GatewayMetrics.collect` (a custom collector),
-and `exposition` renders them with prometheus-client's own text format. prometheus-client's own
+and `exposition` renders them with prometheus-client's own text format. What other actors
+already count (backend cooldowns, `/admin/events` subscribers, requests in flight, the config
+version) is read from them at scrape time (`add_counter_source`, `add_gauge`; the supervisor
+wires those), so it costs the request path nothing. prometheus-client's own
 `Counter`/`Histogram` take a lock per observation; the front runs on one trio thread, so plain
 dicts of counts are enough, and a scrape (which runs on that thread too) reads them whole.
 
