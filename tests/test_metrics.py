@@ -6,15 +6,18 @@ from collections.abc import AsyncIterator
 
 import attrs
 import httpx
+import orjson
 import pytest
 import trio
+import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from sopy.settings import Settings
+from sopy.testing.mock_upstream import MockUpstream
 from tests.admin_connection import open_events
 from tests.conftest import SopyUnderTest
-from tests.gateway import USER_KEY, Gateway, chat, start_gateway
+from tests.gateway import USER_KEY, Gateway, chat, start_gateway, start_gateway_with
 
 # The time the mock upstream holds back its answer: far more than Sopy's own time.
 UPSTREAM_DELAY = 0.3
@@ -261,3 +264,38 @@ async def test_event_subscribers_are_counted_while_connected(
     with trio.fail_after(5):
         while value(await scrape(http), "sopy_event_subscribers") != 0:
             pass
+
+
+async def test_a_client_that_leaves_unanswered_is_counted_without_an_overhead(
+    http: httpx.AsyncClient,
+) -> None:
+    with trio.move_on_after(UPSTREAM_DELAY / 3):
+        await http.post("/v1/chat/completions", json=chat(mock={"headers_delay": 5}))
+    # The gateway notices on its own time; each scrape is a round trip that lets it.
+    with trio.fail_after(5):
+        while value(text := await scrape(http), "sopy_requests_total", status="499") != 1:
+            pass
+    assert value(text, "sopy_overhead_seconds_count") == 0
+    assert value(text, "sopy_request_duration_seconds_count") == 1
+
+
+async def test_a_websocket_session_counts_its_upgrade_as_overhead_not_its_length(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    upstreams = {"openai": [MockUpstream("openai-0", websocket=True)]}
+    gateway = await start_gateway_with(sopy, nursery, upstreams, {"gpt-4.1": "openai"})
+    url = gateway.base_url.replace("http://", "ws://") + "/responses"
+    headers = [(b"authorization", f"Bearer {USER_KEY}".encode())]
+    async with trio_websocket.open_websocket_url(url, extra_headers=headers) as connection:
+        create = {"type": "response.create", "model": "gpt-4.1", "input": "hi"}
+        await connection.send_message(orjson.dumps(create).decode())
+        while orjson.loads(await connection.get_message())["type"] != "response.completed":
+            pass
+        await trio.sleep(UPSTREAM_DELAY)  # a session that lasts: its length is no overhead
+    route = {"route": "/v1/responses (websocket)"}
+    async with gateway.client() as http:
+        with trio.fail_after(5):
+            while value(text := await scrape(http), "sopy_overhead_seconds_count", **route) != 1:
+                pass
+    assert value(text, "sopy_request_duration_seconds_sum", **route) >= UPSTREAM_DELAY
+    assert value(text, "sopy_overhead_seconds_sum", **route) < UPSTREAM_DELAY / 2

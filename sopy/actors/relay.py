@@ -409,6 +409,8 @@ def accounted(
     finally:
         log_access(request)
         received_at = exchange.received_at
+        # A client that left unanswered was given nothing whose overhead could be told.
+        unanswered = exchange.answered_at is None and request.status == CLIENT_CLOSED_REQUEST
         metrics.record_request(
             route=request.route,
             model=request.model if request.model_mapped else UNMAPPED,
@@ -420,7 +422,7 @@ def accounted(
             first_token=None
             if request.first_chunk_at is None
             else request.first_chunk_at - received_at,
-            overhead=overhead_seconds(exchange),
+            overhead=None if unanswered else overhead_seconds(exchange),
             attempts=request.attempts,
         )
 

@@ -171,6 +171,7 @@ class HttpExchange:
         server's own: one left blocked for `send_timeout` disconnects the client. The server
         sends nothing more on the connection and closes it once the handler returns."""
         self.response_started = self.response_finished = self.last_on_connection = True
+        self.answered_at = trio.current_time()
         request = self._request
         head = b"%s %s HTTP/%s\r\n" % (request.method, request.target, request.http_version)
         head += b"".join(b"%s: %s\r\n" % header for header in request.headers) + b"\r\n"

@@ -20,7 +20,10 @@ Times, per request, all on trio's clock:
 - overhead (`sopy_overhead_seconds`, and the `x-sopy-overhead-ms` header): the time Sopy itself
   adds before the client gets its answer head: from the request head parsed to the response head
   written, minus the time spent waiting on others meanwhile (the client's request body and the
-  provider's first answer). A stream's later chunks are relayed as they arrive and not counted.
+  provider's first answer). A stream's later chunks are relayed as they arrive and not counted;
+  a Responses websocket counts up to its upgrade, not the session; a client that left before
+  any answer is counted in the requests but has no overhead to tell. An error the front answers
+  itself counts up to the moment it is recorded, just before it is sent.
 
 Labels are bounded: a route is a route table template, a model is a mapped model name (any
 other requested name is `-`), a provider a configured name, a status a number. No key, no
@@ -175,7 +178,7 @@ class GatewayMetrics:
         total: float,
         upstream: float | None,
         first_token: float | None,
-        overhead: float,
+        overhead: float | None,
         attempts: int,
     ) -> None:
         """One answered model request; `model` must be a mapped name or `UNMAPPED`."""
@@ -192,7 +195,8 @@ class GatewayMetrics:
                 self.retries.add((provider,), attempts - 1)
             if first_token is not None:
                 self.first_token_seconds.observe((route, provider), first_token)
-        self.overhead_seconds.observe((route,), overhead)
+        if overhead is not None:
+            self.overhead_seconds.observe((route,), overhead)
 
     def collect(self) -> Iterator[Metric]:
         yield self.requests.family()
