@@ -65,6 +65,19 @@ class Settings:
     no_auth: bool = attrs.field(
         default=False, metadata=_about("serve /v1 without client keys (local experiments only)")
     )
+    metrics_port: int | None = attrs.field(
+        default=None,
+        metadata=_about(
+            "serve GET /metrics on this port of --host instead of the public port (0 picks a "
+            "free one)",
+            low=0,
+            high=65535,
+        ),
+    )
+    metrics_per_key: bool = attrs.field(
+        default=False,
+        metadata=_about("label the request counts of /metrics with the user key id too"),
+    )
     log_level: str = attrs.field(
         default="info", metadata=_about("log verbosity", choices=LOG_LEVELS)
     )

@@ -44,6 +44,8 @@ class RunningSopy:
     http_url: str
     admin_socket: Path
     feed: ChangeFeed
+    # The `--metrics-port` server's URL; None when /metrics is on the public port.
+    metrics_url: str | None = None
 
 
 async def run_sopy(
@@ -74,6 +76,17 @@ async def run_sopy(
         usage,
         settings.event_buffer,
     )
+    front.metrics.add_counter_source(
+        "sopy_backend_cooldowns",
+        "Backends put to rest after failing, by provider.",
+        "provider",
+        pools.cooldowns_by_provider,
+    )
+    front.metrics.add_gauge(
+        "sopy_event_subscribers",
+        "Websockets following /admin/events now.",
+        lambda: admin.event_subscribers,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(supervise, "config_store", store.run)
         admin_path = await nursery.start(supervise, "admin_socket", admin.run)
@@ -81,7 +94,7 @@ async def run_sopy(
         await nursery.start(supervise, "response_affinity_store", affinity_store.run)
         await nursery.start(supervise, "usage_store", usage_store.run)
         http_url = await nursery.start(supervise, "http_front", front.run)
-        task_status.started(RunningSopy(http_url, admin_path, feed))
+        task_status.started(RunningSopy(http_url, admin_path, feed, front.metrics_url))
         await shutdown.wait()
         log.info(
             "shutting down: no new requests; in-flight ones have %.0f s to finish",

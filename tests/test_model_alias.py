@@ -52,7 +52,7 @@ async def _relay_server(
         body = b""
         while (chunk := await exchange.read_body_chunk()) is not None:
             body += chunk
-        request = ProxiedRequest(b"0123456789abcdef")
+        request = ProxiedRequest(b"0123456789abcdef", "/v1/chat/completions")
         boundary = form_boundary(exchange.header(b"content-type"))
         if boundary is None:
             request.model = orjson.loads(body)["model"]

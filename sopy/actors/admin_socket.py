@@ -62,6 +62,11 @@ class AdminSocket:
         self._inboxes = inboxes
         self._http = AdminHttp(inboxes, feed, usage, event_buffer)
 
+    @property
+    def event_subscribers(self) -> int:
+        """`/admin/events` websockets open now."""
+        return self._http.event_subscribers
+
     async def run(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         async with unix_listener(self._path) as listener, trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._serve_connection, [listener])

@@ -16,6 +16,10 @@ The Anthropic Messages routes are model routes too, with three differences: the 
 `x-api-key`, only providers of kind `anthropic` serve them (`sopy.routing.native_routes`), and
 every error is answered in Anthropic's shape, as the route table declares (`ErrorShape`).
 
+`GET /metrics` shows the gateway's Prometheus metrics (`sopy.runtime.metrics`, recorded by
+`sopy.actors.relay.accounted`), or, with `--metrics-port`, a second server on that port does,
+and the public port answers 404 for it.
+
 Request bodies are bounded twice: each by `max_body_bytes` (413), all those held at once by
 `max_body_bytes_in_flight` (503 with Retry-After). A body is held from the moment it is announced
 (or, chunked, as it arrives) until its request is over, as the pool may resend it to another
@@ -86,6 +90,8 @@ from sopy.routing.route_table import RouteTable
 from sopy.routing.usage_counts import with_usage_requested
 from sopy.runtime.byte_budget import ByteBudget, ByteShare
 from sopy.runtime.change_feed import ChangeFeed
+from sopy.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sopy.runtime.metrics import GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 
@@ -97,6 +103,9 @@ _STREAMS_WITH_USAGE_OPTION = frozenset(
 )
 _RESPONSE_ID_PREFIX = public_route("get_response").prefix
 _MODEL_PREFIX = public_route("retrieve_model").prefix
+_FOLLOW_UP_ROUTE = public_route("get_response").path
+_RESPONSES_ROUTE = public_route("create_response").path
+_METRICS_PATH = public_route("metrics").path
 
 
 Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
@@ -144,7 +153,19 @@ class HttpFront:
         self._bodies_in_flight = ByteBudget(settings.max_body_bytes_in_flight)
         self._draining = trio.Event()
         self._request_slots = trio.CapacityLimiter(settings.max_concurrent_requests)
+        self.metrics = GatewayMetrics(per_key=settings.metrics_per_key)
+        self.metrics.add_gauge(
+            "sopy_requests_in_flight",
+            "Requests being served now.",
+            lambda: self._request_slots.borrowed_tokens,
+        )
+        self.metrics.add_gauge(
+            "sopy_config_version",
+            "Version of the configuration being served (0 while it loads).",
+            lambda: 0 if feed.latest is None else feed.latest.version,
+        )
         self.stopped = trio.Event()
+        self.metrics_url: str | None = None  # with --metrics-port, once it listens
         self._table_source: ConfigChanged | None = None
         self._table: RouteTable | None = None
         handlers: dict[PublicHandler, Handler] = {
@@ -162,6 +183,7 @@ class HttpFront:
             ),
             PublicHandler.OPENAPI: self._openapi,
             PublicHandler.DOCS: self._docs,
+            PublicHandler.METRICS: self._metrics,
         }
         shapes = {route.handler: route.error_shape for route in PUBLIC_ROUTES}
         self._handler_for = PublicDispatcher(
@@ -195,19 +217,27 @@ class HttpFront:
         )
         server = HttpServer(self._serve_request, limits, _render_error)
         async with trio.open_nursery() as nursery:
-            try:
-                url: str = await nursery.start(
-                    server.serve, settings.host, settings.port, self._draining.wait
-                )
-            except* OSError as failures:
-                first = innermost(failures)
-                reason = first.strerror if isinstance(first, OSError) else None
-                raise StartupError(
-                    f"cannot listen on {self._settings.host}:{self._settings.port}: "
-                    f"{reason or first}; stop whatever uses that port or pass --port"
-                ) from None
+            url = await _listen(nursery, server, settings, settings.port, "--port", self._draining)
             log.info("serving the OpenAI API on %s", url)
+            if settings.metrics_port is not None:
+                metrics_server = HttpServer(self._serve_metrics_port, limits, _render_error)
+                self.metrics_url = await _listen(
+                    nursery, metrics_server, settings, settings.metrics_port, "--metrics-port",
+                    self._draining,
+                )  # fmt: skip
+                log.info("serving /metrics on %s", self.metrics_url)
             task_status.started(url)
+
+    async def _serve_metrics_port(self, exchange: HttpExchange) -> None:
+        """The `--metrics-port` server: GET /metrics, and a 404 for anything else."""
+        rid = os.urandom(8).hex().encode()
+        if exchange.raw_path == _METRICS_PATH and exchange.method in ("GET", "HEAD"):
+            await self._send_metrics(exchange, rid)
+        else:
+            error = NotFound(
+                f"This port serves GET /metrics only, not {exchange.method} {exchange.raw_path}."
+            )
+            await send_error(exchange, error, ErrorShape.OPENAI, rid)
 
     async def _serve_request(self, exchange: HttpExchange) -> None:
         request_id = os.urandom(8).hex().encode()
@@ -274,6 +304,18 @@ class HttpFront:
         status, content_type, body = answer
         await send_body(exchange, status, body, rid, content_type=content_type)
 
+    async def _metrics(self, exchange: HttpExchange, rid: bytes) -> None:
+        if self._settings.metrics_port is not None:
+            raise NotFound(
+                f"/metrics is served on its own port ({self._settings.metrics_port}, "
+                "--metrics-port), not on the public one."
+            )
+        await self._send_metrics(exchange, rid)
+
+    async def _send_metrics(self, exchange: HttpExchange, rid: bytes) -> None:
+        body = self.metrics.exposition()
+        await send_body(exchange, 200, body, rid, content_type=METRICS_CONTENT_TYPE)
+
     async def _health(self, exchange: HttpExchange, rid: bytes) -> None:
         table = self._route_table()
         await send_json(exchange, 200, {"status": "ok", "config_version": table.version}, rid)
@@ -301,8 +343,9 @@ class HttpFront:
         model_routes: ModelRoutes = OPENAI_MODEL_ROUTES,
     ) -> None:
         """Authenticate, read the body, route it by its `model` and relay the answer."""
-        request = ProxiedRequest(rid, model_routes.error_shape, exchange.raw_path)
-        with accounted(request, self._usage):
+        # A PROXY route is an exact path, so the path matched is its template.
+        request = ProxiedRequest(rid, exchange.raw_path, model_routes.error_shape)
+        with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             if not self._settings.no_auth:
                 request.key_id = model_routes.authenticate(table, exchange)
@@ -313,13 +356,14 @@ class HttpFront:
                     body = with_usage_requested(body)
                     request.strip_usage_chunk = True
                 routes = model_routes.routes_for(table, request.model)
+                request.model_mapped = True
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
         """POST /v1/responses: by model, or with `previous_response_id` to the backend that
         made that response; the id of the response made is remembered for its follow-ups."""
-        request = ProxiedRequest(rid, route=exchange.raw_path)
-        with accounted(request, self._usage):
+        request = ProxiedRequest(rid, _RESPONSES_ROUTE)
+        with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
@@ -329,6 +373,7 @@ class HttpFront:
                 previous_id = payload.get("previous_response_id")
                 if previous_id is None:
                     routes = openai_routes(table, request.model)
+                    request.model_mapped = True
                 else:
                     routes = (
                         previous_response_route(
@@ -348,11 +393,12 @@ class HttpFront:
     async def _follow_up_response(self, exchange: HttpExchange, rid: bytes) -> None:
         """GET/DELETE /v1/responses/{id}, its cancel and input_items: to the backend that made
         the response, for the key that made it only."""
-        request = ProxiedRequest(rid, route=exchange.raw_path)
-        with accounted(request, self._usage):
+        response_id, slash, action = exchange.raw_path[len(_RESPONSE_ID_PREFIX) :].partition("/")
+        # The dispatcher matched one of the follow-up templates, so `action` is one of theirs.
+        request = ProxiedRequest(rid, _FOLLOW_UP_ROUTE + slash + action)
+        with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
-            response_id = exchange.raw_path[len(_RESPONSE_ID_PREFIX) :].split("/", 1)[0]
             owner = self._affinity.owner_for(response_id, request.key_id)
             if owner is None:
                 raise _response_not_found(response_id)
@@ -366,10 +412,10 @@ class HttpFront:
     async def _responses_websocket(self, exchange: HttpExchange, rid: bytes) -> None:
         """GET /v1/responses with `Upgrade: websocket`: the WebSocket mode, relayed to a
         backend's own (`sopy.actors.websocket_relay`), or a 426 before upgrading."""
-        request = ProxiedRequest(rid, route=exchange.raw_path)
+        request = ProxiedRequest(rid, f"{_RESPONSES_ROUTE} (websocket)")
         outcome = WebsocketOutcome()
         # Not the connection but each response made over it is a model request to record.
-        with accounted(request, None):
+        with accounted(request, exchange, self.metrics, None):
             table = self._route_table()
             request.key_id = self._authenticate(table, exchange)
             upgrade = exchange.header(b"upgrade")
@@ -410,6 +456,27 @@ class HttpFront:
             self._usage.record(usage_record(request, outcome.provider))
 
         return record
+
+
+async def _listen(
+    nursery: trio.Nursery,
+    server: HttpServer,
+    settings: Settings,
+    port: int,
+    flag: str,
+    draining: trio.Event,
+) -> str:
+    """Start `server` on `port` of `--host`; its URL, or a StartupError that says what to do."""
+    try:
+        url: str = await nursery.start(server.serve, settings.host, port, draining.wait)
+    except* OSError as failures:
+        first = innermost(failures)
+        reason = first.strerror if isinstance(first, OSError) else None
+        raise StartupError(
+            f"cannot listen on {settings.host}:{port}: {reason or first}; stop whatever uses "
+            f"that port or pass {flag}"
+        ) from None
+    return url
 
 
 def _pinned(table: RouteTable, owner: ResponseOwner, rid: str) -> ProviderRoute:

@@ -15,6 +15,9 @@ it goes to the request's access log line only.
 Every request that reached a provider also ends in a `UsageRecord` for the usage ledger
 (`accounted`), with the token counts read from the answer as it is relayed
 (`sopy.routing.usage_counts`).
+
+`accounted` ends every model request with its access log line and its one entry in the
+gateway's metrics (`sopy.runtime.metrics`).
 """
 
 import contextlib
@@ -26,7 +29,12 @@ import attrs
 import orjson
 import trio
 
-from sopy.actors.front_responses import send_complete, send_error
+from sopy.actors.front_responses import (
+    overhead_header,
+    overhead_seconds,
+    send_complete,
+    send_error,
+)
 from sopy.errors import (
     ErrorShape,
     NoBackendAvailable,
@@ -61,6 +69,7 @@ from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.routing.usage_counts import StreamUsageWatcher, usage_of_body
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
+from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 
 log = logging.getLogger(__name__)
@@ -86,10 +95,13 @@ class ProxiedRequest:
     route's: the shape of the errors the gateway itself answers with."""
 
     rid: bytes
+    # The route table template the request matched: a bounded label for the metrics.
+    route: str
     error_shape: ErrorShape = ErrorShape.OPENAI
-    route: str = "-"
     key_id: int | None = None
     model: str = "-"
+    # Whether `model` is a mapped name (only those become a metrics label).
+    model_mapped: bool = False
     began: float = attrs.field(factory=trio.current_time)
     pool_inbox: trio.MemorySendChannel[PoolMessage] | None = None
     provider: str | None = None
@@ -97,6 +109,10 @@ class ProxiedRequest:
     attempts: int = 0
     status: int = 0
     upstream_seconds: float = 0.0
+    # Waiting for the providers' first answers, summed over the fallback hops.
+    upstream_wait: float | None = None
+    # A streamed answer's first body chunk relayed (trio's clock).
+    first_chunk_at: float | None = None
     finished: bool = False
     failure: str | None = None
     # Set for a Responses API request: learns the id of the response relayed.
@@ -113,7 +129,6 @@ class ProxiedRequest:
     stream_usage: StreamUsageWatcher | None = None
     strip_usage_chunk: bool = False
     stream_complete: bool = False
-    first_token_seconds: float | None = None
 
 
 async def proxy(
@@ -146,7 +161,9 @@ async def _first_answer(
         sent_at = trio.current_time()
         events = await _forward(inbox_for, route, request, exchange, body)
         first = await _next_event(events)
-        request.upstream_seconds = trio.current_time() - sent_at
+        request.upstream_seconds = waited = trio.current_time() - sent_at
+        exchange.waited += waited
+        request.upstream_wait = (request.upstream_wait or 0.0) + waited
         _note_answer(request, route, first)
         if index + 1 < len(routes) and _provider_could_not_answer(first):
             log.info(
@@ -288,6 +305,7 @@ async def _relay_stream(
     one each."""
     ready, end = _take_ready(events)
     headers.append((b"x-request-id", request.rid))
+    headers.append(overhead_header(exchange))
     watcher = request.response_ids if status == 200 else None
     usage = None
     if is_event_stream(headers):
@@ -297,15 +315,15 @@ async def _relay_stream(
     if watcher is not None:
         watcher.feed(ready)
     if ready:
-        request.first_token_seconds = trio.current_time() - request.began
+        request.first_chunk_at = trio.current_time()
     await exchange.start_response(status, headers, usage.feed(ready) if usage else ready)
     while end is None:
         event = await _next_event(events)
         if isinstance(event, ResponseChunk):
+            if request.first_chunk_at is None:
+                request.first_chunk_at = trio.current_time()
             ready, end = _take_ready(events)
             data = event.data + ready
-            if request.first_token_seconds is None:
-                request.first_token_seconds = trio.current_time() - request.began
             if watcher is not None and not watcher.done:
                 watcher.feed(data)
             await exchange.send_chunk(usage.feed(data) if usage else data)
@@ -396,10 +414,17 @@ def _sse_error_event(request: ProxiedRequest) -> bytes:
 
 
 @contextlib.contextmanager
-def accounted(request: ProxiedRequest, usage: UsageLedger | None) -> Iterator[None]:
+def accounted(
+    request: ProxiedRequest,
+    exchange: HttpExchange,
+    metrics: GatewayMetrics,
+    usage: UsageLedger | None,
+) -> Iterator[None]:
     """Around one public request's handling: its status for a failure (a `SopyError`'s, or 499
-    when the client left), then its one access log line and, if it reached a provider, its
-    usage record in `usage` (None: the handler records usage itself), however it ended."""
+    when the client left), then its one access log line, its metrics and, if it reached a
+    provider, its usage record in `usage` (None: the handler records usage itself), however it
+    ended. A failure the front answers after this (the status set here) is written by then; its
+    answer is not, so its total time is up to the failure."""
     try:
         yield
     except SopyError as error:
@@ -410,6 +435,23 @@ def accounted(request: ProxiedRequest, usage: UsageLedger | None) -> Iterator[No
         raise
     finally:
         log_access(request)
+        received_at = exchange.received_at
+        # A client that left unanswered was given nothing whose overhead could be told.
+        unanswered = exchange.answered_at is None and request.status == CLIENT_CLOSED_REQUEST
+        metrics.record_request(
+            route=request.route,
+            model=request.model if request.model_mapped else UNMAPPED,
+            provider=request.provider,
+            status=request.status,
+            key_id=request.key_id,
+            total=trio.current_time() - received_at,
+            upstream=request.upstream_wait,
+            first_token=None
+            if request.first_chunk_at is None
+            else request.first_chunk_at - received_at,
+            overhead=None if unanswered else overhead_seconds(exchange),
+            attempts=request.attempts,
+        )
         if usage is not None and request.provider is not None:
             usage.record(usage_record(request, request.provider))
 
@@ -430,8 +472,8 @@ def usage_record(request: ProxiedRequest, provider: str) -> UsageRecord:
         tokens_from_provider=tokens is not None,
         upstream_ms=request.upstream_seconds * 1000,
         first_token_ms=None
-        if request.first_token_seconds is None
-        else request.first_token_seconds * 1000,
+        if request.first_chunk_at is None
+        else (request.first_chunk_at - request.began) * 1000,
         client_gone=request.status == CLIENT_CLOSED_REQUEST,
         cut_short=streamed is not None and not request.stream_complete,
     )

@@ -499,6 +499,8 @@ class ProviderPools:
         self._settings = settings
         self._open_transport = open_transport
         self._inboxes: dict[str, trio.MemorySendChannel[PoolMessage]] = {}
+        # Every pool made, retired ones too, so that their cooldown counts never go back.
+        self._pools: list[UpstreamPool] = []
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -520,10 +522,18 @@ class ProviderPools:
             raise NoBackendAvailable("the upstream pools are restarting; retry in a moment")
         inbox, pool_inbox = trio.open_memory_channel[PoolMessage](POOL_INBOX_SIZE)
         pool = UpstreamPool(provider, pool_inbox, self._settings, self._feed, self._open_transport)
+        self._pools.append(pool)
         self._nursery.start_soon(supervise, f"upstream pool {provider}", pool.run)
         self._inboxes[provider] = inbox
         log.info("upstream pool for provider '%s' started", provider)
         return inbox
+
+    def cooldowns_by_provider(self) -> dict[str, float]:
+        """Backend cooldowns started so far, by provider (for the metrics, read when scraped)."""
+        counts: dict[str, float] = {}
+        for pool in self._pools:
+            counts[pool.provider] = counts.get(pool.provider, 0) + pool.picker.cooldowns_started
+        return counts
 
     async def _follow_config(self) -> None:
         while True:

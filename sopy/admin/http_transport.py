@@ -48,6 +48,8 @@ class AdminHttp:
         self._feed = feed
         self._usage = usage
         self._event_buffer = event_buffer
+        # `/admin/events` websockets open now (for the metrics).
+        self.event_subscribers = 0
 
     async def serve(self, stream: ReplayStream) -> None:
         head = await _peek_head(stream)
@@ -116,7 +118,13 @@ class AdminHttp:
                 await request.reject(400, body=error.message.encode())
                 return
             ws = await request.accept()
-            await stream_changes(ws, self._feed, self._inboxes.config, since, self._event_buffer)
+            self.event_subscribers += 1
+            try:
+                await stream_changes(
+                    ws, self._feed, self._inboxes.config, since, self._event_buffer
+                )
+            finally:
+                self.event_subscribers -= 1
             nursery.cancel_scope.cancel()
 
 

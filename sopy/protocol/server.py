@@ -80,6 +80,12 @@ class HttpExchange:
         self.path = urllib.parse.unquote(self.raw_path)
         self.headers: Sequence[Header] = request.headers
         self.common_headers: Sequence[Header] = ()
+        # When the request head was parsed, when the response head was written, and the seconds
+        # spent meanwhile waiting on others: the request body (counted here) and whatever the
+        # application waits for (it adds that): what an application's own time is measured by.
+        self.received_at = trio.current_time()
+        self.answered_at: float | None = None
+        self.waited = 0.0
         self.response_started = False
         self.response_finished = False
         self.last_on_connection = False
@@ -113,7 +119,9 @@ class HttpExchange:
             if self._expects_continue:
                 self._expects_continue = False
                 await connection.write(CONTINUE)
+            waiting_since = trio.current_time()
             await connection.receive()
+            self.waited += trio.current_time() - waiting_since
         event = events.popleft()
         if isinstance(event, Data):
             return event.data
@@ -163,6 +171,7 @@ class HttpExchange:
         server's own: one left blocked for `send_timeout` disconnects the client. The server
         sends nothing more on the connection and closes it once the handler returns."""
         self.response_started = self.response_finished = self.last_on_connection = True
+        self.answered_at = trio.current_time()
         request = self._request
         head = b"%s %s HTTP/%s\r\n" % (request.method, request.target, request.http_version)
         head += b"".join(b"%s: %s\r\n" % header for header in request.headers) + b"\r\n"
@@ -178,6 +187,7 @@ class HttpExchange:
     def _begin_response(self) -> bool:
         """Note that the response has started; whether it must say `connection: close`."""
         self.response_started = True
+        self.answered_at = trio.current_time()
         connection = self._connection
         self.last_on_connection = (
             connection.server.draining

@@ -57,6 +57,8 @@ class BackendPicker:
         self._strategy = strategy
         self._policy = policy
         self._clock = clock
+        # Cooldowns started since this picker was made: a counter for the metrics.
+        self.cooldowns_started = 0
         self._states: dict[str, _BackendState] = {}
         self._never_picked = _BackendState(policy.first_cooldown)
         self._tie_breaker = itertools.count()
@@ -106,6 +108,7 @@ class BackendPicker:
             state.next_cooldown = min(state.next_cooldown * 2, self._policy.longest_cooldown)
             state.tripped = True
             state.probing = False
+            self.cooldowns_started += 1
         if retry_after is not None:
             state.resting_until = max(state.resting_until, now + self._capped(retry_after))
 

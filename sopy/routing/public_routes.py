@@ -46,6 +46,7 @@ EVENT_STREAM = "text/event-stream"
 HTML = "text/html"
 FORM = "multipart/form-data"
 AUDIO = "audio/*"
+PROMETHEUS_TEXT = "text/plain"
 
 # Every request passes the front's concurrency limit before its handler runs.
 FRONT_ERRORS: tuple[type[SopyError], ...] = (ServerBusy,)
@@ -102,6 +103,7 @@ class PublicHandler(enum.Enum):
     ANTHROPIC_MESSAGES = enum.auto()
     OPENAPI = enum.auto()
     DOCS = enum.auto()
+    METRICS = enum.auto()
 
 
 @attrs.frozen
@@ -506,6 +508,23 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         reply=Reply("The HTML page.", {HTML: None}),
         errors=(NotFound,),
         includes_subpaths=True,
+    ),
+    PublicRoute(
+        method="GET",
+        path="/metrics",
+        handler=PublicHandler.METRICS,
+        operation_id="metrics",
+        tag="gateway",
+        summary="Prometheus metrics",
+        description="Needs no key. Requests by route, model, provider and status; latency "
+        "histograms (total, upstream, time to first token); retries; `sopy_overhead_seconds`, "
+        "the time Sopy itself adds per request; backend cooldowns; requests in flight, the "
+        "config version and `/admin/events` subscribers. "
+        "Labels carry no key or client text (a model that is not mapped is `-`); key ids only "
+        "with `--metrics-per-key`. With `--metrics-port` it is served on that port instead, "
+        "and this one answers 404.",
+        reply=Reply("The metrics in Prometheus' text format.", {PROMETHEUS_TEXT: None}),
+        errors=(NotFound,),
     ),
 )
 
