@@ -11,16 +11,14 @@ The file lives beside the config database, under the same private-file rules
 """
 
 import logging
-import os
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
 import trio
 
-from sopy.errors import StartupError
 from sopy.routing.response_affinity import PendingChange, ResponseAffinity, ResponseOwner
-from sopy.runtime.private_files import existing_private_file, open_private
+from sopy.runtime.private_files import open_private_database
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +81,7 @@ class ResponseAffinityStore:
             )
 
     def _open(self) -> sqlite3.Connection:
-        what, flag = "response affinity database", "--db-path"
-        try:
-            # Same rules as the config database's: ours, not a link, 0600 (which SQLite gives
-            # its -wal and -shm files too).
-            if not existing_private_file(self._path, what, flag):
-                os.close(open_private(self._path, os.O_RDWR))
-            database = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            database.execute("PRAGMA journal_mode = WAL")
-            database.execute(_SCHEMA)
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise StartupError(
-                f"cannot open the response affinity database {self._path}: {exc}. Check that "
-                "its directory (the config database's) is writable and the file is Sopy's."
-            ) from exc
-        return database
+        return open_private_database(self._path, "response affinity database", (_SCHEMA,))
 
 
 def _load(database: sqlite3.Connection) -> list[tuple[str, ResponseOwner]]:

@@ -13,7 +13,6 @@ The file lives beside the config database, under the same private-file rules
 """
 
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from sopy.errors import InternalError, StartupError
+from sopy.errors import InternalError
 from sopy.messages import (
     CommandFailed,
     CommandReply,
@@ -31,7 +30,7 @@ from sopy.messages import (
     UsageRecord,
     UsageReport,
 )
-from sopy.runtime.private_files import existing_private_file, open_private
+from sopy.runtime.private_files import open_private_database
 from sopy.runtime.usage_ledger import UsageLedger
 
 log = logging.getLogger(__name__)
@@ -148,22 +147,7 @@ class UsageStore:
             )
 
     def _open(self) -> sqlite3.Connection:
-        what, flag = "usage database", "--db-path"
-        try:
-            # Same rules as the config database's: ours, not a link, 0600 (which SQLite gives
-            # its -wal and -shm files too).
-            if not existing_private_file(self._path, what, flag):
-                os.close(open_private(self._path, os.O_RDWR))
-            database = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            database.execute("PRAGMA journal_mode = WAL")
-            for statement in _SCHEMA:
-                database.execute(statement)
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise StartupError(
-                f"cannot open the usage database {self._path}: {exc}. Check that its directory "
-                "(the config database's) is writable and the file is Sopy's."
-            ) from exc
-        return database
+        return open_private_database(self._path, "usage database", _SCHEMA)
 
 
 def _write(database: sqlite3.Connection, records: list[UsageRecord], oldest: float) -> None:

@@ -1,16 +1,19 @@
 """Files only this user may touch: the checks and the creation mode for every file Sopy keeps.
 
 The admin socket (`sopy.runtime.unix_listener`), the config database, its secret key file and
-version mark (`sopy.config`) and the log of `sopy start` (`sopy.cli.background`) all go through
-here, so each gets the same rules: its directory belongs to us and is writable by no one else
-(otherwise another user could plant or swap the file), an existing file is ours, a regular file
-and not a symbolic link, and a new file is created mode 0600 without following a link.
+version mark (`sopy.config`), the actors' own SQLite files (`open_private_database`) and the log
+of `sopy start` (`sopy.cli.background`) all go through here, so each gets the same rules: its
+directory belongs to us and is writable by no one else (otherwise another user could plant or
+swap the file), an existing file is ours, a regular file and not a symbolic link, and a new file
+is created mode 0600 without following a link.
 """
 
 import contextlib
 import logging
 import os
+import sqlite3
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from sopy.errors import StartupError
@@ -121,3 +124,22 @@ def file_beside(path: Path, suffix: str) -> Path:
     `sopy_admin.key`), never `path` itself."""
     beside = path.with_name(path.stem + suffix)
     return beside if beside != path else path.with_name(path.name + suffix)
+
+
+def open_private_database(path: Path, what: str, schema: Sequence[str]) -> sqlite3.Connection:
+    """An actor's own SQLite file (WAL, `schema` applied), under the config database's rules:
+    ours, not a link, 0600 (which SQLite gives its -wal and -shm files too). For the one
+    thread that uses it; a failure is a one-line `StartupError` naming `what`."""
+    try:
+        if not existing_private_file(path, what, "--db-path"):
+            os.close(open_private(path, os.O_RDWR))
+        database = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        database.execute("PRAGMA journal_mode = WAL")
+        for statement in schema:
+            database.execute(statement)
+    except (OSError, sqlite3.DatabaseError) as exc:
+        raise StartupError(
+            f"cannot open the {what} {path}: {exc}. Check that its directory (the config "
+            "database's) is writable and the file is Sopy's."
+        ) from exc
+    return database
