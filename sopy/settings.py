@@ -189,6 +189,21 @@ class Settings:
             "seconds a response id is remembered (OpenAI keeps responses 30 days)", low=1.0
         ),
     )
+    kept_responses_per_key: int = attrs.field(
+        default=10_000,
+        metadata=_about(
+            "Responses API responses kept by Sopy itself per user key (those of providers that "
+            "do not serve the Responses API); the oldest are forgotten beyond",
+            low=1,
+        ),
+    )
+    kept_response_bytes_per_key: int = attrs.field(
+        default=256 * 1024 * 1024,
+        metadata=_about(
+            "bytes of responses kept by Sopy itself per user key; the oldest are forgotten beyond",
+            low=1,
+        ),
+    )
     usage_retention_days: float = attrs.field(
         default=90.0,
         metadata=_about(

@@ -21,6 +21,7 @@ from sopy.actors.response_affinity_store import ResponseAffinityStore, affinity_
 from sopy.actors.upstream_pool import OpenTransport, ProviderPools, open_connections
 from sopy.actors.usage_store import UsageStore, usage_database_path
 from sopy.messages import ConfigRequest, UsageQuery
+from sopy.routing.kept_responses import KeptResponses
 from sopy.routing.response_affinity import ResponseAffinity
 from sopy.runtime.admin_requests import AdminInboxes
 from sopy.runtime.change_feed import ChangeFeed
@@ -62,7 +63,12 @@ async def run_sopy(
     store = ConfigStore(settings, config_receive, feed)
     pools = ProviderPools(feed, settings, open_transport)
     affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl)
-    affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity)
+    kept = KeptResponses(
+        settings.kept_responses_per_key,
+        settings.kept_response_bytes_per_key,
+        settings.response_affinity_ttl,
+    )
+    affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity, kept)
     usage = UsageLedger(MAX_PENDING_USAGE_RECORDS)
     usage_send, usage_receive = trio.open_memory_channel[UsageQuery](USAGE_INBOX_SIZE)
     usage_store = UsageStore(

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from sopy.actors.response_affinity_store import ResponseAffinityStore
+from sopy.routing.kept_responses import KeptResponses
 from sopy.routing.response_affinity import ResponseAffinity
 from sopy.settings import Settings
 from tests.conftest import SopyUnderTest
@@ -194,7 +195,9 @@ async def test_changes_the_file_cannot_take_are_kept_and_written_once_it_can(
     path = workdir / "sopy_responses.db"
     affinity = ResponseAffinity(max_entries=10, ttl=3600)
     async with trio.open_nursery() as nursery:
-        await nursery.start(ResponseAffinityStore(path, affinity).run)
+        await nursery.start(
+            ResponseAffinityStore(path, affinity, KeptResponses(10, 10**6, 3600)).run
+        )
         with contextlib.closing(sqlite3.connect(path)) as other:
             # Another process holds the write lock past SQLite's busy timeout (5 s).
             other.execute("BEGIN IMMEDIATE")
