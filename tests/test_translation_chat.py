@@ -658,9 +658,27 @@ def test_deepseek_cache_hits_and_ollama_reasoning_are_read() -> None:
     assert answer.usage == Usage(10, 2, cache_read_tokens=4)
 
 
+def test_content_given_as_text_parts_and_a_refusal_are_read_as_text() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert chat.read_answer(completion({"role": "assistant", "content": parts})).parts == (
+        Text("ab"),
+    )
+    refused = completion({"role": "assistant", "content": None, "refusal": "I can't."})
+    assert chat.read_answer(refused).parts == (Text("I can't."),)
+    data = sse(chunk({"content": [{"type": "text", "text": "a"}]}), chunk({"refusal": "b"}))
+    assert read_stream(data)[1:3] == [BlockOpened(0, BlockKind.TEXT), BlockDelta(0, "a")]
+    assert read_stream(data)[3] == BlockDelta(0, "b")
+
+
 @pytest.mark.parametrize(
     "body",
-    [{"id": "x", "choices": []}, {"choices": [{"finish_reason": "stop"}]}, {"error": "x"}],
+    [
+        {"id": "x", "choices": []},
+        {"choices": [{"finish_reason": "stop"}]},
+        {"error": "x"},
+        {"choices": [{"message": {"content": [{"type": "thinking", "thinking": []}]}}]},
+        {"choices": [{"message": {"content": 5}}]},
+    ],
 )
 def test_a_malformed_answer_is_an_upstream_error(body: JsonObject) -> None:
     with pytest.raises(UpstreamError):
@@ -782,6 +800,11 @@ def test_done_without_a_finish_reason_stops_the_stream() -> None:
         BlockClosed(0),
         StreamStopped(StopReason.END_TURN),
     ]
+
+
+def test_content_that_is_not_text_fails_the_stream() -> None:
+    events = read_stream(sse(chunk({"content": [{"type": "image_url"}]})))
+    assert isinstance(events[-1], StreamFailed)
 
 
 def test_a_tool_call_without_a_name_fails_the_stream() -> None:

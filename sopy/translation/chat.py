@@ -42,7 +42,8 @@ says it. The reasoning parts of earlier assistant turns are not sent (chat has n
 them that servers read back). Assistant texts are joined as one content string.
 
 Reading a provider's answer (`read_answer`, `StreamReader`): reasoning from
-`reasoning_content` (DeepSeek, vLLM) or `reasoning` (OpenRouter, Ollama); tool-call arguments
+`reasoning_content` (DeepSeek, vLLM) or `reasoning` (OpenRouter, Ollama); text from `content`
+(a string, or text parts as some servers send) and `refusal`; tool-call arguments
 kept as the provider's text, valid JSON or not (a writer that needs an object decides); a
 `stop` finish with tool calls is `TOOL_USE` (some servers say `stop`); vLLM's `stop_reason`
 string names the stop sequence; an unknown finish reason is `END_TURN`. A malformed answer is an
@@ -672,6 +673,27 @@ def _reasoning_text(fields: JsonObject) -> str:
     return ""
 
 
+def _answer_text(fields: JsonObject) -> str | None:
+    """The text a message or delta carries: its `content` (a string or, from some servers, text
+    parts) and its `refusal`, which is what the model said instead; None if the content is
+    something else."""
+    content = fields.get("content")
+    if isinstance(content, list):
+        texts: list[str] = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                return None
+            text = part.get("text")
+            if not isinstance(text, str):
+                return None
+            texts.append(text)
+        content = "".join(texts)
+    elif content is not None and not isinstance(content, str):
+        return None
+    refusal = fields.get("refusal")
+    return (content or "") + (refusal if isinstance(refusal, str) else "")
+
+
 def read_answer(body: JsonObject) -> Answer:
     """A provider's chat completion as an answer (its first choice)."""
     choices = body.get("choices")
@@ -685,10 +707,11 @@ def read_answer(body: JsonObject) -> Answer:
     reasoning = _reasoning_text(message)
     if reasoning:
         parts.append(Reasoning(reasoning))
-    for key in ("content", "refusal"):
-        text = message.get(key)
-        if isinstance(text, str) and text:
-            parts.append(Text(text))
+    text = _answer_text(message)
+    if text is None:
+        raise _malformed_answer("its content is neither a string nor text parts")
+    if text:
+        parts.append(Text(text))
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise _malformed_answer("its tool_calls is not an array")
@@ -800,9 +823,10 @@ class StreamReader:
         delta = choice.get("delta")
         if isinstance(delta, dict):
             self._run_delta(BlockKind.REASONING, _reasoning_text(delta), events)
-            content = delta.get("content")
-            if isinstance(content, str):
-                self._run_delta(BlockKind.TEXT, content, events)
+            text = _answer_text(delta)
+            if text is None:
+                return "The provider's stream held content that is neither text nor text parts."
+            self._run_delta(BlockKind.TEXT, text, events)
             calls = delta.get("tool_calls")
             for call in calls if isinstance(calls, list) else ():
                 failure = self._call_delta(call, events)
