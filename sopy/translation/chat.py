@@ -32,8 +32,9 @@ Reading a client's request (`read_request`):
 Writing a provider's request (`write_request`): one `system` message; `max_tokens` (not
 `max_completion_tokens`: vLLM, Ollama and most chat-only servers know only the former);
 `stream_options.include_usage` whenever streaming, since the gateway accounts for the usage;
-`reasoning_effort` only when the conversation has one, or else derived from Anthropic's
-thinking budget (`reasoning_budget`: up to 4096 tokens low, up to 16384 medium, more high);
+`reasoning_effort` only when the conversation has one (many chat servers refuse it for a model
+that does not reason; Anthropic's thinking budget, `reasoning_budget`, has no chat field and is
+not sent: the model reasons as its server has it);
 `tool_choice` and `parallel_tool_calls` only with tools. A user message's tool results go first,
 as `tool` messages (their texts joined by a blank line: chat servers do not all take parts
 there), and an image in a tool result, which a tool message cannot carry, follows them in a
@@ -181,8 +182,6 @@ _NEUTRAL_VALUES: dict[str, Callable[[Any], bool]] = {
     "functions": lambda value: value is None,
     "function_call": lambda value: value is None,
 }
-
-_THINKING_BUDGET_EFFORTS: tuple[tuple[int, str], ...] = ((4096, "low"), (16384, "medium"))
 
 
 def _untranslatable(path: str, what: str) -> UntranslatableField:
@@ -530,21 +529,11 @@ def write_request(conversation: Conversation) -> JsonObject:
                 body["parallel_tool_calls"] = choice.parallel
     if conversation.response_format is not None:
         body["response_format"] = _write_response_format(conversation.response_format)
-    effort = conversation.reasoning_effort or _effort_for_budget(conversation.reasoning_budget)
-    if effort is not None:
-        body["reasoning_effort"] = effort
+    if conversation.reasoning_effort is not None:
+        body["reasoning_effort"] = conversation.reasoning_effort
     if conversation.user is not None:
         body["user"] = conversation.user
     return body
-
-
-def _effort_for_budget(budget: int | None) -> str | None:
-    if budget is None:
-        return None
-    for most, effort in _THINKING_BUDGET_EFFORTS:
-        if budget <= most:
-            return effort
-    return "high"
 
 
 def _write_user(message: Message, path: str) -> list[JsonObject]:
