@@ -193,6 +193,14 @@ def _untranslatable(path: str, what: str) -> UntranslatableField:
     )
 
 
+def _inexpressible(path: str, what: str) -> UntranslatableField:
+    return UntranslatableField(
+        f"`{path}`: {what} cannot be expressed in Chat Completions, the only API this model's "
+        "provider speaks. Leave it out, or use a model on a provider that serves your API.",
+        param=path,
+    )
+
+
 def _invalid(path: str, must: str) -> InvalidRequest:
     return InvalidRequest(f"`{path}` must be {must}.", param=path)
 
@@ -553,7 +561,7 @@ def _write_user(message: Message, path: str) -> list[JsonObject]:
         elif isinstance(part, Image):
             content.append(_image_part(part))
         else:
-            raise _untranslatable(f"{path}.content[{j}]", f"a user message's {type(part).__name__}")
+            raise _inexpressible(f"{path}.content[{j}]", f"a user message's {type(part).__name__}")
     if len(content) == 1 and content[0]["type"] == "text":
         written.append({"role": "user", "content": content[0]["text"]})
     elif content or not written:
@@ -583,7 +591,7 @@ def _write_assistant(message: Message, path: str) -> JsonObject:
                 }
             )
         elif not isinstance(part, Reasoning):
-            raise _untranslatable(
+            raise _inexpressible(
                 f"{path}.content[{j}]", f"an assistant message's {type(part).__name__}"
             )
     written: JsonObject = {"role": "assistant", "content": "".join(texts) if texts else None}
