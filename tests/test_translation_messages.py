@@ -151,6 +151,38 @@ def test_system_prompt_as_string_or_text_blocks_with_cache_control_ignored() -> 
     assert read.system == "You are Claude Code.\n\nBe brief."
 
 
+def test_a_claude_code_request_reads_whole() -> None:
+    """Claude Code always sends `context_management` (it cannot be turned off), adaptive
+    thinking with an effort, cached system blocks and tools: all of it translates."""
+    body = request(
+        system=[
+            {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}
+        ],
+        tools=[
+            {
+                "name": "Bash",
+                "description": "Run a command",
+                "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+                "cache_control": {"type": "ephemeral"},
+            }
+        ],
+        metadata={"user_id": "user_abc_session_1"},
+        thinking={"type": "adaptive"},
+        output_config={"effort": "medium"},
+        context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        temperature=1,
+        stream=True,
+    )
+    read = messages.read_request(body)
+    assert (read.system, read.user, read.stream) == (
+        "You are Claude Code.",
+        "user_abc_session_1",
+        True,
+    )
+    assert (read.reasoning_effort, read.reasoning_budget) == ("medium", None)
+    assert [tool.name for tool in read.tools] == ["Bash"]
+
+
 def test_system_messages_inside_messages_join_the_system_prompt() -> None:
     body = request(
         system="First.",
@@ -627,6 +659,7 @@ def test_broken_tool_arguments_from_a_provider_are_a_bad_gateway() -> None:
     [
         (400, "invalid_request_error"),
         (401, "authentication_error"),
+        (402, "billing_error"),
         (403, "permission_error"),
         (404, "not_found_error"),
         (422, "invalid_request_error"),
@@ -634,6 +667,7 @@ def test_broken_tool_arguments_from_a_provider_are_a_bad_gateway() -> None:
         (500, "api_error"),
         (503, "overloaded_error"),
         (504, "timeout_error"),
+        (529, "overloaded_error"),
     ],
 )
 def test_errors_are_written_with_anthropics_type_for_the_status(

@@ -25,8 +25,12 @@ Requests read (`read_request`):
   `reasoning_effort` (the same words as OpenAI's), `output_config.format` (a JSON schema) the
   `response_format`, named `RESPONSE_FORMAT_NAME`.
 - ignored, as they do not change the answer: `service_tier`, `inference_geo`, `speed`,
-  `diagnostics`, `cache_control`, metadata other than `user_id`. Any other field is refused
-  with `UntranslatableField`, so nothing that changes the answer is dropped silently.
+  `diagnostics`, `cache_control`, metadata other than `user_id`. Also ignored:
+  `context_management`, the server-side clearing of old tool results and thinking once the
+  context grows past a threshold, which Claude Code always sends and cannot turn off; another
+  provider gets the whole conversation (one over its context window gets its error). Any other
+  field is refused with `UntranslatableField`, so nothing else that changes the answer is
+  dropped silently.
 
 Requests written (`write_request`): the same fields the other way. `max_tokens` is required by
 Anthropic: when the IR has none it is `DEFAULT_MAX_TOKENS`, plus the thinking budget when there
@@ -116,7 +120,9 @@ RESPONSE_FORMAT_NAME = "response"
 
 _EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-_IGNORED_FIELDS = frozenset({"service_tier", "inference_geo", "speed", "diagnostics"})
+_IGNORED_FIELDS = frozenset(
+    {"service_tier", "inference_geo", "speed", "diagnostics", "context_management"}
+)
 _READ_FIELDS = frozenset(
     {
         "model",
@@ -753,13 +759,18 @@ def write_error(error: ProviderError) -> JsonObject:
 
 @attrs.define
 class _ReaderBlock:
+    """An open Anthropic content block: its IR index, and whether arguments came for a call."""
+
     index: int
     kind: BlockKind
     arguments_seen: bool = False
 
 
 class StreamReader:
-    """An Anthropic provider's event stream, fed event by event, as IR stream events."""
+    """An Anthropic provider's event stream, fed event by event, as IR stream events.
+    `message_delta` gives the usage (`UsageReported`, cumulative, cache counts kept from
+    `message_start`) and then the stop, after closing the blocks still open; a `message_stop`
+    without a stop reason before it ends the turn. `ping` and unknown events are skipped."""
 
     def __init__(self) -> None:
         self._blocks: dict[int, _ReaderBlock] = {}  # Anthropic's index -> the open IR block
@@ -892,8 +903,8 @@ class StreamReader:
 
 @attrs.define
 class _WriterBlock:
-    """A block of the answer being written: its Anthropic index once it is the client's, and
-    its events held back while an earlier block is still open."""
+    """A block of the answer being written: its `content_block_start` payload, and the deltas
+    held back while an earlier block is still the client's open one."""
 
     kind: BlockKind
     start: JsonObject
