@@ -40,7 +40,9 @@ fit under the client's own `max_tokens` is cut to fit, or thinking left off when
 Anthropic's minimum fits. A `response_format` becomes `output_config.format` (its name,
 description and `strict` have no counterpart: Anthropic's structured output is always strict).
 `temperature` and `top_p` are sent only when the client set them (Anthropic's newest models
-refuse them, with a 400 the client sees translated). Reasoning without a signature (a chat
+refuse them, with a 400 the client sees translated); a temperature over Anthropic's
+`MAX_TEMPERATURE` is refused. An image's `detail` (OpenAI's resolution hint) has no
+counterpart and is not sent. Reasoning without a signature (a chat
 provider's) cannot be handed to Anthropic and is left out, as Anthropic itself drops earlier
 turns' thinking; empty text parts are left out (Anthropic refuses them). Tool results go first
 in their message, as Anthropic requires.
@@ -114,6 +116,9 @@ THINKING_BUDGETS: dict[str, int | None] = {
     "max": 65536,
 }
 """OpenAI's `reasoning_effort` as an Anthropic thinking budget in tokens (None: no thinking)."""
+
+MAX_TEMPERATURE = 1.0
+"""Anthropic's highest `temperature` (OpenAI's goes to 2, on another scale: not converted)."""
 
 RESPONSE_FORMAT_NAME = "response"
 """The name given to a JSON schema read from `output_config.format`, which has none."""
@@ -457,6 +462,12 @@ def write_request(conversation: Conversation) -> JsonObject:
     if budget is not None:
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     if conversation.temperature is not None:
+        if conversation.temperature > MAX_TEMPERATURE:
+            raise UntranslatableField(
+                f"Anthropic takes a temperature from 0 to {MAX_TEMPERATURE}, "
+                f"not {conversation.temperature}",
+                param="temperature",
+            )
         body["temperature"] = conversation.temperature
     if conversation.top_p is not None:
         body["top_p"] = conversation.top_p
@@ -494,15 +505,15 @@ def _thinking_budget(conversation: Conversation) -> int | None:
 
 
 def _write_message(message: Message, index: int) -> JsonObject | None:
-    # Anthropic wants a user message's tool results before anything else in it.
-    parts = sorted(message.parts, key=lambda part: not isinstance(part, ToolResult))
     blocks = [
         block
-        for position, part in enumerate(parts)
+        for position, part in enumerate(message.parts)
         if (block := _write_part(part, f"messages[{index}].content[{position}]")) is not None
     ]
     if not blocks:
         return None
+    # Anthropic wants a user message's tool results before anything else in it.
+    blocks.sort(key=lambda block: block["type"] != "tool_result")
     return {"role": message.role.value, "content": blocks}
 
 
