@@ -378,6 +378,7 @@ def test_features_the_ir_cannot_carry_are_refused_naming_the_field(
         (request(tool_choice={"type": "sometimes"}), "tool_choice.type"),
         (request(thinking={"type": "enabled"}), "thinking.budget_tokens"),
         (request(stop_sequences=["ok", 3]), "stop_sequences[1]"),
+        (request(tools=[{"name": "t"}]), "tools[0].input_schema"),
     ],
 )
 def test_malformed_requests_name_the_field(body: dict[str, Any], param: str) -> None:

@@ -345,7 +345,7 @@ def _read_tools(value: object) -> tuple[FunctionTool, ...]:
         path = f"tools[{index}]"
         tool = _object(item, path)
         kind = tool.get("type")
-        if kind not in (None, "custom") or "input_schema" not in tool:
+        if kind not in (None, "custom"):
             raise UntranslatableField(
                 f"{path} is an Anthropic server tool (`{kind}`), which this model's provider "
                 "does not have; use a custom tool with an input_schema",
