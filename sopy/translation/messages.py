@@ -41,11 +41,11 @@ Anthropic's minimum fits. A `response_format` becomes `output_config.format` (it
 description and `strict` have no counterpart: Anthropic's structured output is always strict).
 `temperature` and `top_p` are sent only when the client set them (Anthropic's newest models
 refuse them, with a 400 the client sees translated); a temperature over Anthropic's
-`MAX_TEMPERATURE` is refused. An image's `detail` (OpenAI's resolution hint) has no
-counterpart and is not sent. Reasoning without a signature (a chat
-provider's) cannot be handed to Anthropic and is left out, as Anthropic itself drops earlier
-turns' thinking; empty text parts are left out (Anthropic refuses them). Tool results go first
-in their message, as Anthropic requires.
+`MAX_TEMPERATURE` is refused. An image's `detail` (OpenAI's resolution hint) has no counterpart
+and is not sent. Reasoning without a signature (a chat provider's) cannot be handed to
+Anthropic and is left out, as Anthropic itself drops earlier turns' thinking; empty text parts,
+which Anthropic refuses, are left out too. Tool results go first in their message, as Anthropic
+requires. A tool call whose arguments are not a JSON object is the client's malformed request.
 
 Answers: stop reasons map `end_turn`/`max_tokens`/`stop_sequence`/`tool_use`/`refusal` to the
 IR's; `model_context_window_exceeded` and `pause_turn` (the turn was cut short) read as
@@ -58,6 +58,11 @@ Streams: `StreamReader` maps Anthropic's content block indices to IR blocks (0, 
 order of appearance) and closes open blocks at `message_delta`'s stop; `StreamWriter` emits one
 content block at a time, as Anthropic does, holding back the events of a block that opens while
 another is open until that one closes, and holds `message_delta` until the usage is known.
+A failed or unfinished stream ends with Anthropic's `event: error`.
+
+Errors: `read_error` reads Anthropic's `{"type": "error", "error": {"type", "message"}}`;
+`write_error` writes that shape with Anthropic's type for the status
+(`sopy.errors.anthropic_error_type`).
 """
 
 import uuid
