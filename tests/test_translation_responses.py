@@ -110,14 +110,15 @@ def parsed_events(data: bytes) -> list[Any]:
 
 
 def accumulated(events: list[Any], tools: list[Any] | None = None) -> Response:
-    """The final response the SDK's stream accumulator (`responses.stream`) assembles."""
+    """The final response the SDK's stream accumulator (`responses.stream`) assembles (it
+    raises on a stream that breaks its rules)."""
     state: ResponseStreamState[Any] = ResponseStreamState(
         input_tools=tools or [], text_format=openai.omit
     )
     final = None
     for event in events:
         for handled in state.handle_event(event):
-            if handled.type == "response.completed":
+            if handled.type in ("response.completed", "response.incomplete"):
                 final = handled.response
     assert final is not None
     return final
@@ -735,9 +736,15 @@ def test_text_stream_is_the_exact_event_sequence() -> None:
 
 
 def test_usage_after_the_stop_is_in_the_completed_response() -> None:
-    """A chat provider's usage chunk comes after its finish reason."""
-    events = [*text_stream(), UsageReported(Usage(output_tokens=3, reasoning_tokens=1))]
-    events.insert(1, UsageReported(Usage(input_tokens=9)))
+    """A chat provider's usage chunk comes after its finish reason; Anthropic's input tokens
+    come with the start."""
+    events = [
+        StreamStarted("msg_1", "claude", usage=Usage(input_tokens=9)),
+        BlockOpened(0, BlockKind.TEXT),
+        BlockClosed(0),
+        StreamStopped(StopReason.END_TURN),
+        UsageReported(Usage(output_tokens=3, reasoning_tokens=1)),
+    ]
 
     completed = parsed_events(stream_bytes(StreamWriter(conversation()), events))[-1].response
 
@@ -1012,7 +1019,6 @@ def test_any_stream_written_in_any_batches_is_well_formed(
     assert answer is not None and list(answer.parts) == parts
     final = parsed[-1].response
     assert len(final.output) == len(parts)
-    if parsed[-1].type == "response.completed":
-        accumulated(parsed)
     texts = [part.text for part in parts if isinstance(part, Text)]
     assert final.output_text == "".join(texts)
+    assert accumulated(parsed).output_text == "".join(texts)
