@@ -29,7 +29,7 @@ backend or provider.
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import orjson
@@ -67,11 +67,18 @@ from sopy.errors import (
     UpgradeRequired,
     innermost,
 )
-from sopy.messages import ConfigChanged, ProviderRoute, TokenCounts
+from sopy.messages import (
+    ConfigChanged,
+    ProviderRoute,
+    TokenCounts,
+    TokenTotalsQuery,
+    UsageRequest,
+)
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
 from sopy.routing.cors import CorsPolicy
+from sopy.routing.key_limits import KeyGate, KeyPolicy, token_estimate
 from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.native_routes import messages_routes, openai_routes
 from sopy.routing.public_routes import (
@@ -91,7 +98,7 @@ from sopy.routing.usage_counts import with_usage_requested
 from sopy.runtime.byte_budget import ByteBudget, ByteShare
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from sopy.runtime.metrics import GatewayMetrics
+from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 
@@ -143,10 +150,12 @@ class HttpFront:
         inbox_for: ProviderInbox,
         affinity: ResponseAffinity,
         usage: UsageLedger,
+        usage_inbox: trio.MemorySendChannel[UsageRequest],
     ) -> None:
         self._settings = settings
         self._affinity = affinity
         self._usage = usage
+        self._usage_inbox = usage_inbox
         self._websocket_support = WebsocketSupport()
         self._feed = feed
         self._inbox_for = inbox_for
@@ -154,6 +163,14 @@ class HttpFront:
         self._draining = trio.Event()
         self._request_slots = trio.CapacityLimiter(settings.max_concurrent_requests)
         self.metrics = GatewayMetrics(per_key=settings.metrics_per_key)
+        self.key_gate = KeyGate()
+        self.metrics.add_counter_source(
+            "sopy_limit_refusals",
+            "Requests refused by their key's limits, by reason (expired, model, budget, "
+            "parallel, rpm, tpm).",
+            "reason",
+            self.key_gate.refusals_by_reason,
+        )
         self.metrics.add_gauge(
             "sopy_requests_in_flight",
             "Requests being served now.",
@@ -200,9 +217,29 @@ class HttpFront:
                 self._settings.port,
             )
         try:
+            await self._seed_budgets()
             await self._serve(task_status)
         finally:
             self.stopped.set()
+
+    async def _seed_budgets(self) -> None:
+        """Before serving: the tokens each key with a `token_budget` used since its count
+        began, from the usage actor's records, so a budget survives a restart."""
+        latest = self._feed.latest
+        if latest is None:
+            return
+        starts = self.key_gate.budget_starts(RouteTable.from_snapshot(latest.snapshot).key_policies)
+        if not starts:
+            return
+        reply_send, reply_receive = trio.open_memory_channel[Mapping[int, int]](1)
+        async with reply_receive:
+            await self._usage_inbox.send(TokenTotalsQuery(starts, reply_send))
+            try:
+                spent = await reply_receive.receive()
+            except trio.EndOfChannel:
+                spent = {}
+                log.error("the usage store restarted before counting the keys' token budgets")
+        self.key_gate.seed_budgets(starts, spent)
 
     def stop_accepting(self) -> None:
         """Begin a graceful stop: no new connections; in-flight requests get `drain_timeout`."""
@@ -330,11 +367,22 @@ class HttpFront:
         self._authenticate(table, exchange)
         await send_body(exchange, 200, table.model_body(exchange.path[len(_MODEL_PREFIX) :]), rid)
 
-    def _authenticate(self, table: RouteTable, exchange: HttpExchange) -> int | None:
-        """The caller's user key id (None with --no-auth), or raise 401."""
+    def _authenticate(
+        self, table: RouteTable, exchange: HttpExchange
+    ) -> tuple[int | None, KeyPolicy | None]:
+        """The caller's user key id (None with --no-auth) and its limits (None: it has none),
+        or raise 401."""
         if self._settings.no_auth:
-            return None
-        return _bearer_key(table, exchange)
+            return None, None
+        key_id = _bearer_key(table, exchange)
+        return key_id, self._key_policy(table, key_id)
+
+    def _key_policy(self, table: RouteTable, key_id: int) -> KeyPolicy | None:
+        """The key's limits, if it has any and has not expired (else 401)."""
+        policy = table.key_policies.get(key_id)
+        if policy is not None:
+            self.key_gate.check_expiry(policy)
+        return policy
 
     async def _proxy(
         self,
@@ -347,16 +395,22 @@ class HttpFront:
         request = ProxiedRequest(rid, exchange.raw_path, model_routes.error_shape)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
+            policy = None
             if not self._settings.no_auth:
                 request.key_id = model_routes.authenticate(table, exchange)
+                policy = self._key_policy(table, request.key_id)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
                 request.model, payload = _requested_model(body, exchange, request)
                 if _needs_usage_option(exchange.raw_path, payload):
                     body = with_usage_requested(body)
                     request.strip_usage_chunk = True
-                routes = model_routes.routes_for(table, request.model)
+                routes = self.key_gate.allowed_routes(
+                    policy, request.model, model_routes.routes_for(table, request.model)
+                )
                 request.model_mapped = True
+                if policy is not None:
+                    request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
@@ -365,21 +419,24 @@ class HttpFront:
         request = ProxiedRequest(rid, _RESPONSES_ROUTE)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
-            request.key_id = self._authenticate(table, exchange)
+            request.key_id, policy = self._authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
                 payload = _request_payload(body)
                 request.model = _model_of(payload)
                 previous_id = payload.get("previous_response_id")
                 if previous_id is None:
-                    routes = openai_routes(table, request.model)
+                    chain = openai_routes(table, request.model)
                     request.model_mapped = True
                 else:
-                    routes = (
+                    chain = (
                         previous_response_route(
                             previous_id, request.key_id, request.model, table, self._affinity
                         ),
                     )
+                routes = self.key_gate.allowed_routes(policy, request.model, chain)
+                if policy is not None:
+                    request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
@@ -398,7 +455,7 @@ class HttpFront:
         request = ProxiedRequest(rid, _FOLLOW_UP_ROUTE + slash + action)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
-            request.key_id = self._authenticate(table, exchange)
+            request.key_id, _ = self._authenticate(table, exchange)
             owner = self._affinity.owner_for(response_id, request.key_id)
             if owner is None:
                 raise _response_not_found(response_id)
@@ -417,7 +474,7 @@ class HttpFront:
         # Not the connection but each response made over it is a model request to record.
         with accounted(request, exchange, self.metrics, None):
             table = self._route_table()
-            request.key_id = self._authenticate(table, exchange)
+            request.key_id, policy = self._authenticate(table, exchange)
             upgrade = exchange.header(b"upgrade")
             if upgrade is None or upgrade.lower() != b"websocket":
                 raise UpgradeRequired(
@@ -425,7 +482,14 @@ class HttpFront:
                     "'Upgrade: websocket', or create a response with POST /v1/responses."
                 )
             self._websocket_support.check_any_usable(table.providers)
-            client = WebsocketClient(request.key_id, rid.decode(), tuple(exchange.headers))
+            screen_model = None
+            if policy is not None:
+                # The connection is one request; each response's tokens count as it ends.
+                request.admission = self.key_gate.admit(policy, 0)
+                screen_model = functools.partial(self.key_gate.check_model, policy)
+            client = WebsocketClient(
+                request.key_id, rid.decode(), tuple(exchange.headers), screen_model
+            )
             await relay_websocket(
                 exchange,
                 client,
@@ -454,6 +518,10 @@ class HttpFront:
             request.model, request.backend, request.status = outcome.model, outcome.backend, 200
             request.tokens = tokens
             self._usage.record(usage_record(request, outcome.provider))
+            if tokens is not None:
+                self.metrics.record_tokens(UNMAPPED, outcome.provider, tokens)
+                if request.admission is not None:
+                    request.admission.record(tokens)
 
         return record
 

@@ -43,6 +43,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from sopy.messages import TokenCounts
+
 UNMAPPED = "-"
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
@@ -148,6 +150,12 @@ class GatewayMetrics:
             ["route"],
             OVERHEAD_BUCKETS,
         )
+        self.tokens = _Counts(
+            "sopy_tokens",
+            "Tokens the providers reported, by type (input, output, cached_input, reasoning; "
+            "cached input is part of input, reasoning part of output), model and provider.",
+            ["type", "model", "provider"],
+        )
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
         self.counter_sources: list[tuple[str, str, str, Callable[[], Mapping[str, float]]]] = []
         self._registry = CollectorRegistry(auto_describe=False)
@@ -198,8 +206,18 @@ class GatewayMetrics:
         if overhead is not None:
             self.overhead_seconds.observe((route,), overhead)
 
+    def record_tokens(self, model: str, provider: str, tokens: TokenCounts) -> None:
+        """The token counts a provider reported for one answer, where its usage record is made;
+        `model` must be a mapped name or `UNMAPPED`."""
+        add = self.tokens.add
+        add(("input", model, provider), tokens.input_tokens)
+        add(("output", model, provider), tokens.output_tokens)
+        add(("cached_input", model, provider), tokens.cached_input_tokens)
+        add(("reasoning", model, provider), tokens.reasoning_tokens)
+
     def collect(self) -> Iterator[Metric]:
         yield self.requests.family()
+        yield self.tokens.family()
         yield self.retries.family()
         yield self.request_seconds.family()
         yield self.upstream_seconds.family()
