@@ -297,7 +297,7 @@ class AdminAuthEntry:
 
 @attrs.frozen
 class KeyLimits:
-    """A user key's limits (None: none); `usage_reset_at` (Unix seconds) is when its
+    """A user key's limits (None: none); `usage_reset_at` (Unix time) is when its
     `token_budget` count began."""
 
     rpm: int | None = None
@@ -306,7 +306,7 @@ class KeyLimits:
     token_budget: int | None = None
     expires_at: int | None = None
     models: tuple[str, ...] | None = None
-    usage_reset_at: int = 0
+    usage_reset_at: float = 0.0
 
     @property
     def unlimited(self) -> bool:
@@ -336,7 +336,7 @@ class UserApiKeyView:
     token_budget: int | None = None
     expires_at: int | None = None
     models: tuple[str, ...] | None = None
-    usage_reset_at: int = 0
+    usage_reset_at: float = 0.0
 
 
 @attrs.frozen
@@ -355,7 +355,7 @@ class NewUserApiKey:
     token_budget: int | None = None
     expires_at: int | None = None
     models: tuple[str, ...] | None = None
-    usage_reset_at: int = 0
+    usage_reset_at: float = 0.0
 
 
 @attrs.frozen
@@ -768,9 +768,9 @@ class UsageQuery:
 @attrs.frozen
 class TokenTotalsQuery:
     """From the HTTP front, before it serves: the tokens (input plus output) each key in
-    `since` used from the Unix second given for it, to seed the `token_budget` counts."""
+    `since` used from the Unix time given for it, to seed the `token_budget` counts."""
 
-    since: Mapping[int, int] = attrs.field(hash=False)
+    since: Mapping[int, float] = attrs.field(hash=False)
     reply_to: trio.MemorySendChannel[Mapping[int, int]]
 
 

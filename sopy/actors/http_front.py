@@ -405,11 +405,10 @@ class HttpFront:
                 if _needs_usage_option(exchange.raw_path, payload):
                     body = with_usage_requested(body)
                     request.strip_usage_chunk = True
-                routes = self.key_gate.allowed_routes(
-                    policy, request.model, model_routes.routes_for(table, request.model)
-                )
+                routes = model_routes.routes_for(table, request.model)
                 request.model_mapped = True
                 if policy is not None:
+                    routes = self.key_gate.allowed_routes(policy, request.model, routes)
                     request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
@@ -426,16 +425,16 @@ class HttpFront:
                 request.model = _model_of(payload)
                 previous_id = payload.get("previous_response_id")
                 if previous_id is None:
-                    chain = openai_routes(table, request.model)
+                    routes = openai_routes(table, request.model)
                     request.model_mapped = True
                 else:
-                    chain = (
+                    routes = (
                         previous_response_route(
                             previous_id, request.key_id, request.model, table, self._affinity
                         ),
                     )
-                routes = self.key_gate.allowed_routes(policy, request.model, chain)
                 if policy is not None:
+                    routes = self.key_gate.allowed_routes(policy, request.model, routes)
                     request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)

@@ -212,8 +212,8 @@ def _write(database: sqlite3.Connection, records: list[UsageRecord], oldest: flo
         raise
 
 
-def _token_totals(database: sqlite3.Connection, since: Mapping[int, int]) -> dict[int, int]:
-    """Input plus output tokens of each key's records from its Unix second on."""
+def _token_totals(database: sqlite3.Connection, since: Mapping[int, float]) -> dict[int, int]:
+    """Input plus output tokens of each key's records from its Unix time on."""
     totals = {}
     for key_id, start in since.items():
         (total,) = database.execute(

@@ -196,7 +196,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE user_api_keys ADD COLUMN token_budget INTEGER;
     ALTER TABLE user_api_keys ADD COLUMN expires_at INTEGER;
     ALTER TABLE user_api_keys ADD COLUMN models TEXT;
-    ALTER TABLE user_api_keys ADD COLUMN usage_reset_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE user_api_keys ADD COLUMN usage_reset_at REAL NOT NULL DEFAULT 0;
     UPDATE user_api_keys SET usage_reset_at = created_at;
     """,
 )
@@ -288,7 +288,7 @@ class ConfigDatabase:
             if writes:
                 self._require_same_file()
             with self._transaction(write=writes):
-                result, change = self._dispatch(command, int(now))
+                result, change = self._dispatch(command, now)
                 version = self.version
                 if change is not None:
                     version += 1
@@ -439,7 +439,8 @@ class ConfigDatabase:
             "DELETE FROM config_events WHERE version <= ?", (version - self._journal_length,)
         )
 
-    def _dispatch(self, command: ConfigCommand, now: int) -> Outcome:
+    def _dispatch(self, command: ConfigCommand, at: float) -> Outcome:
+        now = int(at)
         match command:
             case AddAdminAuth():
                 return self._add_admin_auth(command, now)
@@ -453,7 +454,7 @@ class ConfigDatabase:
             case GetAdminAuth(name=name, reveal=reveal):
                 return self._admin_auth(name, reveal=reveal), None
             case AddUserApiKey():
-                return self._add_user_api_key(command, now)
+                return self._add_user_api_key(command, at)
             case RemoveUserApiKey():
                 return self._remove_user_api_key(command)
             case ListUserApiKeys():
@@ -465,7 +466,7 @@ class ConfigDatabase:
             case DeactivateUserApiKey(id=key_id):
                 return self._set_user_key_active(key_id, active=False)
             case UpdateUserApiKey():
-                return self._update_user_api_key(command, now)
+                return self._update_user_api_key(command, at)
             case AddBackend():
                 return self._add_backend(command, now)
             case RemoveBackend(provider=provider, url=url):
@@ -515,7 +516,8 @@ class ConfigDatabase:
         shown = credential if reveal else keys.mask_credential(credential)
         return AdminAuthView(name, shown, kind)
 
-    def _add_user_api_key(self, command: AddUserApiKey, now: int) -> Outcome:
+    def _add_user_api_key(self, command: AddUserApiKey, at: float) -> Outcome:
+        now = int(at)
         api_key = command.api_key or keys.generate_user_key()
         key_hash = keys.hash_user_key(api_key)
         existing = self._row("SELECT id FROM user_api_keys WHERE key_hash = ?", (key_hash,))
@@ -533,7 +535,7 @@ class ConfigDatabase:
             command.token_budget,
             command.expires_at,
             command.models,
-            usage_reset_at=now,
+            usage_reset_at=at,
         )
         cursor = self._db.execute(
             "INSERT INTO user_api_keys (key_hash, prefix, description, active, created_at, "
@@ -547,7 +549,7 @@ class ConfigDatabase:
         added = UserApiKeyAdded(key_id, prefix, command.description, *_limit_fields(limits)[:-1])
         return created, added
 
-    def _update_user_api_key(self, command: UpdateUserApiKey, now: int) -> Outcome:
+    def _update_user_api_key(self, command: UpdateUserApiKey, at: float) -> Outcome:
         view = self._user_key_view(command.id)
         before = _view_limits(view)
         changes = {
@@ -559,7 +561,7 @@ class ConfigDatabase:
         # A key given a budget it did not have starts its count then, as a reset does.
         reset = command.reset_usage or (before.token_budget is None and after.token_budget)
         if reset:
-            after = attrs.evolve(after, usage_reset_at=now)
+            after = attrs.evolve(after, usage_reset_at=at)
         if after == before and not reset:
             return view, None
         self._db.execute(

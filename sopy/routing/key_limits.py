@@ -143,7 +143,7 @@ class _KeyState:
 
     __slots__ = ("in_flight", "requests", "reset_at", "spent", "tokens")
 
-    def __init__(self, reset_at: int) -> None:
+    def __init__(self, reset_at: float) -> None:
         self.requests = _Window()
         self.tokens = _Window()
         self.in_flight = 0
@@ -221,12 +221,12 @@ class KeyGate:
             )
 
     def allowed_routes(
-        self, policy: KeyPolicy | None, model: str, routes: tuple[ProviderRoute, ...]
+        self, policy: KeyPolicy, model: str, routes: tuple[ProviderRoute, ...]
     ) -> tuple[ProviderRoute, ...]:
         """`routes` (the chain that serves `model`, as the client named it), if the key may
-        use the model; every route and fallback hop the relay tries comes from here."""
-        if policy is not None:
-            self.check_model(policy, model)
+        use the model: for a key with limits, every route and fallback hop the relay tries
+        comes from here."""
+        self.check_model(policy, model)
         return routes
 
     def admit(self, policy: KeyPolicy, estimate: int) -> Admission:
@@ -278,7 +278,7 @@ class KeyGate:
             state.in_flight += 1
         return Admission(state, limits, reservation, self._clock)
 
-    def budget_starts(self, policies: Mapping[int, KeyPolicy]) -> dict[int, int]:
+    def budget_starts(self, policies: Mapping[int, KeyPolicy]) -> dict[int, float]:
         """For each key with a budget, when its count began: what `seed_budgets` needs."""
         return {
             key_id: policy.limits.usage_reset_at
@@ -286,7 +286,7 @@ class KeyGate:
             if policy.limits.token_budget is not None
         }
 
-    def seed_budgets(self, starts: Mapping[int, int], spent: Mapping[int, int]) -> None:
+    def seed_budgets(self, starts: Mapping[int, float], spent: Mapping[int, int]) -> None:
         """The tokens each key used since its count began (`starts`), as the records say."""
         for key_id, reset_at in starts.items():
             state = self._states.setdefault(key_id, _KeyState(reset_at))
