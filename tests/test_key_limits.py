@@ -13,6 +13,9 @@ import trio
 import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
+from sopy.cli.main import command_payload
+from sopy.codec import parse_admin_command
+from sopy.messages import UpdateUserApiKey
 from sopy.testing.mock.faults import RandomFault
 from sopy.testing.mock_upstream import MockUpstream
 from tests.admin_connection import open_events
@@ -295,3 +298,11 @@ async def test_metrics_count_refusals_by_reason_and_tokens_by_type(gateway: Gate
     output = ("sopy_tokens_total", (*labels, ("type", "output")))
     assert values[output] == usage["completion_tokens"]
     assert ("sopy_tokens_total", (*labels, ("type", "reasoning"))) in values
+
+
+def test_the_cli_sends_limits_and_clears_them_with_null() -> None:
+    flags = ["--id", "3", "--rpm", "null", "--tpm", "9000", "--models", "gpt-4.1, gpt-4o"]
+    payload = command_payload("update-user-api-key", [*flags, "--reset-usage"])
+    assert parse_admin_command(payload) == UpdateUserApiKey(
+        id=3, rpm=None, tpm=9000, models=("gpt-4.1", "gpt-4o"), reset_usage=True
+    )
