@@ -3,7 +3,10 @@
 allow-list on every route and through fallbacks; `update_user_api_key` applies from the next
 request and shows in replies and events; refusals and tokens by type in `/metrics`."""
 
+import os
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,9 +16,11 @@ import trio
 import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
+from sopy import keys
 from sopy.cli.main import command_payload
 from sopy.codec import parse_admin_command
-from sopy.messages import UpdateUserApiKey
+from sopy.config.database import MIGRATIONS, SOPY_APPLICATION_ID, ConfigDatabase
+from sopy.messages import KeyLimits, UpdateUserApiKey, UserApiKeyAdded
 from sopy.testing.mock.faults import RandomFault
 from sopy.testing.mock_upstream import MockUpstream
 from tests.admin_connection import open_events
@@ -306,3 +311,37 @@ def test_the_cli_sends_limits_and_clears_them_with_null() -> None:
     assert parse_admin_command(payload) == UpdateUserApiKey(
         id=3, rpm=None, tpm=9000, models=("gpt-4.1", "gpt-4o"), reset_usage=True
     )
+
+
+def test_keys_stored_before_limits_migrate_unlimited_counting_from_their_creation(
+    workdir: Path,
+) -> None:
+    path = workdir / "old.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:6]:
+        connection.executescript(migration)
+    connection.executescript(
+        f"""
+        CREATE TABLE schema_version (version INTEGER NOT NULL);
+        INSERT INTO schema_version (version) VALUES (6);
+        PRAGMA application_id = {SOPY_APPLICATION_ID};
+        INSERT INTO user_api_keys (key_hash, prefix, description, active, created_at)
+            VALUES ('{keys.hash_user_key("sk-user-old-key")}', 'sk-u', 'old', 1, 100);
+        INSERT INTO config_events (version, at, event) VALUES
+            (1, 1.0, '{{"kind":"user_api_key_added","id":1,"prefix":"sk-u","description":"old"}}');
+        UPDATE meta SET value = 1 WHERE key = 'config_version';
+        """
+    )
+    connection.close()
+    os.chmod(path, 0o600)
+
+    database = ConfigDatabase.open(path)
+    try:
+        (key,) = database.load_snapshot().user_api_keys
+        journal = database.journal_since(0)
+    finally:
+        database.close()
+    assert key.limits == KeyLimits(usage_reset_at=100)
+    assert key.limits.unlimited
+    assert journal is not None
+    assert journal[0].change == UserApiKeyAdded(1, "sk-u", "old")

@@ -7,6 +7,14 @@ config actor's latest snapshot (no disk and no await on the config actor on the 
 path), and hands each model request to `sopy.actors.relay`, which forwards it to the provider's
 upstream pool and relays the answer back as it arrives.
 
+Every model request of a key with limits goes through the one per-key decision,
+`sopy.routing.key_limits.KeyGate`, in memory and without awaiting: expiry on every
+authenticated route, then the model allow-list on the provider chain handed to the relay (so on
+every fallback hop too), then the rates, parallel cap and budget (`admit`); the request's
+`Admission` is settled in `accounted` with the tokens the provider reported. A key without
+limits costs one `None` check. Before it serves, the front asks the usage actor for the tokens
+each key with a budget has used (`TokenTotalsQuery`).
+
 The Responses API is stateful: the front remembers in `ResponseAffinity` (in memory; made
 durable by `sopy.actors.response_affinity_store`) which backend made each response, for which
 user key, and sends its follow-ups (`/v1/responses/{id}...`, `previous_response_id`) to that one

@@ -33,7 +33,9 @@ Budgets count the input plus output tokens the provider reported since the key's
 (`update_user_api_key` with `reset_usage`, or its getting a budget it did not have; a new
 key's count starts at its creation). The counts live here, seeded before the front serves from
 the usage records (`seed_budgets`, answered by the usage actor), then kept current as requests
-end, so they survive a restart. Changes of limits apply from the next request: the front
+end, so they survive a restart (records past `--usage-retention-days` no longer count). A
+budget is checked against requests that have ended: those in flight when it is reached still
+finish, so a key can end over it by what they use. Changes of limits apply from the next request: the front
 builds the policies anew with every configuration snapshot (`policies`), and a key whose
 `usage_reset_at` moved starts its count over.
 

@@ -27,8 +27,10 @@ Times, per request, all on trio's clock:
 
 Labels are bounded: a route is a route table template, a model is a mapped model name (any
 other requested name is `-`), a provider a configured name, a status a number. No key, no
-credential, no client text; key ids only with `--metrics-per-key`. Another dimension (tokens by
-type, limit refusals) is one more `_Counts` and one call where the fact is known.
+credential, no client text; key ids only with `--metrics-per-key`. Tokens by type are counted
+where the usage record is made (`record_tokens`); refusals by a key's limits are counted by the
+decision that refuses (`sopy.routing.key_limits`) and read at scrape time. Another dimension
+is one more `_Counts` and one call where the fact is known.
 """
 
 import bisect
