@@ -35,9 +35,9 @@ key's count starts at its creation). The counts live here, seeded before the fro
 the usage records (`seed_budgets`, answered by the usage actor), then kept current as requests
 end, so they survive a restart (records past `--usage-retention-days` no longer count). A
 budget is checked against requests that have ended: those in flight when it is reached still
-finish, so a key can end over it by what they use. Changes of limits apply from the next request: the front
-builds the policies anew with every configuration snapshot (`policies`), and a key whose
-`usage_reset_at` moved starts its count over.
+finish, so a key can end over it by what they use. Changes of limits apply from the next
+request: the front builds the policies anew with every configuration snapshot (`policies`),
+and a key whose `usage_reset_at` moved starts its count over.
 
 A key without limits has no policy: the front's one `None` check is all it costs.
 """
