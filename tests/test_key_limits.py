@@ -345,3 +345,20 @@ def test_keys_stored_before_limits_migrate_unlimited_counting_from_their_creatio
     assert key.limits.unlimited
     assert journal is not None
     assert journal[0].change == UserApiKeyAdded(1, "sk-u", "old")
+
+
+async def test_a_key_with_an_allow_list_sees_only_its_models(gateway: Gateway) -> None:
+    key, _ = await limited_key(gateway, models=["gpt-4o"])
+    async with client_for(gateway, key) as http:
+        listed = await http.get("/v1/models")
+        allowed = await http.get("/v1/models/gpt-4o")
+        hidden = await http.get("/v1/models/gpt-4.1")
+    async with gateway.client() as unlimited:
+        everything = await unlimited.get("/v1/models")
+
+    assert [model["id"] for model in listed.json()["data"]] == ["gpt-4o"]
+    assert listed.json()["object"] == "list"
+    assert allowed.json()["id"] == "gpt-4o"
+    assert hidden.status_code == 404
+    assert error_of(hidden)["code"] == "model_not_found"
+    assert len(everything.json()["data"]) == 3

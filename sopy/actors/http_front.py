@@ -366,14 +366,21 @@ class HttpFront:
         await send_json(exchange, 200, {"status": "ok", "config_version": table.version}, rid)
 
     async def _models(self, exchange: HttpExchange, rid: bytes) -> None:
+        """The mapped models; for a key with a `models` allow-list, those it may use."""
         table = self._route_table()
-        self._authenticate(table, exchange)
-        await send_body(exchange, 200, table.models_body, rid)
+        _, policy = self._authenticate(table, exchange)
+        if policy is None or policy.models is None:
+            body = table.models_body
+        else:
+            body = table.models_body_of(policy.models)
+        await send_body(exchange, 200, body, rid)
 
     async def _model(self, exchange: HttpExchange, rid: bytes) -> None:
         table = self._route_table()
-        self._authenticate(table, exchange)
-        await send_body(exchange, 200, table.model_body(exchange.path[len(_MODEL_PREFIX) :]), rid)
+        _, policy = self._authenticate(table, exchange)
+        allowed = None if policy is None else policy.models
+        body = table.model_body(exchange.path[len(_MODEL_PREFIX) :], allowed)
+        await send_body(exchange, 200, body, rid)
 
     def _authenticate(
         self, table: RouteTable, exchange: HttpExchange

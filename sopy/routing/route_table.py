@@ -122,12 +122,18 @@ class RouteTable:
             "(`sopy admin add_user_api_key`)."
         )
 
-    def model_body(self, model: str) -> bytes:
-        """The `/v1/models/{model}` body of a mapped model, or raise 404."""
+    def model_body(self, model: str, allowed: frozenset[str] | None = None) -> bytes:
+        """The `/v1/models/{model}` body of a mapped model, or raise 404 (also for a model
+        not `allowed`: the caller cannot tell which)."""
         body = self.model_bodies.get(model)
-        if body is None:
+        if body is None or (allowed is not None and model not in allowed):
             raise _model_not_found(model)
         return body
+
+    def models_body_of(self, allowed: frozenset[str]) -> bytes:
+        """The `/v1/models` body listing only the `allowed` models, in the usual order."""
+        bodies = [body for model, body in self.model_bodies.items() if model in allowed]
+        return b'{"object":"list","data":[' + b",".join(bodies) + b"]}"
 
     def routes_for(self, model: str) -> tuple[ProviderRoute, ...]:
         """The model's provider, then its fallbacks in order, leaving out any without backends."""
