@@ -362,3 +362,21 @@ async def test_a_key_with_an_allow_list_sees_only_its_models(gateway: Gateway) -
     assert hidden.status_code == 404
     assert error_of(hidden)["code"] == "model_not_found"
     assert len(everything.json()["data"]) == 3
+
+
+async def test_a_budget_given_later_counts_from_then(gateway: Gateway) -> None:
+    key, key_id = await limited_key(gateway)
+    long_prompt = chat(content="one two three four five six seven eight")
+    async with client_for(gateway, key) as http:
+        assert (await http.post("/v1/chat/completions", json=long_prompt)).status_code == 200
+        given = await gateway.admin_ok("update_user_api_key", id=key_id, token_budget=10)
+        counted_from_now = await http.post("/v1/chat/completions", json=long_prompt)
+        stopped = await http.post("/v1/chat/completions", json=chat())
+        raised = await gateway.admin_ok("update_user_api_key", id=key_id, token_budget=1000)
+        room_again = await http.post("/v1/chat/completions", json=chat())
+    # The tokens spent before the key had a budget do not count against it.
+    assert counted_from_now.status_code == 200
+    assert error_of(stopped)["code"] == "insufficient_quota"
+    # Changing a budget the key has keeps its count.
+    assert raised["usage_reset_at"] == given["usage_reset_at"]
+    assert room_again.status_code == 200

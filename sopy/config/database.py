@@ -188,7 +188,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE model_mappings ADD COLUMN fallback_upstream_models TEXT NOT NULL DEFAULT '{}';
     """,
     # Per-key limits (NULL: none; `models` a JSON array); `usage_reset_at` is when the key's
-    # token budget count began: its creation for the keys there are.
+    # token budget count began, for the keys already there their creation.
     """
     ALTER TABLE user_api_keys ADD COLUMN rpm INTEGER;
     ALTER TABLE user_api_keys ADD COLUMN tpm INTEGER;
@@ -559,7 +559,9 @@ class ConfigDatabase:
         }
         after = attrs.evolve(before, **changes)
         # A key given a budget it did not have starts its count then, as a reset does.
-        reset = command.reset_usage or (before.token_budget is None and after.token_budget)
+        reset = command.reset_usage or (
+            before.token_budget is None and after.token_budget is not None
+        )
         if reset:
             after = attrs.evolve(after, usage_reset_at=at)
         if after == before and not reset:
@@ -577,7 +579,7 @@ class ConfigDatabase:
             after.token_budget,
             after.expires_at,
             after.models,
-            bool(reset),
+            reset,
         )
         return self._user_key_view(command.id), updated
 
