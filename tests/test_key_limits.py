@@ -364,12 +364,16 @@ async def test_a_key_with_an_allow_list_sees_only_its_models(gateway: Gateway) -
     assert len(everything.json()["data"]) == 3
 
 
-async def test_a_budget_given_later_counts_from_then(gateway: Gateway) -> None:
+async def test_a_budget_given_later_counts_from_then_across_restarts(
+    gateway: Gateway, sopy: SopyUnderTest
+) -> None:
     key, key_id = await limited_key(gateway)
     long_prompt = chat(content="one two three four five six seven eight")
     async with client_for(gateway, key) as http:
         assert (await http.post("/v1/chat/completions", json=long_prompt)).status_code == 200
-        given = await gateway.admin_ok("update_user_api_key", id=key_id, token_budget=10)
+    given = await gateway.admin_ok("update_user_api_key", id=key_id, token_budget=10)
+    await sopy.restart()
+    async with client_for(gateway, key) as http:
         counted_from_now = await http.post("/v1/chat/completions", json=long_prompt)
         stopped = await http.post("/v1/chat/completions", json=chat())
         raised = await gateway.admin_ok("update_user_api_key", id=key_id, token_budget=1000)
