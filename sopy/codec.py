@@ -8,11 +8,13 @@ admin transports (`sopy.actors.admin_socket`, `sopy.admin`) send every reply thr
 form; the event stream (`sopy.admin.event_views`) unstructures with `converter`.
 """
 
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_unstructure_fn
 
 from sopy.errors import InvalidField, InvalidRequest, SopyError, UnknownCommand
 from sopy.messages import (
@@ -23,6 +25,8 @@ from sopy.messages import (
     CommandReply,
     CommandSucceeded,
     ConfigEvent,
+    Unchanged,
+    UpdateUserApiKey,
 )
 
 
@@ -71,7 +75,23 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(
         lambda kind: kind == Mapping[str, str], _strict_string_map
     )
+    # An `update_user_api_key` field that was sent: null clears it, anything else is its value.
+    converter.register_structure_hook_func(
+        lambda kind: Unchanged in typing.get_args(kind),
+        lambda value, kind: None if value is None else converter.structure(value, _sent(kind)),
+    )
+    # Its JSON form, as a client would send it, has only the fields that change something.
+    converter.register_unstructure_hook(
+        UpdateUserApiKey,
+        make_dict_unstructure_fn(UpdateUserApiKey, converter, _cattrs_omit_if_default=True),
+    )
     return converter
+
+
+def _sent(kind: object) -> Any:
+    """The type of a value sent for an `update_user_api_key` field of type `kind`."""
+    (sent,) = [member for member in typing.get_args(kind) if member not in (Unchanged, type(None))]
+    return sent
 
 
 converter = _make_converter()

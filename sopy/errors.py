@@ -309,6 +309,55 @@ class UpstreamRateLimited(TemporarilyUnavailable):
     code = "rate_limit_exceeded"
 
 
+class KeyExpired(AuthenticationFailed):
+    """The user key's `expires_at` has passed; an admin can extend it with
+    `update_user_api_key` or issue a new key."""
+
+    code = "key_expired"
+
+
+class ModelNotAllowed(SopyError):
+    """The user key's `models` allow-list does not name the model the request asked for (the
+    name the client sent, whatever the provider knows it as); an admin can widen it with
+    `update_user_api_key`."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class KeyRateLimited(TemporarilyUnavailable):
+    """The user key is over its `rpm` (requests per minute), `tpm` (tokens per minute) or
+    `max_parallel` (requests at once) limit; `Retry-After` and OpenAI's `x-ratelimit-*`
+    headers say when it has room again."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        rate_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.rate_headers = rate_headers or []
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().response_headers(), *self.rate_headers]
+
+
+class InsufficientQuota(SopyError):
+    """The user key has spent its `token_budget`; an admin can raise it, or start the count
+    over with `update_user_api_key` and `reset_usage: true`."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class NoBackendAvailable(TemporarilyUnavailable):
     """The model's provider has no backend URL (`sopy admin add_backend` fixes it), every
     backend is resting after failures, or the configuration is still loading."""

@@ -15,6 +15,7 @@ Messages are frozen, slotted attrs classes: data, no behaviour. Four families li
   its client sees.
 """
 
+import enum
 from collections.abc import Mapping
 from typing import ClassVar, TypeAlias
 
@@ -26,6 +27,15 @@ from sopy.errors import SopyError
 from sopy.provider_kinds import DEFAULT_PROVIDER_KIND, PROVIDER_KINDS
 
 # -- admin commands -------------------------------------------------------------------------
+
+
+class Unchanged(enum.Enum):
+    """The value of an `update_user_api_key` field the admin did not send (`null` clears)."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
 
 
 @attrs.frozen
@@ -65,11 +75,48 @@ class GetAdminAuth:
 
 @attrs.frozen
 class AddUserApiKey:
+    """Every limit is optional (none: unlimited): `rpm` requests and `tpm` tokens per minute,
+    `max_parallel` requests at once, `token_budget` tokens in all (counted from the key's
+    creation), `expires_at` (Unix seconds), `models` (the model names it may call)."""
+
     command: ClassVar[str] = "add_user_api_key"
     api_key: str | None = attrs.field(
         default=None, validator=validators.optional_user_key, repr=False
     )
     description: str = attrs.field(default="", validator=validators.description)
+    rpm: int | None = attrs.field(default=None, validator=validators.key_limit)
+    tpm: int | None = attrs.field(default=None, validator=validators.key_limit)
+    max_parallel: int | None = attrs.field(default=None, validator=validators.key_limit)
+    token_budget: int | None = attrs.field(default=None, validator=validators.key_limit)
+    expires_at: int | None = attrs.field(default=None, validator=validators.unix_time)
+    models: tuple[str, ...] | None = attrs.field(
+        default=None, validator=validators.model_allow_list
+    )
+
+
+@attrs.frozen
+class UpdateUserApiKey:
+    """Changes the fields sent, keeps the others; `null` clears a limit. `reset_usage: true`
+    starts the `token_budget` count over (so does giving a budget to a key that had none).
+    Applies from the next request."""
+
+    command: ClassVar[str] = "update_user_api_key"
+    id: int = attrs.field(validator=validators.positive_id)
+    rpm: int | Unchanged | None = attrs.field(default=UNCHANGED, validator=validators.key_limit)
+    tpm: int | Unchanged | None = attrs.field(default=UNCHANGED, validator=validators.key_limit)
+    max_parallel: int | Unchanged | None = attrs.field(
+        default=UNCHANGED, validator=validators.key_limit
+    )
+    token_budget: int | Unchanged | None = attrs.field(
+        default=UNCHANGED, validator=validators.key_limit
+    )
+    expires_at: int | Unchanged | None = attrs.field(
+        default=UNCHANGED, validator=validators.unix_time
+    )
+    models: tuple[str, ...] | Unchanged | None = attrs.field(
+        default=UNCHANGED, validator=validators.model_allow_list
+    )
+    reset_usage: bool = False
 
 
 @attrs.frozen
@@ -208,6 +255,7 @@ ConfigCommand: TypeAlias = (
     | GetUserApiKey
     | ActivateUserApiKey
     | DeactivateUserApiKey
+    | UpdateUserApiKey
     | AddBackend
     | RemoveBackend
     | ListBackends
@@ -248,14 +296,47 @@ class AdminAuthEntry:
 
 
 @attrs.frozen
+class KeyLimits:
+    """A user key's limits (None: none); `usage_reset_at` (Unix time) is when its
+    `token_budget` count began."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    token_budget: int | None = None
+    expires_at: int | None = None
+    models: tuple[str, ...] | None = None
+    usage_reset_at: float = 0.0
+
+    @property
+    def unlimited(self) -> bool:
+        return (
+            self.rpm is None
+            and self.tpm is None
+            and self.max_parallel is None
+            and self.token_budget is None
+            and self.expires_at is None
+            and self.models is None
+        )
+
+
+@attrs.frozen
 class UserApiKeyView:
-    """A user key as admins see it after creation: never the key, only a short prefix."""
+    """A user key as admins see it after creation: never the key, only a short prefix; then
+    its limits (`sopy.messages.KeyLimits`)."""
 
     id: int
     prefix: str
     description: str
     active: bool
     created_at: int
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    token_budget: int | None = None
+    expires_at: int | None = None
+    models: tuple[str, ...] | None = None
+    usage_reset_at: float = 0.0
 
 
 @attrs.frozen
@@ -268,6 +349,13 @@ class NewUserApiKey:
     description: str
     active: bool
     created_at: int
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    token_budget: int | None = None
+    expires_at: int | None = None
+    models: tuple[str, ...] | None = None
+    usage_reset_at: float = 0.0
 
 
 @attrs.frozen
@@ -350,6 +438,7 @@ class UserApiKeyRecord:
     description: str
     active: bool
     created_at: int
+    limits: KeyLimits = KeyLimits()
 
 
 @attrs.frozen
@@ -390,6 +479,29 @@ class UserApiKeyAdded:
     id: int
     prefix: str
     description: str
+    # None in journal entries written before keys had limits.
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    token_budget: int | None = None
+    expires_at: int | None = None
+    models: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class UserApiKeyUpdated:
+    """A key's limits after `update_user_api_key`, all of them; `usage_reset` when its
+    `token_budget` count started over."""
+
+    kind: ClassVar[str] = "user_api_key_updated"
+    id: int
+    rpm: int | None
+    tpm: int | None
+    max_parallel: int | None
+    token_budget: int | None
+    expires_at: int | None
+    models: tuple[str, ...] | None
+    usage_reset: bool
 
 
 @attrs.frozen
@@ -457,6 +569,7 @@ ConfigEvent: TypeAlias = (
     | UserApiKeyRemoved
     | UserApiKeyActivated
     | UserApiKeyDeactivated
+    | UserApiKeyUpdated
     | BackendAdded
     | BackendRemoved
     | ModelMappingAdded
@@ -650,3 +763,16 @@ class UsageQuery:
 
     command: GetUsage
     reply_to: trio.MemorySendChannel[CommandReply]
+
+
+@attrs.frozen
+class TokenTotalsQuery:
+    """From the HTTP front, before it serves: the tokens (input plus output) each key in
+    `since` used from the Unix time given for it, to seed the `token_budget` counts."""
+
+    since: Mapping[int, float] = attrs.field(hash=False)
+    reply_to: trio.MemorySendChannel[Mapping[int, int]]
+
+
+UsageRequest: TypeAlias = UsageQuery | TokenTotalsQuery
+"""What the usage actor answers."""

@@ -3,7 +3,8 @@ backoff), and stops them all when asked.
 
 Actors are started in dependency order: the config actor publishes its snapshot, the
 response affinity store loads the remembered response ids, and the usage actor opens its file,
-before anything that serves requests starts. Stopping drains first: the HTTP front stops
+before anything that serves requests starts (the HTTP front then asks it for the keys' token
+budget counts before it listens). Stopping drains first: the HTTP front stops
 accepting and lets in-flight requests and streams finish for up to `drain_timeout`, then
 everything is cancelled (the usage actor writing its last records as it stops).
 """
@@ -20,7 +21,7 @@ from sopy.actors.http_front import HttpFront
 from sopy.actors.response_affinity_store import ResponseAffinityStore, affinity_database_path
 from sopy.actors.upstream_pool import OpenTransport, ProviderPools, open_connections
 from sopy.actors.usage_store import UsageStore, usage_database_path
-from sopy.messages import ConfigRequest, UsageQuery
+from sopy.messages import ConfigRequest, UsageRequest
 from sopy.routing.kept_responses import KeptResponses
 from sopy.routing.response_affinity import ResponseAffinity
 from sopy.runtime.admin_requests import AdminInboxes
@@ -70,11 +71,11 @@ async def run_sopy(
     )
     affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity, kept)
     usage = UsageLedger(MAX_PENDING_USAGE_RECORDS)
-    usage_send, usage_receive = trio.open_memory_channel[UsageQuery](USAGE_INBOX_SIZE)
+    usage_send, usage_receive = trio.open_memory_channel[UsageRequest](USAGE_INBOX_SIZE)
     usage_store = UsageStore(
         usage_database_path(settings.db_path), usage, usage_receive, settings.usage_retention_days
     )
-    front = HttpFront(settings, feed, pools.inbox_for, affinity, usage)
+    front = HttpFront(settings, feed, pools.inbox_for, affinity, usage, usage_send)
     admin = AdminSocket(
         settings.admin_socket,
         AdminInboxes(config_send, usage_send),

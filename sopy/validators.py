@@ -143,6 +143,48 @@ def optional_secret_key(
         )
 
 
+# Bounds that keep a mistyped limit from meaning something absurd; an rpm's window keeps one
+# timestamp per request admitted, so it is bounded tighter.
+MAX_KEY_LIMIT = 10**15
+MAX_RPM = 1_000_000
+MAX_ALLOWED_MODELS = 1000
+# 9999-12-31T23:59:59Z
+MAX_UNIX_TIME = 253_402_300_799
+
+
+def key_limit(_instance: object, attribute: "attrs.Attribute[Any]", value: object) -> None:
+    """A user key's limit: a positive integer, or None (no limit); other values (the
+    `update_user_api_key` marker of a field not sent) are not limits to check."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return
+    maximum = MAX_RPM if attribute.name == "rpm" else MAX_KEY_LIMIT
+    if not 1 <= value <= maximum:
+        raise _fail(attribute, f"must be from 1 to {maximum}, or null for no limit (got {value})")
+
+
+def unix_time(_instance: object, attribute: "attrs.Attribute[Any]", value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return
+    if not 0 <= value <= MAX_UNIX_TIME:
+        raise _fail(
+            attribute, f"must be a Unix time in seconds from 0 to {MAX_UNIX_TIME} (got {value})"
+        )
+
+
+def model_allow_list(instance: object, attribute: "attrs.Attribute[Any]", value: object) -> None:
+    """The model names a key may call: at least one, distinct; None allows every model."""
+    if not isinstance(value, tuple):
+        return
+    if not value:
+        raise _fail(attribute, "must name at least one model, or be null to allow every model")
+    if len(value) > MAX_ALLOWED_MODELS:
+        raise _fail(attribute, f"may name at most {MAX_ALLOWED_MODELS} models")
+    if len(set(value)) != len(value):
+        raise _fail(attribute, "must not name a model twice")
+    for name in value:
+        model_name(instance, attribute, name)
+
+
 def positive_id(_instance: object, attribute: "attrs.Attribute[Any]", value: int | None) -> None:
     if value is not None and value < 1:
         raise _fail(attribute, f"must be a positive integer (got {value})")

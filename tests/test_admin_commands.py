@@ -66,6 +66,9 @@ async def test_user_key_given_is_stored_hashed_and_shown_by_prefix(admin: AdminC
             "description": "Test key",
             "active": True,
             "created_at": created["created_at"],
+            **dict.fromkeys(("rpm", "tpm", "max_parallel", "token_budget", "expires_at")),
+            "models": None,
+            "usage_reset_at": created["usage_reset_at"],
         }
     ]
     assert "sk-user-123" not in str(listed)

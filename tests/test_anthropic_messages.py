@@ -197,13 +197,14 @@ def test_openapi_documents_the_anthropic_routes_with_anthropics_errors_and_x_api
     assert {"apiKeyAuth": []} in operation["security"]
     assert document["components"]["securitySchemes"]["apiKeyAuth"]["name"] == "x-api-key"
     errors = {status: r for status, r in operation["responses"].items() if status != "200"}
-    assert set(errors) == {"400", "401", "404", "408", "413", "429", "502", "503", "504"}
+    assert set(errors) == {"400", "401", "403", "404", "408", "413", "429", "502", "503", "504"}
     for response in errors.values():
         schema = response["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/AnthropicError"}
     assert "`not_found_error` (`model_not_found`)" in errors["404"]["description"]
     assert "`unsupported_provider_kind`" in errors["400"]["description"]
     assert "`overloaded_error`" in errors["503"]["description"]
+    assert "`permission_error` (`model_not_allowed`)" in errors["403"]["description"]
     chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]["404"]
     assert chat["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
 

@@ -30,7 +30,10 @@ async def test_admin_prints_results_readably(sopy: SopyUnderTest) -> None:
     await _sopy_admin(sopy, "add-user-api-key", "--api-key", "sk-user-123", "--description", "A")
     listed = await _sopy_admin(sopy, "list_user_api_keys")
     lines = listed.stdout.decode().splitlines()
-    assert lines[0].split() == ["id", "prefix", "description", "active", "created_at"]
+    assert lines[0].split() == [
+        "id", "prefix", "description", "active", "created_at", "rpm", "tpm", "max_parallel",
+        "token_budget", "expires_at", "models", "usage_reset_at",
+    ]  # fmt: skip
     assert lines[1].split()[0] == "1"
     assert "sk-user-123" not in listed.stdout.decode()
 

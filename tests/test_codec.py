@@ -27,10 +27,12 @@ from sopy.messages import (
     ProviderBackends,
     RemoveUserApiKey,
     SecretKeyRotated,
+    UpdateUserApiKey,
     UserApiKeyActivated,
     UserApiKeyAdded,
     UserApiKeyDeactivated,
     UserApiKeyRemoved,
+    UserApiKeyUpdated,
 )
 
 EVERY_EVENT: list[ConfigEvent] = [
@@ -40,6 +42,7 @@ EVERY_EVENT: list[ConfigEvent] = [
     UserApiKeyRemoved(3),
     UserApiKeyActivated(3),
     UserApiKeyDeactivated(3),
+    UserApiKeyUpdated(3, 5, None, 2, 1000, 1900000000, ("gpt-4.1",), usage_reset=True),
     BackendAdded("openai", "http://a", 2),
     BackendRemoved("openai", "http://a"),
     ModelMappingAdded("gpt-4.1", "openai", replaced=False, fallbacks=("azure",)),
@@ -62,6 +65,7 @@ def test_a_command_parses_back_from_the_json_a_client_sends() -> None:
         AddModelMapping("gpt-4.1", "openai", replace=True, fallbacks=("azure",)),
         GetAdminAuth("openai", reveal=True),
         RemoveUserApiKey(id=4),
+        UpdateUserApiKey(id=4, rpm=None, models=("gpt-4.1",), reset_usage=True),
         ListBackends(),
     ):
         assert parse_admin_command(admin_command_json(command)) == command

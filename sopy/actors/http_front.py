@@ -7,6 +7,14 @@ config actor's latest snapshot (no disk and no await on the config actor on the 
 path), and hands each model request to `sopy.actors.relay`, which forwards it to the provider's
 upstream pool and relays the answer back as it arrives.
 
+Every model request of a key with limits goes through the one per-key decision,
+`sopy.routing.key_limits.KeyGate`, in memory and without awaiting: expiry on every
+authenticated route, then the model allow-list on the provider chain handed to the relay (so on
+every fallback hop too), then the rates, parallel cap and budget (`admit`); the request's
+`Admission` is settled in `accounted` with the tokens the provider reported. A key without
+limits costs one `None` check. Before it serves, the front asks the usage actor for the tokens
+each key with a budget has used (`TokenTotalsQuery`).
+
 The Responses API is stateful: the front remembers in `ResponseAffinity` (in memory; made
 durable by `sopy.actors.response_affinity_store`) which backend made each response, for which
 user key, and sends its follow-ups (`/v1/responses/{id}...`, `previous_response_id`) to that one
@@ -29,7 +37,7 @@ backend or provider.
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import orjson
@@ -67,11 +75,18 @@ from sopy.errors import (
     UpgradeRequired,
     innermost,
 )
-from sopy.messages import ConfigChanged, ProviderRoute, TokenCounts
+from sopy.messages import (
+    ConfigChanged,
+    ProviderRoute,
+    TokenCounts,
+    TokenTotalsQuery,
+    UsageRequest,
+)
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
 from sopy.routing.cors import CorsPolicy
+from sopy.routing.key_limits import KeyGate, KeyPolicy, token_estimate
 from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.native_routes import messages_routes, openai_routes
 from sopy.routing.public_routes import (
@@ -91,7 +106,7 @@ from sopy.routing.usage_counts import with_usage_requested
 from sopy.runtime.byte_budget import ByteBudget, ByteShare
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from sopy.runtime.metrics import GatewayMetrics
+from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 
@@ -143,10 +158,12 @@ class HttpFront:
         inbox_for: ProviderInbox,
         affinity: ResponseAffinity,
         usage: UsageLedger,
+        usage_inbox: trio.MemorySendChannel[UsageRequest],
     ) -> None:
         self._settings = settings
         self._affinity = affinity
         self._usage = usage
+        self._usage_inbox = usage_inbox
         self._websocket_support = WebsocketSupport()
         self._feed = feed
         self._inbox_for = inbox_for
@@ -154,6 +171,14 @@ class HttpFront:
         self._draining = trio.Event()
         self._request_slots = trio.CapacityLimiter(settings.max_concurrent_requests)
         self.metrics = GatewayMetrics(per_key=settings.metrics_per_key)
+        self.key_gate = KeyGate()
+        self.metrics.add_counter_source(
+            "sopy_limit_refusals",
+            "Requests refused by their key's limits, by reason (expired, model, budget, "
+            "parallel, rpm, tpm).",
+            "reason",
+            self.key_gate.refusals_by_reason,
+        )
         self.metrics.add_gauge(
             "sopy_requests_in_flight",
             "Requests being served now.",
@@ -200,9 +225,29 @@ class HttpFront:
                 self._settings.port,
             )
         try:
+            await self._seed_budgets()
             await self._serve(task_status)
         finally:
             self.stopped.set()
+
+    async def _seed_budgets(self) -> None:
+        """Before serving: the tokens each key with a `token_budget` used since its count
+        began, from the usage actor's records, so a budget survives a restart."""
+        latest = self._feed.latest
+        if latest is None:
+            return
+        starts = self.key_gate.budget_starts(RouteTable.from_snapshot(latest.snapshot).key_policies)
+        if not starts:
+            return
+        reply_send, reply_receive = trio.open_memory_channel[Mapping[int, int]](1)
+        async with reply_receive:
+            await self._usage_inbox.send(TokenTotalsQuery(starts, reply_send))
+            try:
+                spent = await reply_receive.receive()
+            except trio.EndOfChannel:
+                spent = {}
+                log.error("the usage store restarted before counting the keys' token budgets")
+        self.key_gate.seed_budgets(starts, spent)
 
     def stop_accepting(self) -> None:
         """Begin a graceful stop: no new connections; in-flight requests get `drain_timeout`."""
@@ -321,20 +366,38 @@ class HttpFront:
         await send_json(exchange, 200, {"status": "ok", "config_version": table.version}, rid)
 
     async def _models(self, exchange: HttpExchange, rid: bytes) -> None:
+        """The mapped models; for a key with a `models` allow-list, those it may use."""
         table = self._route_table()
-        self._authenticate(table, exchange)
-        await send_body(exchange, 200, table.models_body, rid)
+        _, policy = self._authenticate(table, exchange)
+        if policy is None or policy.models is None:
+            body = table.models_body
+        else:
+            body = table.models_body_of(policy.models)
+        await send_body(exchange, 200, body, rid)
 
     async def _model(self, exchange: HttpExchange, rid: bytes) -> None:
         table = self._route_table()
-        self._authenticate(table, exchange)
-        await send_body(exchange, 200, table.model_body(exchange.path[len(_MODEL_PREFIX) :]), rid)
+        _, policy = self._authenticate(table, exchange)
+        allowed = None if policy is None else policy.models
+        body = table.model_body(exchange.path[len(_MODEL_PREFIX) :], allowed)
+        await send_body(exchange, 200, body, rid)
 
-    def _authenticate(self, table: RouteTable, exchange: HttpExchange) -> int | None:
-        """The caller's user key id (None with --no-auth), or raise 401."""
+    def _authenticate(
+        self, table: RouteTable, exchange: HttpExchange
+    ) -> tuple[int | None, KeyPolicy | None]:
+        """The caller's user key id (None with --no-auth) and its limits (None: it has none),
+        or raise 401."""
         if self._settings.no_auth:
-            return None
-        return _bearer_key(table, exchange)
+            return None, None
+        key_id = _bearer_key(table, exchange)
+        return key_id, self._key_policy(table, key_id)
+
+    def _key_policy(self, table: RouteTable, key_id: int) -> KeyPolicy | None:
+        """The key's limits, if it has any and has not expired (else 401)."""
+        policy = table.key_policies.get(key_id)
+        if policy is not None:
+            self.key_gate.check_expiry(policy)
+        return policy
 
     async def _proxy(
         self,
@@ -347,8 +410,10 @@ class HttpFront:
         request = ProxiedRequest(rid, exchange.raw_path, model_routes.error_shape)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
+            policy = None
             if not self._settings.no_auth:
                 request.key_id = model_routes.authenticate(table, exchange)
+                policy = self._key_policy(table, request.key_id)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
                 request.model, payload = _requested_model(body, exchange, request)
@@ -357,6 +422,9 @@ class HttpFront:
                     request.strip_usage_chunk = True
                 routes = model_routes.routes_for(table, request.model)
                 request.model_mapped = True
+                if policy is not None:
+                    routes = self.key_gate.allowed_routes(policy, request.model, routes)
+                    request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
@@ -365,7 +433,7 @@ class HttpFront:
         request = ProxiedRequest(rid, _RESPONSES_ROUTE)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
-            request.key_id = self._authenticate(table, exchange)
+            request.key_id, policy = self._authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
                 payload = _request_payload(body)
@@ -380,6 +448,9 @@ class HttpFront:
                             previous_id, request.key_id, request.model, table, self._affinity
                         ),
                     )
+                if policy is not None:
+                    routes = self.key_gate.allowed_routes(policy, request.model, routes)
+                    request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
@@ -398,7 +469,7 @@ class HttpFront:
         request = ProxiedRequest(rid, _FOLLOW_UP_ROUTE + slash + action)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
-            request.key_id = self._authenticate(table, exchange)
+            request.key_id, _ = self._authenticate(table, exchange)
             owner = self._affinity.owner_for(response_id, request.key_id)
             if owner is None:
                 raise _response_not_found(response_id)
@@ -417,7 +488,7 @@ class HttpFront:
         # Not the connection but each response made over it is a model request to record.
         with accounted(request, exchange, self.metrics, None):
             table = self._route_table()
-            request.key_id = self._authenticate(table, exchange)
+            request.key_id, policy = self._authenticate(table, exchange)
             upgrade = exchange.header(b"upgrade")
             if upgrade is None or upgrade.lower() != b"websocket":
                 raise UpgradeRequired(
@@ -425,7 +496,14 @@ class HttpFront:
                     "'Upgrade: websocket', or create a response with POST /v1/responses."
                 )
             self._websocket_support.check_any_usable(table.providers)
-            client = WebsocketClient(request.key_id, rid.decode(), tuple(exchange.headers))
+            screen_model = None
+            if policy is not None:
+                # The connection is one request; each response's tokens count as it ends.
+                request.admission = self.key_gate.admit(policy, 0)
+                screen_model = functools.partial(self.key_gate.check_model, policy)
+            client = WebsocketClient(
+                request.key_id, rid.decode(), tuple(exchange.headers), screen_model
+            )
             await relay_websocket(
                 exchange,
                 client,
@@ -454,6 +532,10 @@ class HttpFront:
             request.model, request.backend, request.status = outcome.model, outcome.backend, 200
             request.tokens = tokens
             self._usage.record(usage_record(request, outcome.provider))
+            if tokens is not None:
+                self.metrics.record_tokens(UNMAPPED, outcome.provider, tokens)
+                if request.admission is not None:
+                    request.admission.record(tokens)
 
         return record
 

@@ -64,6 +64,7 @@ from sopy.routing.forwarded_headers import (
     is_event_stream,
     upstream_request_id,
 )
+from sopy.routing.key_limits import Admission
 from sopy.routing.model_field import Span
 from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.routing.usage_counts import StreamUsageWatcher, usage_of_body
@@ -129,6 +130,8 @@ class ProxiedRequest:
     stream_usage: StreamUsageWatcher | None = None
     strip_usage_chunk: bool = False
     stream_complete: bool = False
+    # The key's hold on its limits' counts (`sopy.routing.key_limits`), for a key with limits.
+    admission: Admission | None = None
 
 
 async def proxy(
@@ -423,7 +426,8 @@ def accounted(
     """Around one public request's handling: its status for a failure (a `SopyError`'s, or 499
     when the client left), then its one access log line, its metrics and, if it reached a
     provider, its usage record in `usage` (None: the handler records usage itself), however it
-    ended. A failure the front answers after this (the status set here) is written by then; its
+    ended; and the key's `admission` gives back its hold with the tokens used. A failure the
+    front answers after this (the status set here) is written by then; its
     answer is not, so its total time is up to the failure."""
     try:
         yield
@@ -452,8 +456,21 @@ def accounted(
             overhead=None if unanswered else overhead_seconds(exchange),
             attempts=request.attempts,
         )
-        if usage is not None and request.provider is not None:
-            usage.record(usage_record(request, request.provider))
+        if usage is not None:
+            tokens = request.tokens if request.stream_usage is None else request.stream_usage.tokens
+            if request.admission is not None:
+                request.admission.finish(tokens, 200 <= request.status < 400)
+            if request.provider is not None:
+                usage.record(usage_record(request, request.provider))
+                if tokens is not None:
+                    metrics.record_tokens(
+                        request.model if request.model_mapped else UNMAPPED,
+                        request.provider,
+                        tokens,
+                    )
+        elif request.admission is not None:
+            # The handler counted each answer's tokens itself (the WebSocket mode).
+            request.admission.finish(None, True)
 
 
 def usage_record(request: ProxiedRequest, provider: str) -> UsageRecord:

@@ -6,7 +6,9 @@ seconds, and once more when it is stopped, this actor writes the records noted s
 transaction on its own worker thread, and deletes those older than the retention. A write the
 file refuses (locked, disk full, read-only) is kept and retried at the next flush. It answers
 `get_usage` (`UsageQuery`, from the admin transports) after writing what is pending, so an
-answer counts every request finished before it was asked.
+answer counts every request finished before it was asked; and, likewise, the HTTP front's
+`TokenTotalsQuery` before it serves (the tokens each key with a budget used since its count
+began, `sopy.routing.key_limits`).
 
 The file lives beside the config database, under the same private-file rules
 (`sopy.runtime.private_files`).
@@ -26,9 +28,10 @@ from sopy.messages import (
     CommandReply,
     CommandSucceeded,
     GetUsage,
-    UsageQuery,
+    TokenTotalsQuery,
     UsageRecord,
     UsageReport,
+    UsageRequest,
 )
 from sopy.runtime.private_files import open_private_database
 from sopy.runtime.usage_ledger import UsageLedger
@@ -82,7 +85,7 @@ class UsageStore:
         self,
         path: Path,
         ledger: UsageLedger,
-        inbox: trio.MemoryReceiveChannel[UsageQuery],
+        inbox: trio.MemoryReceiveChannel[UsageRequest],
         retention_days: float,
     ) -> None:
         self._path = path
@@ -108,6 +111,9 @@ class UsageStore:
     async def _answer_queries(self, database: sqlite3.Connection) -> None:
         async for query in self._inbox:
             await self._flush(database)
+            if isinstance(query, TokenTotalsQuery):
+                await self._answer_totals(database, query)
+                continue
             reply: CommandReply
             try:
                 report = await trio.to_thread.run_sync(
@@ -122,6 +128,26 @@ class UsageStore:
                 query.reply_to.send_nowait(reply)
             except (trio.BrokenResourceError, trio.WouldBlock):
                 log.debug("a get_usage caller left before its answer")
+
+    async def _answer_totals(self, database: sqlite3.Connection, query: TokenTotalsQuery) -> None:
+        """Answered with what can be read: a key whose total cannot be read counts from 0,
+        which the log says."""
+        try:
+            totals = await trio.to_thread.run_sync(
+                _token_totals, database, query.since, limiter=self._database_calls
+            )
+        except sqlite3.Error as exc:
+            log.error(
+                "could not read the usage database %s to count the keys' token budgets (%s); "
+                "they count from 0 until the next start",
+                self._path,
+                exc,
+            )
+            totals = {}
+        try:
+            query.reply_to.send_nowait(totals)
+        except (trio.BrokenResourceError, trio.WouldBlock):
+            log.debug("the HTTP front left before its token totals")
 
     async def _flush(self, database: sqlite3.Connection) -> None:
         """Write the records noted since the last write and forget those past the retention; if
@@ -184,6 +210,19 @@ def _write(database: sqlite3.Connection, records: list[UsageRecord], oldest: flo
     except BaseException:
         database.execute("ROLLBACK")
         raise
+
+
+def _token_totals(database: sqlite3.Connection, since: Mapping[int, float]) -> dict[int, int]:
+    """Input plus output tokens of each key's records from its Unix time on."""
+    totals = {}
+    for key_id, start in since.items():
+        (total,) = database.execute(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM usage_records "
+            "WHERE key_id = ? AND at >= ?",
+            (key_id, start),
+        ).fetchone()
+        totals[key_id] = int(total)
+    return totals
 
 
 def _report(database: sqlite3.Connection, command: GetUsage) -> UsageReport:

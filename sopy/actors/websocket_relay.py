@@ -92,11 +92,14 @@ class WebsocketSupport:
 
 @attrs.frozen
 class WebsocketClient:
-    """What the relay needs to know of the client: its key, request id and headers."""
+    """What the relay needs to know of the client: its key, request id and headers, and, for a
+    key with a `models` allow-list, the check of each `response.create`'s model (raises
+    `ModelNotAllowed`; `sopy.routing.key_limits`)."""
 
     key_id: int | None
     request_id: str
     headers: tuple[tuple[bytes, bytes], ...] = attrs.field(repr=False)  # has the user key
+    screen_model: Callable[[str], None] | None = None
 
 
 @attrs.define
@@ -143,10 +146,11 @@ async def relay_websocket(
             await _send_error(client, error)
             return
         remember = _remembering(affinity, outcome, client_info.key_id, response_ended)
+        screen = None if client_info.screen_model is None else _screening(client_info.screen_model)
         try:
             await upstream.send_message(first)
             async with trio.open_nursery() as pumps:
-                pumps.start_soon(_pump, client, upstream, None, pumps.cancel_scope)
+                pumps.start_soon(_pump, client, upstream, screen, pumps.cancel_scope)
                 pumps.start_soon(_pump, upstream, client, remember, pumps.cancel_scope)
         except trio_websocket.ConnectionClosed:
             pass
@@ -262,6 +266,8 @@ def _candidates(
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' must be a non-empty string.", param="model")
     outcome.model = model
+    if client_info.screen_model is not None:
+        client_info.screen_model(model)
     previous_id = message.get("previous_response_id")
     if previous_id is None:
         routes = table.routes_for(model)
@@ -305,13 +311,36 @@ def _remembering(
     return remember
 
 
+def _screening(screen_model: Callable[[str], None]) -> Callable[[str | bytes], None]:
+    """Checks the model of each `response.create` the client sends before it is relayed."""
+
+    def screen(message: str | bytes) -> None:
+        if isinstance(message, str):
+            creates = '"response.create"' in message
+        else:
+            creates = b'"response.create"' in message
+        if not creates:
+            return
+        try:
+            event = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            return
+        model = event.get("model") if isinstance(event, dict) else None
+        if isinstance(model, str):
+            screen_model(model)
+
+    return screen
+
+
 async def _pump(
     source: trio_websocket.WebSocketConnection,
     sink: trio_websocket.WebSocketConnection,
     watch: Callable[[str | bytes], None] | None,
     both: trio.CancelScope,
 ) -> None:
-    """Relay messages from `source` to `sink` until either closes; then stop the other way."""
+    """Relay messages from `source` to `sink` until either closes; then stop the other way. A
+    message `watch` refuses (a `response.create` for a model the key may not use) is not
+    relayed: `source` gets the error and is closed."""
     try:
         while True:
             message = await source.get_message()
@@ -319,6 +348,9 @@ async def _pump(
                 watch(message)
             await sink.send_message(message)
     except trio_websocket.ConnectionClosed:
+        both.cancel()
+    except SopyError as refused:
+        await _send_error(source, refused)
         both.cancel()
 
 

@@ -11,15 +11,20 @@ import attrs
 
 from sopy.boolean_text import NotABoolean, parse_boolean
 from sopy.errors import InvalidField
-from sopy.messages import AdminCommand
+from sopy.messages import AdminCommand, Unchanged
 
 
 def field_value(command: type[AdminCommand] | None, field: str, text: str) -> Any:
     """`text` as the type of `command`'s `field` (a list field takes comma-separated names, an
-    object field comma-separated name=value pairs); unknown fields stay text for the parser to
-    refuse by name."""
+    object field comma-separated name=value pairs, a field that may be null `null`); unknown
+    fields stay text for the parser to refuse by name."""
     fields = _fields_of(command)
     field_type: Any = fields[field].type if field in fields else str
+    members = typing.get_args(field_type)
+    if type(None) in members:
+        if text == "null":
+            return None
+        (field_type,) = [m for m in members if m is not type(None) and m is not Unchanged]
     if field_type is bool:
         try:
             return parse_boolean(text, f"field '{field}'")
@@ -29,7 +34,7 @@ def field_value(command: type[AdminCommand] | None, field: str, text: str) -> An
         return [item.strip() for item in text.split(",") if item.strip()]
     if field_type == Mapping[str, str]:
         return _name_pairs(field, text)
-    if field_type is int or int in typing.get_args(field_type):
+    if field_type is int:
         try:
             return int(text)
         except ValueError:

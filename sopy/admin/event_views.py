@@ -44,6 +44,7 @@ def masked(snapshot: ConfigSnapshot) -> dict[str, Any]:
                 "description": k.description,
                 "active": k.active,
                 "created_at": k.created_at,
+                **converter.unstructure(k.limits),
             }
             for k in snapshot.user_api_keys
         ],

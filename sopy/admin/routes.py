@@ -33,6 +33,7 @@ from sopy.messages import (
     RemoveModelMapping,
     RemoveUserApiKey,
     RotateSecretKey,
+    UpdateUserApiKey,
 )
 
 
@@ -59,7 +60,7 @@ class AdminRoute:
 
     @property
     def takes_body(self) -> bool:
-        return self.method in ("POST", "DELETE") and self.path_field is None
+        return self.method in ("POST", "DELETE", "PATCH") and self.path_field is None
 
 
 ADMIN_ROUTES: tuple[AdminRoute, ...] = (
@@ -75,6 +76,12 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
     ),
     AdminRoute("POST", "/admin/user_api_key", AddUserApiKey, "Add a user API key", 201),
     AdminRoute("DELETE", "/admin/user_api_key", RemoveUserApiKey, "Remove a user API key"),
+    AdminRoute(
+        "PATCH",
+        "/admin/user_api_key",
+        UpdateUserApiKey,
+        "Change a user API key's limits (the fields sent; null clears one)",
+    ),
     AdminRoute("GET", "/admin/user_api_keys", ListUserApiKeys, "List user API keys"),
     AdminRoute("GET", "/admin/user_api_key/{id}", GetUserApiKey, "Get a user API key"),
     AdminRoute(

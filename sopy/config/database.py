@@ -45,6 +45,7 @@ from sopy.errors import (
     StartupError,
 )
 from sopy.messages import (
+    UNCHANGED,
     ActivateUserApiKey,
     AddAdminAuth,
     AddBackend,
@@ -67,6 +68,7 @@ from sopy.messages import (
     GetModelMapping,
     GetUserApiKey,
     JournalEntry,
+    KeyLimits,
     ListAdminAuth,
     ListBackends,
     ListModelMappings,
@@ -84,11 +86,13 @@ from sopy.messages import (
     RotateSecretKey,
     SecretKeyRotated,
     SecretKeyRotation,
+    UpdateUserApiKey,
     UserApiKeyActivated,
     UserApiKeyAdded,
     UserApiKeyDeactivated,
     UserApiKeyRecord,
     UserApiKeyRemoved,
+    UserApiKeyUpdated,
     UserApiKeyView,
 )
 from sopy.provider_backends import group_by_provider
@@ -183,7 +187,21 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE model_mappings SET upstream_model = model_name;
     ALTER TABLE model_mappings ADD COLUMN fallback_upstream_models TEXT NOT NULL DEFAULT '{}';
     """,
+    # Per-key limits (NULL: none; `models` a JSON array); `usage_reset_at` is when the key's
+    # token budget count began, for the keys already there their creation.
+    """
+    ALTER TABLE user_api_keys ADD COLUMN rpm INTEGER;
+    ALTER TABLE user_api_keys ADD COLUMN tpm INTEGER;
+    ALTER TABLE user_api_keys ADD COLUMN max_parallel INTEGER;
+    ALTER TABLE user_api_keys ADD COLUMN token_budget INTEGER;
+    ALTER TABLE user_api_keys ADD COLUMN expires_at INTEGER;
+    ALTER TABLE user_api_keys ADD COLUMN models TEXT;
+    ALTER TABLE user_api_keys ADD COLUMN usage_reset_at REAL NOT NULL DEFAULT 0;
+    UPDATE user_api_keys SET usage_reset_at = created_at;
+    """,
 )
+# The columns of a user key's limits, in `KeyLimits`' order.
+_LIMIT_COLUMNS = "rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at"
 
 
 @attrs.frozen
@@ -270,7 +288,7 @@ class ConfigDatabase:
             if writes:
                 self._require_same_file()
             with self._transaction(write=writes):
-                result, change = self._dispatch(command, int(now))
+                result, change = self._dispatch(command, now)
                 version = self.version
                 if change is not None:
                     version += 1
@@ -367,10 +385,12 @@ class ConfigDatabase:
                 )
             ),
             user_api_keys=tuple(
-                UserApiKeyRecord(id_, key_hash, prefix, description, bool(active), created_at)
-                for id_, key_hash, prefix, description, active, created_at in self._rows(
-                    "SELECT id, key_hash, prefix, description, active, created_at "
-                    "FROM user_api_keys ORDER BY id"
+                UserApiKeyRecord(
+                    id_, key_hash, prefix, description, bool(active), created_at, _limits(limits)
+                )
+                for id_, key_hash, prefix, description, active, created_at, *limits in self._rows(
+                    "SELECT id, key_hash, prefix, description, active, created_at, "
+                    f"{_LIMIT_COLUMNS} FROM user_api_keys ORDER BY id"
                 )
             ),
             backends=tuple(
@@ -419,7 +439,8 @@ class ConfigDatabase:
             "DELETE FROM config_events WHERE version <= ?", (version - self._journal_length,)
         )
 
-    def _dispatch(self, command: ConfigCommand, now: int) -> Outcome:
+    def _dispatch(self, command: ConfigCommand, at: float) -> Outcome:
+        now = int(at)
         match command:
             case AddAdminAuth():
                 return self._add_admin_auth(command, now)
@@ -433,7 +454,7 @@ class ConfigDatabase:
             case GetAdminAuth(name=name, reveal=reveal):
                 return self._admin_auth(name, reveal=reveal), None
             case AddUserApiKey():
-                return self._add_user_api_key(command, now)
+                return self._add_user_api_key(command, at)
             case RemoveUserApiKey():
                 return self._remove_user_api_key(command)
             case ListUserApiKeys():
@@ -444,6 +465,8 @@ class ConfigDatabase:
                 return self._set_user_key_active(key_id, active=True)
             case DeactivateUserApiKey(id=key_id):
                 return self._set_user_key_active(key_id, active=False)
+            case UpdateUserApiKey():
+                return self._update_user_api_key(command, at)
             case AddBackend():
                 return self._add_backend(command, now)
             case RemoveBackend(provider=provider, url=url):
@@ -493,7 +516,8 @@ class ConfigDatabase:
         shown = credential if reveal else keys.mask_credential(credential)
         return AdminAuthView(name, shown, kind)
 
-    def _add_user_api_key(self, command: AddUserApiKey, now: int) -> Outcome:
+    def _add_user_api_key(self, command: AddUserApiKey, at: float) -> Outcome:
+        now = int(at)
         api_key = command.api_key or keys.generate_user_key()
         key_hash = keys.hash_user_key(api_key)
         existing = self._row("SELECT id FROM user_api_keys WHERE key_hash = ?", (key_hash,))
@@ -504,14 +528,60 @@ class ConfigDatabase:
                 param="api_key",
             )
         prefix = keys.user_key_prefix(api_key)
+        limits = KeyLimits(
+            command.rpm,
+            command.tpm,
+            command.max_parallel,
+            command.token_budget,
+            command.expires_at,
+            command.models,
+            usage_reset_at=at,
+        )
         cursor = self._db.execute(
-            "INSERT INTO user_api_keys (key_hash, prefix, description, active, created_at) "
-            "VALUES (?, ?, ?, 1, ?)",
-            (key_hash, prefix, command.description, now),
+            "INSERT INTO user_api_keys (key_hash, prefix, description, active, created_at, "
+            f"{_LIMIT_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_hash, prefix, command.description, now, *_limit_values(limits)),
         )
         key_id = _inserted_id(cursor)
-        created = NewUserApiKey(key_id, api_key, prefix, command.description, True, now)
-        return created, UserApiKeyAdded(key_id, prefix, command.description)
+        created = NewUserApiKey(
+            key_id, api_key, prefix, command.description, True, now, *_limit_fields(limits)
+        )
+        added = UserApiKeyAdded(key_id, prefix, command.description, *_limit_fields(limits)[:-1])
+        return created, added
+
+    def _update_user_api_key(self, command: UpdateUserApiKey, at: float) -> Outcome:
+        view = self._user_key_view(command.id)
+        before = _view_limits(view)
+        changes = {
+            field.name: value
+            for field in attrs.fields(KeyLimits)
+            if (value := getattr(command, field.name, UNCHANGED)) is not UNCHANGED
+        }
+        after = attrs.evolve(before, **changes)
+        # A key given a budget it did not have starts its count then, as a reset does.
+        reset = command.reset_usage or (
+            before.token_budget is None and after.token_budget is not None
+        )
+        if reset:
+            after = attrs.evolve(after, usage_reset_at=at)
+        if after == before and not reset:
+            return view, None
+        self._db.execute(
+            "UPDATE user_api_keys SET rpm = ?, tpm = ?, max_parallel = ?, token_budget = ?, "
+            "expires_at = ?, models = ?, usage_reset_at = ? WHERE id = ?",
+            (*_limit_values(after), command.id),
+        )
+        updated = UserApiKeyUpdated(
+            command.id,
+            after.rpm,
+            after.tpm,
+            after.max_parallel,
+            after.token_budget,
+            after.expires_at,
+            after.models,
+            reset,
+        )
+        return self._user_key_view(command.id), updated
 
     def _remove_user_api_key(self, command: RemoveUserApiKey) -> Outcome:
         if command.api_key is not None:
@@ -549,11 +619,14 @@ class ConfigDatabase:
 
     def _user_key_views(self, where: str, params: tuple[Any, ...]) -> Iterable[UserApiKeyView]:
         rows = self._rows(
-            "SELECT id, prefix, description, active, created_at FROM user_api_keys " + where,
+            f"SELECT id, prefix, description, active, created_at, {_LIMIT_COLUMNS} "
+            "FROM user_api_keys " + where,
             params,
         )
-        for id_, prefix, description, active, created_at in rows:
-            yield UserApiKeyView(id_, prefix, description, bool(active), created_at)
+        for id_, prefix, description, active, created_at, *limits in rows:
+            yield UserApiKeyView(
+                id_, prefix, description, bool(active), created_at, *_limit_fields(_limits(limits))
+            )
 
     def _add_backend(self, command: AddBackend, now: int) -> Outcome:
         provider, url = command.provider, command.url
@@ -850,6 +923,28 @@ class ConfigDatabase:
     def _scalar(self, sql: str) -> int:
         value: int = self._db.execute(sql).fetchone()[0]
         return value
+
+
+def _limits(row: list[Any]) -> KeyLimits:
+    """A key's limits from its `_LIMIT_COLUMNS`."""
+    rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at = row
+    allowed = None if models is None else tuple(orjson.loads(models))
+    return KeyLimits(rpm, tpm, max_parallel, token_budget, expires_at, allowed, usage_reset_at)
+
+
+def _limit_values(limits: KeyLimits) -> tuple[Any, ...]:
+    """`limits` as the values of `_LIMIT_COLUMNS`."""
+    models = None if limits.models is None else orjson.dumps(limits.models).decode()
+    fields = _limit_fields(limits)
+    return (*fields[:5], models, fields[6])
+
+
+def _limit_fields(limits: KeyLimits) -> tuple[Any, ...]:
+    return attrs.astuple(limits, recurse=False)
+
+
+def _view_limits(view: UserApiKeyView) -> KeyLimits:
+    return KeyLimits(**{field.name: getattr(view, field.name) for field in attrs.fields(KeyLimits)})
 
 
 def _provider_backends(provider: str, rows: list[Any]) -> ProviderBackends:

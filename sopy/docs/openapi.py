@@ -44,7 +44,7 @@ from sopy.errors import (
     UnknownCommand,
     anthropic_error_type,
 )
-from sopy.messages import AdminCommand
+from sopy.messages import AdminCommand, Unchanged
 from sopy.routing.public_routes import ERROR_LIMITS, JSON, PUBLIC_ROUTES, PublicRoute
 from sopy.settings import ENVIRONMENT_VARIABLES, Settings
 
@@ -751,12 +751,16 @@ def _json_schema(python_type: object) -> dict[str, Any]:
         return {"type": "array", "items": {"type": "string"}}
     if python_type == Mapping[str, str]:
         return {"type": "object", "additionalProperties": {"type": "string"}}
-    members = typing.get_args(python_type) or (python_type,)
-    unknown = [member for member in members if member not in _JSON_TYPE_NAMES]
-    if unknown:
+    # An `update_user_api_key` field not sent is left unchanged: that is no JSON value.
+    members = [m for m in typing.get_args(python_type) or (python_type,) if m is not Unchanged]
+    if len(members) > 1 and all(m in _JSON_TYPE_NAMES for m in members):
+        return {"type": [_JSON_TYPE_NAMES[member] for member in members]}
+    if len(members) > 1:
+        return {"anyOf": [_json_schema(member) for member in members]}
+    (member,) = members
+    if member not in _JSON_TYPE_NAMES:
         raise TypeError(f"no JSON schema type for {python_type!r}")
-    names = [_JSON_TYPE_NAMES[member] for member in members]
-    return {"type": names[0] if len(names) == 1 else names}
+    return {"type": _JSON_TYPE_NAMES[member]}
 
 
 def _admin_error_schema() -> dict[str, Any]:

@@ -21,9 +21,13 @@ import attrs
 from sopy.errors import (
     AuthenticationFailed,
     ErrorShape,
+    InsufficientQuota,
     InvalidJson,
     InvalidRequest,
+    KeyExpired,
+    KeyRateLimited,
     MethodNotAllowed,
+    ModelNotAllowed,
     ModelNotFound,
     NoBackendAvailable,
     NotFound,
@@ -51,8 +55,16 @@ PROMETHEUS_TEXT = "text/plain"
 # Every request passes the front's concurrency limit before its handler runs.
 FRONT_ERRORS: tuple[type[SopyError], ...] = (ServerBusy,)
 
+# A user key's limits (`sopy.routing.key_limits`), on every request for a model.
+KEY_LIMIT_ERRORS: tuple[type[SopyError], ...] = (
+    ModelNotAllowed,
+    KeyRateLimited,
+    InsufficientQuota,
+)
+
 # What a request forwarded to a provider can fail with, from reading its body to the upstream.
 MODEL_REQUEST_ERRORS: tuple[type[SopyError], ...] = (
+    *KEY_LIMIT_ERRORS,
     InvalidJson,
     InvalidRequest,
     ModelNotFound,
@@ -66,10 +78,15 @@ MODEL_REQUEST_ERRORS: tuple[type[SopyError], ...] = (
     UpstreamTimeout,
 )
 
-# A follow-up on a stored response goes where the response was made, or nowhere.
+# A follow-up on a stored response goes where the response was made, or nowhere; it names no
+# model and counts against no limit.
 RESPONSE_FOLLOW_UP_ERRORS: tuple[type[SopyError], ...] = (
     ResponseNotFound,
-    *(error for error in MODEL_REQUEST_ERRORS if error is not ModelNotFound),
+    *(
+        error
+        for error in MODEL_REQUEST_ERRORS
+        if error is not ModelNotFound and error not in KEY_LIMIT_ERRORS
+    ),
 )
 
 _FOLLOW_UP = (
@@ -158,7 +175,9 @@ class PublicRoute:
     def answers(self) -> tuple[type[SopyError], ...]:
         """Every error the route can answer with: its own, a 401 if it needs a key, and the
         front's."""
-        keyed: tuple[type[SopyError], ...] = (AuthenticationFailed,) if self.needs_key else ()
+        keyed: tuple[type[SopyError], ...] = (
+            (AuthenticationFailed, KeyExpired) if self.needs_key else ()
+        )
         return tuple(dict.fromkeys((*keyed, *self.errors, *FRONT_ERRORS)))
 
     def pattern(self) -> "re.Pattern[str]":
@@ -312,7 +331,7 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         "failure is one `error` event, then the connection closes.",
         reply=Reply("Switching to the WebSocket protocol.", {}, status=101),
         needs_key=True,
-        errors=(UpgradeRequired, NoBackendAvailable),
+        errors=(UpgradeRequired, NoBackendAvailable, *KEY_LIMIT_ERRORS),
     ),
     PublicRoute(
         method="GET",

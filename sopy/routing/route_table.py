@@ -14,6 +14,7 @@ from sopy.errors import AuthenticationFailed, ModelNotFound, NoBackendAvailable
 from sopy.messages import ConfigSnapshot, ModelMapping, ProviderBackends, ProviderRoute
 from sopy.provider_backends import group_by_provider
 from sopy.provider_kinds import DEFAULT_PROVIDER_KIND
+from sopy.routing.key_limits import KeyPolicy, policies
 
 # A provider known only by its credential or a mapping routes to no backend.
 _NO_BACKENDS = ProviderBackends("", (), ())
@@ -30,6 +31,8 @@ class RouteTable:
     model_bodies: Mapping[str, bytes]
     # Every provider with a backend, for requests pinned to one (Responses API follow-ups).
     providers: Mapping[str, ProviderRoute] = attrs.field(factory=dict)
+    # The limits of the keys that have some (`sopy.routing.key_limits`).
+    key_policies: Mapping[int, KeyPolicy] = attrs.field(factory=dict)
 
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot) -> "RouteTable":
@@ -74,6 +77,7 @@ class RouteTable:
             providers={provider: route(provider) for provider in backends},
             models_body=orjson.dumps({"object": "list", "data": models}),
             model_bodies={str(model["id"]): orjson.dumps(model) for model in models},
+            key_policies=policies(k for k in snapshot.user_api_keys if k.active),
         )
 
     def authenticate(self, authorization: bytes | None) -> int:
@@ -118,12 +122,18 @@ class RouteTable:
             "(`sopy admin add_user_api_key`)."
         )
 
-    def model_body(self, model: str) -> bytes:
-        """The `/v1/models/{model}` body of a mapped model, or raise 404."""
+    def model_body(self, model: str, allowed: frozenset[str] | None = None) -> bytes:
+        """The `/v1/models/{model}` body of a mapped model, or raise 404 (also for a model
+        not `allowed`: the caller cannot tell which)."""
         body = self.model_bodies.get(model)
-        if body is None:
+        if body is None or (allowed is not None and model not in allowed):
             raise _model_not_found(model)
         return body
+
+    def models_body_of(self, allowed: frozenset[str]) -> bytes:
+        """The `/v1/models` body listing only the `allowed` models, in the usual order."""
+        bodies = [body for model, body in self.model_bodies.items() if model in allowed]
+        return b'{"object":"list","data":[' + b",".join(bodies) + b"]}"
 
     def routes_for(self, model: str) -> tuple[ProviderRoute, ...]:
         """The model's provider, then its fallbacks in order, leaving out any without backends."""

@@ -14,6 +14,7 @@ from sopy.messages import (
     ConfigRequest,
     GetUsage,
     UsageQuery,
+    UsageRequest,
 )
 from sopy.runtime.config_requests import ask_config_store
 
@@ -21,7 +22,7 @@ from sopy.runtime.config_requests import ask_config_store
 @attrs.frozen
 class AdminInboxes:
     config: trio.MemorySendChannel[ConfigRequest]
-    usage: trio.MemorySendChannel[UsageQuery]
+    usage: trio.MemorySendChannel[UsageRequest]
 
     async def ask(self, command: AdminCommand) -> CommandReply:
         if not isinstance(command, GetUsage):

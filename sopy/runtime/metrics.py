@@ -27,8 +27,10 @@ Times, per request, all on trio's clock:
 
 Labels are bounded: a route is a route table template, a model is a mapped model name (any
 other requested name is `-`), a provider a configured name, a status a number. No key, no
-credential, no client text; key ids only with `--metrics-per-key`. Another dimension (tokens by
-type, limit refusals) is one more `_Counts` and one call where the fact is known.
+credential, no client text; key ids only with `--metrics-per-key`. Tokens by type are counted
+where the usage record is made (`record_tokens`); refusals by a key's limits are counted by the
+decision that refuses (`sopy.routing.key_limits`) and read at scrape time. Another dimension
+is one more `_Counts` and one call where the fact is known.
 """
 
 import bisect
@@ -43,7 +45,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from sopy.messages import TokenCounts
+
 UNMAPPED = "-"
+TOKEN_TYPES = ("input", "output", "cached_input", "reasoning")
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 # Seconds; from well under a millisecond (the overhead) to minutes (long generations).
@@ -148,6 +153,8 @@ class GatewayMetrics:
             ["route"],
             OVERHEAD_BUCKETS,
         )
+        # The four token counts by (model, provider), split by type only when scraped.
+        self.tokens: dict[tuple[str, str], list[int]] = {}
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
         self.counter_sources: list[tuple[str, str, str, Callable[[], Mapping[str, float]]]] = []
         self._registry = CollectorRegistry(auto_describe=False)
@@ -198,8 +205,32 @@ class GatewayMetrics:
         if overhead is not None:
             self.overhead_seconds.observe((route,), overhead)
 
+    def record_tokens(self, model: str, provider: str, tokens: TokenCounts) -> None:
+        """The token counts a provider reported for one answer, where its usage record is made;
+        `model` must be a mapped name or `UNMAPPED`."""
+        counts = self.tokens.get((model, provider))
+        if counts is None:
+            counts = self.tokens[model, provider] = [0, 0, 0, 0]
+        counts[0] += tokens.input_tokens
+        counts[1] += tokens.output_tokens
+        counts[2] += tokens.cached_input_tokens
+        counts[3] += tokens.reasoning_tokens
+
+    def _token_family(self) -> Metric:
+        family = CounterMetricFamily(
+            "sopy_tokens",
+            "Tokens the providers reported, by type (input, output, cached_input, reasoning; "
+            "cached input is part of input, reasoning part of output), model and provider.",
+            labels=["type", "model", "provider"],
+        )
+        for (model, provider), counts in self.tokens.items():
+            for token_type, count in zip(TOKEN_TYPES, counts, strict=True):
+                family.add_metric([token_type, model, provider], count)
+        return family
+
     def collect(self) -> Iterator[Metric]:
         yield self.requests.family()
+        yield self._token_family()
         yield self.retries.family()
         yield self.request_seconds.family()
         yield self.upstream_seconds.family()
