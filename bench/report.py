@@ -21,7 +21,7 @@ from typing import Any
 from load import StreamMeasurement, percentile, wrk_path
 from targets import nginx_path
 
-_ORDER = {"direct": 0, "sopy": 1, "sopy-base": 2, "litellm": 3}
+_ORDER = {"direct": 0, "sopy": 1, "sopy-governed": 2, "sopy-base": 3, "litellm": 4}
 _IDLE = "idle (epoll wait)"
 
 
@@ -144,6 +144,7 @@ def ratios(summary: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         ("sopy", "litellm"),
         ("litellm", "direct"),
         ("sopy", "sopy-base"),
+        ("sopy-governed", "sopy"),
     )
     for top, bottom in pairs_measured:
         pairs = {
@@ -194,6 +195,32 @@ def ratio_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             "Baseline added p50 latency vs direct: "
             + ", ".join(f"c{r['concurrency']} {r['added_p50_ms']:+.2f} ms" for r in base_rows)
+        )
+    lines.extend(governed_lines(report["summary"]))
+    return lines
+
+
+def governed_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """The governed lane against the plain one, per concurrency: added p50 difference, CPU per
+    request ratio, and the issue's targets (at c1, p50 within 0.05 ms; CPU at most +15 %)."""
+    plain = {r["concurrency"]: r for r in summary if r["target"] == "sopy"}
+    governed = {r["concurrency"]: r for r in summary if r["target"] == "sopy-governed"}
+    lines = []
+    for concurrency in sorted(set(plain) & set(governed)):
+        p, g = plain[concurrency], governed[concurrency]
+        if not p["cpu_ms_per_request"] or p["added_p50_ms"] is None or g["added_p50_ms"] is None:
+            continue
+        p50 = g["added_p50_ms"] - p["added_p50_ms"]
+        cpu = g["cpu_ms_per_request"] / p["cpu_ms_per_request"]
+        verdict = ""
+        if concurrency == 1:
+            met = p50 <= 0.05 and cpu <= 1.15
+            verdict = " (target: p50 within +0.05 ms, CPU at most 1.15x: " + (
+                "met)" if met else "NOT met)"
+            )
+        lines.append(
+            f"Governed lane vs plain at c{concurrency}: added p50 {p50:+.3f} ms, "
+            f"CPU per request {cpu:.3f}x{verdict}"
         )
     return lines
 

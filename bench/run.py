@@ -8,6 +8,7 @@ and print the table, with the ratios last. See bench/README.md for how to read t
 """
 
 import argparse
+import contextlib
 import shutil
 import signal
 import sys
@@ -77,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="also benchmark the Sopy installed in another Python (e.g. the venv of a checkout "
         "of the commit before a change), as target sopy-base, for a same-run before/after",
+    )
+    parser.add_argument(
+        "--no-governed",
+        action="store_true",
+        help="skip the governed lane (sopy-governed: a key with every per-key control set, "
+        "generous, never hit, and /metrics by key scraped every second)",
     )
     parser.add_argument(
         "--soak",
@@ -242,6 +249,14 @@ def _run(args: argparse.Namespace, children: Children) -> int:
         )
         progress(f"baseline sopy (pid {baseline.pid}, {args.baseline}) at {baseline.base_url}")
         all_targets.append(baseline)
+    scraper = None
+    if not args.no_governed and args.soak is None:
+        governed = targets.start_sopy(
+            children, direct.base_url, name="sopy-governed", governed=True
+        )
+        progress(f"governed sopy (pid {governed.pid}) at {governed.base_url}")
+        all_targets.append(governed)
+        scraper = targets.MetricsScraper(governed.base_url + "/metrics")
     for target in all_targets:
         _sanity_check(target)
     if args.with_litellm:
@@ -282,8 +297,14 @@ def _run(args: argparse.Namespace, children: Children) -> int:
         )
     else:
         _warm_up(args, all_targets, max(args.concurrency))
-        runs = _load_matrix(args, all_targets)
-        streams = _stream_probes(args, all_targets)
+        with scraper or contextlib.nullcontext():
+            runs = _load_matrix(args, all_targets)
+            streams = _stream_probes(args, all_targets)
+        if scraper is not None:
+            notes.append(
+                f"sopy-governed: /metrics scraped {scraper.scrapes} times during the load "
+                f"({scraper.failures} failed)"
+            )
 
     memory = {
         t.name: {

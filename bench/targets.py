@@ -18,7 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,9 +253,13 @@ def start_sopy(
     *,
     name: str = "sopy",
     python: str = sys.executable,
+    governed: bool = False,
 ) -> Target:
     """`python -m sopy serve` on a free port, configured over its admin socket with a user key,
     the provider credential, a backend pointing at the upstream and a model mapping.
+
+    `governed`: the key gets every per-key control (`GOVERNED_KEY_LIMITS`: generous, never hit)
+    and /metrics labels requests by key (`--metrics-per-key`): the benchmark's governed lane.
 
     With `profile_to`, Sopy runs under cProfile, which writes that pstats file when Sopy exits.
     `python` may be another virtualenv's interpreter, with another checkout of Sopy installed:
@@ -278,6 +284,7 @@ def start_sopy(
         str(admin_socket),
         "--log-level",
         "warning",
+        *(["--metrics-per-key"] if governed else []),
     ]
     child = children.spawn(name, argv)
     wait_until(
@@ -291,10 +298,53 @@ def start_sopy(
     admin_command(admin_socket, "add_admin_auth", name=PROVIDER, credentials=PROVIDER_CREDENTIAL)
     admin_command(admin_socket, "add_backend", provider=PROVIDER, url=upstream_url)
     admin_command(admin_socket, "add_model_mapping", model_name=MODEL, provider=PROVIDER)
-    key = admin_command(admin_socket, "add_user_api_key", description="bench/run.py")
+    limits = governed_key_limits() if governed else {}
+    key = admin_command(admin_socket, "add_user_api_key", description="bench/run.py", **limits)
     return Target(
         name, f"http://127.0.0.1:{port}", str(key["api_key"]), MODEL, MODEL, child.process.pid
     )
+
+
+class MetricsScraper:
+    """GETs a /metrics URL every `every_s` seconds on a thread while in its `with` block, as a
+    Prometheus server would, so the governed lane pays for being scraped too."""
+
+    def __init__(self, url: str, every_s: float = 1.0) -> None:
+        self.url, self.every_s = url, every_s
+        self.scrapes = self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-scraper", daemon=True)
+
+    def __enter__(self) -> "MetricsScraper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as answer:
+                    answer.read()
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+
+def governed_key_limits() -> dict[str, object]:
+    """Every per-key control, set so that no benchmark run reaches one: each request still goes
+    through the whole decision (rates, tokens reserved and settled, parallel count, budget,
+    expiry, allow-list)."""
+    return {
+        "rpm": 1_000_000,
+        "tpm": 1_000_000_000_000,
+        "max_parallel": 100_000,
+        "token_budget": 10**15,
+        "expires_at": int(time.time()) + 365 * 24 * 3600,
+        "models": [MODEL],
+    }
 
 
 def admin_command(path: Path, command: str, **fields: object) -> dict[str, object]:

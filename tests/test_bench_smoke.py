@@ -29,18 +29,22 @@ def test_quick_benchmark_answers_every_request_and_writes_the_reports(tmp_path: 
     report = json.loads((results / "latest.json").read_text())
     assert report["mode"] == "quick"
     assert report["total_errors"] == 0
-    assert report["targets"] == ["direct", "sopy"]
+    # The governed lane runs beside the plain one: a key with every control, /metrics scraped.
+    targets = ("direct", "sopy", "sopy-governed")
+    assert report["targets"] == list(targets)
     assert {(run["target"], run["concurrency"]) for run in report["runs"]} == {
-        (target, level) for target in ("direct", "sopy") for level in (1, 8)
+        (target, level) for target in targets for level in (1, 8)
     }
     for run in report["runs"]:
         assert (run["requests"], run["errors"]) == (QUICK_REQUESTS_PER_RUN, 0), run
     for row in report["streaming"]:
         assert (row["streams"], row["errors"]) == (QUICK_STREAMS, 0), row
         assert 0 < row["first_chunk_p50_ms"] <= row["total_p50_ms"]
-    assert report["total_requests"] == 4 * QUICK_REQUESTS_PER_RUN + 2 * QUICK_STREAMS
+    assert report["total_requests"] == 6 * QUICK_REQUESTS_PER_RUN + 3 * QUICK_STREAMS
     assert report["memory"]["sopy"]["peak_rss_mib"] > 0
     assert "sopy/direct" in report["ratios"]
+    assert "sopy-governed/sopy" in report["ratios"]
+    assert "Governed lane vs plain at c1" in done.stdout
 
     markdown = (results / "latest.md").read_text()
     assert markdown.startswith("# Sopy benchmark")
