@@ -95,7 +95,6 @@ _READ_ANSWER: Mapping[WireFormat, Callable[[JsonObject], Answer]] = {
 }
 _WRITE_ANSWER: Mapping[WireFormat, Callable[[Answer, Conversation], JsonObject]] = {
     WireFormat.CHAT: chat.write_answer,
-    WireFormat.RESPONSES: responses.write_answer,
     WireFormat.MESSAGES: messages.write_answer,
 }
 _STREAM_READERS: Mapping[WireFormat, Callable[[], _StreamReader]] = {
@@ -122,8 +121,23 @@ def _stream_writer(
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return chat.StreamWriter(conversation, include_usage=include_usage)
     if client is WireFormat.RESPONSES:
-        return responses.StreamWriter(conversation)
+        return responses.StreamWriter(conversation, metadata=_metadata(payload))
     return messages.StreamWriter(conversation)
+
+
+def _write_answer(
+    client: WireFormat, answer: Answer, conversation: Conversation, payload: JsonObject
+) -> JsonObject:
+    if client is WireFormat.RESPONSES:
+        return responses.write_answer(answer, conversation, metadata=_metadata(payload))
+    return _WRITE_ANSWER[client](answer, conversation)
+
+
+def _metadata(payload: JsonObject) -> dict[str, str] | None:
+    """A Responses request's `metadata`, echoed in its answer as OpenAI does (the store is not
+    kept for translated providers: `store` is answered false)."""
+    metadata = payload.get("metadata")
+    return metadata if isinstance(metadata, dict) else None
 
 
 def client_conversation(client: WireFormat, payload: JsonObject) -> Conversation:
@@ -177,9 +191,8 @@ def whole_answer(
         writer = _stream_writer(client, conversation, payload)
         written = writer.write(answer_events(answer)) + writer.finish()
         return TranslatedAnswer(status, written, tokens, stream=True)
-    return TranslatedAnswer(
-        status, orjson.dumps(_WRITE_ANSWER[client](answer, conversation)), tokens
-    )
+    written = orjson.dumps(_write_answer(client, answer, conversation, payload))
+    return TranslatedAnswer(status, written, tokens)
 
 
 def error_body(client: WireFormat, error: ProviderError) -> bytes:
