@@ -77,6 +77,9 @@ class Reasoning:
 
     text: str
     signature: str | None = None
+    # Anthropic's `redacted_thinking` block: no text, `signature` holds its opaque `data`
+    # (a `thinking` block whose text is omitted also has empty text, but a real signature).
+    redacted: bool = False
 
 
 Part = Text | Image | ToolCall | ToolResult | Reasoning
