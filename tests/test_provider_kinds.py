@@ -113,7 +113,9 @@ async def test_a_client_credential_in_any_form_never_reaches_the_upstream(
         assert USER_KEY not in str(headers)
 
 
-@pytest.mark.parametrize(("model", "kind"), [("claude-anthropic", "anthropic"), ("gpt-chat", "openai-chat")])
+@pytest.mark.parametrize(
+    ("model", "kind"), [("claude-anthropic", "anthropic"), ("gpt-chat", "openai-chat")]
+)
 async def test_an_openai_route_that_does_not_translate_is_a_400_naming_the_kind(
     gateway: Gateway, model: str, kind: str
 ) -> None:

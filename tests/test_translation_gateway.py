@@ -156,7 +156,9 @@ async def test_responses_stream_round_trips_a_function_tool_through_a_chat_only_
         tools=[RESPONSES_TOOL],
         store=False,
     ) as stream:
-        texts = [event.delta async for event in stream if event.type == "response.output_text.delta"]
+        texts = [
+            event.delta async for event in stream if event.type == "response.output_text.delta"
+        ]
         second = await stream.get_final_response()
 
     assert "".join(texts) == second.output_text == "Hello from chat-0: you said sunny"
@@ -221,9 +223,10 @@ async def test_messages_create_uses_a_tool_through_a_chat_only_provider(
     assert second.stop_reason == "end_turn"
     assert second.content[0].type == "text"
     assert second.content[0].text == "Hello from chat-0: you said sunny"
-    assert sent(chat_mock(gateway))["max_tokens"] == 100 or sent(chat_mock(gateway)).get(
-        "max_completion_tokens"
-    ) == 100
+    assert (
+        sent(chat_mock(gateway))["max_tokens"] == 100
+        or sent(chat_mock(gateway)).get("max_completion_tokens") == 100
+    )
 
 
 async def test_messages_stream_keeps_two_interleaved_tool_calls_apart(
@@ -339,7 +342,10 @@ async def test_chat_stream_with_tools_through_an_anthropic_provider(
     chunks = [chunk async for chunk in stream]
 
     calls = [
-        call for chunk in chunks if chunk.choices for call in chunk.choices[0].delta.tool_calls or []
+        call
+        for chunk in chunks
+        if chunk.choices
+        for call in chunk.choices[0].delta.tool_calls or []
     ]
     assert {call.index for call in calls} == {0}
     assert calls[0].id and calls[0].function and calls[0].function.name == "get_weather"
@@ -480,7 +486,11 @@ async def test_usage_records_of_translated_requests_hold_the_providers_counts(
         async with httpx.AsyncClient(base_url=url) as http:
             for seen in upstream.requests:
                 body = {**orjson.loads(seen.body), "stream": False}
-                answer = await http.post(seen.path, json=body, headers={"x-api-key": "k", "anthropic-version": "2023-06-01"})
+                answer = await http.post(
+                    seen.path,
+                    json=body,
+                    headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+                )
                 usage = answer.json()["usage"]
                 expected.append(
                     (
@@ -491,9 +501,7 @@ async def test_usage_records_of_translated_requests_hold_the_providers_counts(
     report = await gateway.admin_ok("get_usage", group_by=["provider"])
     totals = {group["provider"]: group for group in report["groups"]}
     assert totals["chat"]["requests"] == 2 and totals["claude"]["requests"] == 1
-    recorded = [
-        (totals[p]["input_tokens"], totals[p]["output_tokens"]) for p in ("chat", "claude")
-    ]
+    recorded = [(totals[p]["input_tokens"], totals[p]["output_tokens"]) for p in ("chat", "claude")]
     assert recorded == [
         (expected[0][0] + expected[1][0], expected[0][1] + expected[1][1]),
         expected[2],

@@ -499,7 +499,9 @@ async def _estimate_tokens(exchange: HttpExchange, request: ProxiedRequest) -> N
     """`/v1/messages/count_tokens` for a provider that does not serve Messages: Sopy's own
     estimate, in Anthropic's shape."""
     assert request.payload is not None
-    conversation = translate.client_conversation(WireFormat.MESSAGES, request.payload)
+    # A count_tokens body is a Messages request without `max_tokens`, which does not count.
+    counted = {**request.payload, "max_tokens": 1}
+    conversation = translate.client_conversation(WireFormat.MESSAGES, counted)
     request.status = 200
     count = {"input_tokens": translate.estimate_input_tokens(conversation)}
     await send_json(exchange, 200, count, request.rid)

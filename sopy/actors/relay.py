@@ -171,10 +171,15 @@ async def proxy(
     exchange: HttpExchange,
     body: bytes,
 ) -> None:
+    # Before any I/O: a request no provider's format can express is the client's error.
+    hop, index = _next_hop(routes, 0, request, exchange, body)
+    assert hop is not None, "_next_hop raises when not one route can take the request"
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_when_client_leaves, exchange, request, nursery.cancel_scope)
-            first, events = await _first_answer(inbox_for, routes, request, exchange, body)
+            first, events = await _first_answer(
+                inbox_for, routes, (hop, index), request, exchange, body
+            )
             with events:
                 await _pump(first, events, exchange, request)
             nursery.cancel_scope.cancel()
@@ -186,12 +191,12 @@ async def proxy(
 async def _first_answer(
     inbox_for: ProviderInbox,
     routes: tuple[ProviderRoute, ...],
+    first_hop: tuple["_Hop", int],
     request: ProxiedRequest,
     exchange: HttpExchange,
     body: bytes,
 ) -> tuple[UpstreamEvent, trio.MemoryReceiveChannel[UpstreamEvent]]:
-    hop, index = _next_hop(routes, 0, request, exchange, body)
-    assert hop is not None, "_next_hop raises when not one route can take the request"
+    hop, index = first_hop
     while True:
         sent_at = trio.current_time()
         events = await _forward(inbox_for, hop, request, exchange)

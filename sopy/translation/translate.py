@@ -231,11 +231,13 @@ class StreamTranslation:
             events = [
                 item for event in self._events.feed(chunk) for item in self._reader.feed(event)
             ]
+            return self._write(events)
         except SseEventTooLarge as exc:
             return self._fail(f"The provider sent {exc}, over the gateway's limit for one event.")
+        except UpstreamError as error:  # the provider's codec found its answer malformed
+            return self._fail(error.message)
         except _UNREADABLE as exc:
             return self._fail(_unreadable(self._provider, exc))
-        return self._write(events)
 
     def end(self, failure: str | None = None) -> bytes:
         """The client's last bytes: what the provider's end closes, then the format's ending;
@@ -245,10 +247,11 @@ class StreamTranslation:
         if failure is not None:
             return self._fail(failure)
         try:
-            events = self._reader.end()
+            written = self._write(self._reader.end())
+        except UpstreamError as error:
+            return self._fail(error.message)
         except _UNREADABLE as exc:
             return self._fail(_unreadable(self._provider, exc))
-        written = self._write(events)
         self.ended = True
         return written + self._writer.finish()
 

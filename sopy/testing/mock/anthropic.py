@@ -71,7 +71,7 @@ _KNOWN_FIELDS = frozenset(
     {
         "model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature",
         "top_p", "top_k", "tools", "tool_choice", "metadata", "thinking", "service_tier",
-        "container", "mcp_servers", "context_management", "mock",
+        "container", "mcp_servers", "context_management", "output_config", "mock",
     }
 )  # fmt: skip
 _BLOCK_TYPES = frozenset({"text", "image", "document", "tool_use", "tool_result", "thinking"})
