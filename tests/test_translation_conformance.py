@@ -44,7 +44,9 @@ KINDS = {
     "openai": ("openai-0", {"chat", "responses"}),
 }
 WEATHER = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = (  # one pixel
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 DATA_URL = f"data:image/png;base64,{PNG}"
 ASK_TOOL = "call get_weather"
 
