@@ -16,6 +16,7 @@ import orjson
 import pytest
 import trio
 
+from sopy.testing.mock import RandomFault
 from sopy.testing.mock_upstream import MockUpstream
 from sopy.translation.translate import IMAGE_TOKENS, MESSAGE_OVERHEAD_TOKENS
 from tests.conftest import SopyUnderTest
@@ -506,3 +507,84 @@ async def test_usage_records_of_translated_requests_hold_the_providers_counts(
         (expected[0][0] + expected[1][0], expected[0][1] + expected[1][1]),
         expected[2],
     ]
+
+
+# -- fallbacks: each hop native or translated on its own, in the mapping's order ------------------
+
+
+async def test_a_failing_native_provider_falls_back_to_a_translated_one_invisibly(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    failing = MockUpstream("openai-0", failure_rate=1.0, fault_kinds=[RandomFault.STATUS_500])
+    upstreams = {"openai": [failing], "claude": [MockUpstream("claude-0", anthropic_strict=True)]}
+    gateway = await start_gateway_with(
+        sopy, nursery, upstreams, {"mixed": "openai"}, fallbacks={"mixed": ["claude"]}
+    )
+    await make_kind(gateway, "claude", "anthropic")
+
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key=USER_KEY, max_retries=0
+    ) as client:
+        completion = await client.chat.completions.create(
+            model="mixed", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    assert completion.choices[0].message.content == "Hello from claude-0: you said hi"
+    assert failing.injected["status_500"] >= 1
+    assert gateway.upstreams("claude")[0].requests[-1].path == "/v1/messages"
+
+
+async def test_a_provider_whose_format_cannot_express_the_request_is_passed_over(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    upstreams = {
+        "chat": [MockUpstream("chat-0", chat_only=True)],
+        "openai": [MockUpstream("openai-0")],
+    }
+    gateway = await start_gateway_with(
+        sopy, nursery, upstreams, {"mixed": "chat"}, fallbacks={"mixed": ["openai"]}
+    )
+    await make_kind(gateway, "chat", "openai-chat")
+    body = {"model": "mixed", "input": "hi", "tools": [{"type": "web_search"}]}
+
+    async with gateway.client() as http:
+        answered = await http.post("/v1/responses", json=body)
+
+    assert answered.status_code == 200, answered.text
+    assert gateway.upstreams("openai")[0].requests[-1].path == "/v1/responses"
+    assert not gateway.upstreams("chat")[0].requests
+
+
+async def test_a_responses_stream_that_breaks_off_ends_with_response_failed(
+    gateway: Gateway,
+) -> None:
+    body = {"model": CHAT_MODEL, "input": "one two three four five", "stream": True}
+    async with gateway.client() as http:
+        answered = await http.post(
+            "/v1/responses", json=body, headers={FAULTS: '{"reset_after": 2}'}
+        )
+
+    events = [
+        orjson.loads(line[6:]) for line in answered.text.splitlines() if line.startswith("data: ")
+    ]
+    assert events[-1]["type"] == "response.failed"
+    assert "broke off" in events[-1]["response"]["error"]["message"]
+    assert "[DONE]" not in answered.text
+
+
+async def test_a_chat_stream_from_an_anthropic_provider_that_breaks_off_ends_with_an_error(
+    gateway: Gateway,
+) -> None:
+    body = {
+        "model": CLAUDE_MODEL,
+        "messages": [{"role": "user", "content": "one two three four five"}],
+        "stream": True,
+    }
+    async with gateway.client() as http:
+        answered = await http.post(
+            "/v1/chat/completions", json=body, headers={FAULTS: '{"reset_after": 3}'}
+        )
+
+    data = [line[6:] for line in answered.text.splitlines() if line.startswith("data: ")]
+    assert "error" in orjson.loads(data[-1]), data[-1]
+    assert "broke off" in orjson.loads(data[-1])["error"]["message"]
