@@ -499,14 +499,15 @@ async def _relay_translated_stream(
             await exchange.send_chunk(stream.feed(event.data + ready))
         else:
             end = event
-    if stream.ended and end is None:
-        request.failure = "the provider's stream could not be translated"
+    if stream.ended:  # before the provider's end: the client's stream was ended as an error
+        request.failure = stream.provider_failure or "the provider's stream could not be read"
     else:
         request.failure = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
     request.finished = True
     if request.failure is None:
         rest = stream.end()
-        request.stream_complete = True
+        request.failure = stream.provider_failure  # a stream that never stopped, say
+        request.stream_complete = request.failure is None
     else:
         rest = stream.end(_broke_off(request))
     await exchange.end_response(rest)

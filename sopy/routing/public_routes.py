@@ -259,7 +259,9 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         "provider's credential instead of the client's key. With `stream: true` the reply is "
         "relayed as server-sent events chunk by chunk; if the backend breaks off mid-stream, a "
         'final `data: {"error": ...}` event ends the stream. Upstream statuses and error '
-        "bodies (429 with `Retry-After`, 5xx...) are relayed unchanged.",
+        "bodies (429 with `Retry-After`, 5xx...) are relayed unchanged. For a provider of "
+        "kind `anthropic` the request is translated to a message and its answer, stream and "
+        "errors back to chat's.",
         reply=Reply(
             "The completion, or with `stream: true` its chunks as server-sent events.",
             {JSON: "ChatCompletion", EVENT_STREAM: "ServerSentEvent"},
@@ -279,7 +281,9 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         "it arrives (`stream: true`: server-sent events). Sopy remembers which backend made "
         "each response, so its follow-ups below and a later request naming it as "
         "`previous_response_id` reach that backend (another key's or an unknown id: 404 "
-        "`previous_response_not_found`).",
+        "`previous_response_not_found`). For a provider of kind `openai-chat` or `anthropic` "
+        "the request is translated (to a chat completion, or a message) and its answer, events "
+        "and errors back to the Responses API's; `previous_response_id` is then a 400.",
         reply=Reply(
             "The response, or with `stream: true` its events as server-sent events.",
             {JSON: "Response", EVENT_STREAM: "ServerSentEvent"},

@@ -201,8 +201,9 @@ def error_body(client: WireFormat, error: ProviderError) -> bytes:
 
 class StreamTranslation:
     """A provider's event stream into the client's: `feed` each chunk as it arrives, then
-    `end`. Once `ended` (the stream was finished, or could not be read and was ended as an
-    error), further chunks are ignored and the relay stops reading."""
+    `end`. Once `ended` (the stream was finished, ended by the provider's error, or could not
+    be read and was ended as an error), further chunks are ignored and the relay stops
+    reading. `provider_failure` is the error the provider reported, if it did."""
 
     def __init__(
         self,
@@ -217,6 +218,7 @@ class StreamTranslation:
         self._writer = _stream_writer(client, conversation, payload)
         self._usage: Usage | None = None
         self.ended = False
+        self.provider_failure: str | None = None
 
     @property
     def tokens(self) -> TokenCounts | None:
@@ -252,6 +254,8 @@ class StreamTranslation:
             return self._fail(error.message)
         except _UNREADABLE as exc:
             return self._fail(_unreadable(self._provider, exc))
+        if self.ended:  # the provider's stream never stopped: ended as an error already
+            return written
         self.ended = True
         return written + self._writer.finish()
 
@@ -260,7 +264,14 @@ class StreamTranslation:
             reported = event.usage if isinstance(event, UsageReported | StreamStarted) else None
             if reported is not None:
                 self._usage = _merged(self._usage, reported)
-        return self._writer.write(events) if events else b""
+            elif isinstance(event, StreamFailed):
+                self.provider_failure = event.message
+        written = self._writer.write(events) if events else b""
+        if self.provider_failure is None:
+            return written
+        # The provider ended its answer with an error: so does the client's stream, now.
+        self.ended = True
+        return written + self._writer.finish()
 
     def _fail(self, message: str) -> bytes:
         self.ended = True
