@@ -1,16 +1,23 @@
 """Specs for `sopy.translation.translate`, the pairing of the codecs for one hop (pure, no
-network): a provider stream cut anywhere translates to the same client bytes; a provider error
+network): a provider stream cut anywhere translates to the same client bytes (a chat stream
+with two interleaved tool calls into the same Responses events, by property); a provider error
 inside a stream, an unreadable event or one over the size limit ends the client's stream as its
 format ends an error; a whole answer to a client that asked for a stream comes as its events;
 usage is the provider's; the count_tokens estimate is as documented.
 """
 
+import itertools
+import os
+import re
 from typing import Any
 
 import anthropic.types
+import openai.types.responses
 import orjson
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sopy.errors import UpstreamError
 from sopy.messages import TokenCounts
@@ -236,3 +243,69 @@ def test_the_token_estimate_counts_bytes_over_four_plus_messages_and_images() ->
     assert (
         estimate == -(-size // 4) + 3 * translate.MESSAGE_OVERHEAD_TOKENS + translate.IMAGE_TOKENS
     )
+
+
+TOOL_STREAM = b"".join(
+    [
+        chat_chunk(
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"index": 0, "id": "call_a", "type": "function",
+                     "function": {"name": "get_weather", "arguments": ""}},
+                ],
+            }
+        ),
+        chat_chunk(
+            {"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                             "function": {"name": "get_time", "arguments": ""}}]}
+        ),
+        chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+        chat_chunk({"tool_calls": [{"index": 1, "function": {"arguments": '{"zone":'}}]}),
+        chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        chat_chunk({"tool_calls": [{"index": 1, "function": {"arguments": '"UTC"}'}}]}),
+        chat_chunk({}, "tool_calls"),
+        b"data: [DONE]\n\n",
+    ]
+)  # fmt: skip
+RESPONSES_PAYLOAD = {"model": "m", "input": "call both", "stream": True}
+_RANDOM_IDS = re.compile(rb'"(resp|msg|fc|rs)_[0-9a-f]+"')
+RESPONSE_EVENTS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
+    openai.types.responses.ResponseStreamEvent
+)
+
+
+def responses_bytes(chunks: list[bytes]) -> bytes:
+    """A Responses client's stream for the chat chunks, its random ids blanked out."""
+    conversation = translate.client_conversation(WireFormat.RESPONSES, RESPONSES_PAYLOAD)
+    stream = translate.StreamTranslation(
+        WireFormat.RESPONSES, WireFormat.CHAT, conversation, RESPONSES_PAYLOAD
+    )
+    written = b"".join(stream.feed(chunk) for chunk in chunks) + stream.end()
+    return _RANDOM_IDS.sub(rb'"\1_ID"', written)
+
+
+@settings(max_examples=int(os.environ.get("SOPY_FUZZ_EXAMPLES", "100")), deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(TOOL_STREAM)), max_size=12))
+def test_a_chat_stream_cut_anywhere_gives_the_same_responses_events(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(TOOL_STREAM)]
+    chunks = [TOOL_STREAM[start:end] for start, end in itertools.pairwise(bounds)]
+
+    assert responses_bytes(chunks) == responses_bytes([TOOL_STREAM])
+
+
+def test_two_interleaved_chat_tool_calls_become_two_whole_responses_function_calls() -> None:
+    written = responses_bytes([TOOL_STREAM])
+
+    events = [
+        RESPONSE_EVENTS.validate_json(line[6:])
+        for line in written.split(b"\n")
+        if line.startswith(b"data: ")
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [(item.name, item.arguments) for item in done] == [
+        ("get_weather", '{"city":"Paris"}'),
+        ("get_time", '{"zone":"UTC"}'),
+    ]
+    assert events[-1].type == "response.completed"
