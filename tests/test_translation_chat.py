@@ -377,15 +377,12 @@ def test_provider_request_uses_max_tokens_and_asks_for_stream_usage() -> None:
     }
 
 
-def test_reasoning_effort_is_sent_only_when_set_or_derived_from_a_thinking_budget() -> None:
+def test_reasoning_effort_is_sent_only_when_set() -> None:
     base = Conversation(model="m", messages=(Message(Role.USER, (Text("Hi"),)),))
     assert "reasoning_effort" not in chat.write_request(base)
-    assert chat.write_request(attrs.evolve(base, reasoning_effort="low"))["reasoning_effort"] == (
-        "low"
-    )
-    for budget, effort in ((1024, "low"), (10000, "medium"), (32000, "high")):
-        body = chat.write_request(attrs.evolve(base, reasoning_budget=budget))
-        assert body["reasoning_effort"] == effort
+    assert "reasoning_effort" not in chat.write_request(attrs.evolve(base, reasoning_budget=2048))
+    body = chat.write_request(attrs.evolve(base, reasoning_effort="low"))
+    assert body["reasoning_effort"] == "low"
 
 
 def test_tool_results_become_tool_messages_and_their_images_follow_in_a_user_message() -> None:
@@ -658,9 +655,27 @@ def test_deepseek_cache_hits_and_ollama_reasoning_are_read() -> None:
     assert answer.usage == Usage(10, 2, cache_read_tokens=4)
 
 
+def test_content_given_as_text_parts_and_a_refusal_are_read_as_text() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert chat.read_answer(completion({"role": "assistant", "content": parts})).parts == (
+        Text("ab"),
+    )
+    refused = completion({"role": "assistant", "content": None, "refusal": "I can't."})
+    assert chat.read_answer(refused).parts == (Text("I can't."),)
+    data = sse(chunk({"content": [{"type": "text", "text": "a"}]}), chunk({"refusal": "b"}))
+    assert read_stream(data)[1:3] == [BlockOpened(0, BlockKind.TEXT), BlockDelta(0, "a")]
+    assert read_stream(data)[3] == BlockDelta(0, "b")
+
+
 @pytest.mark.parametrize(
     "body",
-    [{"id": "x", "choices": []}, {"choices": [{"finish_reason": "stop"}]}, {"error": "x"}],
+    [
+        {"id": "x", "choices": []},
+        {"choices": [{"finish_reason": "stop"}]},
+        {"error": "x"},
+        {"choices": [{"message": {"content": [{"type": "thinking", "thinking": []}]}}]},
+        {"choices": [{"message": {"content": 5}}]},
+    ],
 )
 def test_a_malformed_answer_is_an_upstream_error(body: JsonObject) -> None:
     with pytest.raises(UpstreamError):
@@ -767,6 +782,37 @@ def test_a_stream_that_breaks_off_closes_its_blocks_and_fails() -> None:
     assert isinstance(events[-1], StreamFailed)
 
 
+def test_a_provider_stream_cut_anywhere_reads_the_same() -> None:
+    call = {"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": ""}}
+    data = b": keep-alive\r\n\r\n" + sse(
+        chunk({"role": "assistant", "reasoning_content": "hm"}),
+        chunk({"content": "caf\u00e9 "}),
+        chunk({"tool_calls": [call]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"k": "\u00e9"}'}}]}),
+        chunk({}, "tool_calls"),
+        {**chunk(), "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
+        "[DONE]",
+    ).replace(b"\n", b"\r\n")
+    whole = read_stream(data)
+    assert [type(event).__name__ for event in whole] == [
+        "StreamStarted",
+        "BlockOpened",
+        "BlockDelta",
+        "BlockClosed",
+        "BlockOpened",
+        "BlockDelta",
+        "BlockClosed",
+        "BlockOpened",
+        "BlockDelta",
+        "BlockClosed",
+        "StreamStopped",
+        "UsageReported",
+    ]
+    for cut in range(len(data) + 1):
+        assert read_stream(data, [cut]) == whole
+    assert read_stream(data, range(len(data))) == whole
+
+
 def test_an_error_event_fails_the_stream() -> None:
     data = sse(chunk({"content": "a"})) + b'event: error\ndata: {"message": "busy"}\n\n'
     assert read_stream(data)[-1] == StreamFailed("busy")
@@ -782,6 +828,11 @@ def test_done_without_a_finish_reason_stops_the_stream() -> None:
         BlockClosed(0),
         StreamStopped(StopReason.END_TURN),
     ]
+
+
+def test_content_that_is_not_text_fails_the_stream() -> None:
+    events = read_stream(sse(chunk({"content": [{"type": "image_url"}]})))
+    assert isinstance(events[-1], StreamFailed)
 
 
 def test_a_tool_call_without_a_name_fails_the_stream() -> None:

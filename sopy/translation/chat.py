@@ -32,8 +32,9 @@ Reading a client's request (`read_request`):
 Writing a provider's request (`write_request`): one `system` message; `max_tokens` (not
 `max_completion_tokens`: vLLM, Ollama and most chat-only servers know only the former);
 `stream_options.include_usage` whenever streaming, since the gateway accounts for the usage;
-`reasoning_effort` only when the conversation has one, or else derived from Anthropic's
-thinking budget (`reasoning_budget`: up to 4096 tokens low, up to 16384 medium, more high);
+`reasoning_effort` only when the conversation has one (many chat servers refuse it for a model
+that does not reason; Anthropic's thinking budget, `reasoning_budget`, has no chat field and is
+not sent: the model reasons as its server has it);
 `tool_choice` and `parallel_tool_calls` only with tools. A user message's tool results go first,
 as `tool` messages (their texts joined by a blank line: chat servers do not all take parts
 there), and an image in a tool result, which a tool message cannot carry, follows them in a
@@ -42,7 +43,8 @@ says it. The reasoning parts of earlier assistant turns are not sent (chat has n
 them that servers read back). Assistant texts are joined as one content string.
 
 Reading a provider's answer (`read_answer`, `StreamReader`): reasoning from
-`reasoning_content` (DeepSeek, vLLM) or `reasoning` (OpenRouter, Ollama); tool-call arguments
+`reasoning_content` (DeepSeek, vLLM) or `reasoning` (OpenRouter, Ollama); text from `content`
+(a string, or text parts as some servers send) and `refusal`; tool-call arguments
 kept as the provider's text, valid JSON or not (a writer that needs an object decides); a
 `stop` finish with tool calls is `TOOL_USE` (some servers say `stop`); vLLM's `stop_reason`
 string names the stop sequence; an unknown finish reason is `END_TURN`. A malformed answer is an
@@ -181,14 +183,20 @@ _NEUTRAL_VALUES: dict[str, Callable[[Any], bool]] = {
     "function_call": lambda value: value is None,
 }
 
-_THINKING_BUDGET_EFFORTS: tuple[tuple[int, str], ...] = ((4096, "low"), (16384, "medium"))
-
 
 def _untranslatable(path: str, what: str) -> UntranslatableField:
     return UntranslatableField(
         f"`{path}`: {what} cannot be translated for this model's provider, which does not "
         "speak Chat Completions. Leave it out, or use a model on a provider that serves Chat "
         "Completions.",
+        param=path,
+    )
+
+
+def _inexpressible(path: str, what: str) -> UntranslatableField:
+    return UntranslatableField(
+        f"`{path}`: {what} cannot be expressed in Chat Completions, the only API this model's "
+        "provider speaks. Leave it out, or use a model on a provider that serves your API.",
         param=path,
     )
 
@@ -529,21 +537,11 @@ def write_request(conversation: Conversation) -> JsonObject:
                 body["parallel_tool_calls"] = choice.parallel
     if conversation.response_format is not None:
         body["response_format"] = _write_response_format(conversation.response_format)
-    effort = conversation.reasoning_effort or _effort_for_budget(conversation.reasoning_budget)
-    if effort is not None:
-        body["reasoning_effort"] = effort
+    if conversation.reasoning_effort is not None:
+        body["reasoning_effort"] = conversation.reasoning_effort
     if conversation.user is not None:
         body["user"] = conversation.user
     return body
-
-
-def _effort_for_budget(budget: int | None) -> str | None:
-    if budget is None:
-        return None
-    for most, effort in _THINKING_BUDGET_EFFORTS:
-        if budget <= most:
-            return effort
-    return "high"
 
 
 def _write_user(message: Message, path: str) -> list[JsonObject]:
@@ -563,7 +561,7 @@ def _write_user(message: Message, path: str) -> list[JsonObject]:
         elif isinstance(part, Image):
             content.append(_image_part(part))
         else:
-            raise _untranslatable(f"{path}.content[{j}]", f"a user message's {type(part).__name__}")
+            raise _inexpressible(f"{path}.content[{j}]", f"a user message's {type(part).__name__}")
     if len(content) == 1 and content[0]["type"] == "text":
         written.append({"role": "user", "content": content[0]["text"]})
     elif content or not written:
@@ -593,7 +591,7 @@ def _write_assistant(message: Message, path: str) -> JsonObject:
                 }
             )
         elif not isinstance(part, Reasoning):
-            raise _untranslatable(
+            raise _inexpressible(
                 f"{path}.content[{j}]", f"an assistant message's {type(part).__name__}"
             )
     written: JsonObject = {"role": "assistant", "content": "".join(texts) if texts else None}
@@ -672,6 +670,27 @@ def _reasoning_text(fields: JsonObject) -> str:
     return ""
 
 
+def _answer_text(fields: JsonObject) -> str | None:
+    """The text a message or delta carries: its `content` (a string or, from some servers, text
+    parts) and its `refusal`, which is what the model said instead; None if the content is
+    something else."""
+    content = fields.get("content")
+    if isinstance(content, list):
+        texts: list[str] = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                return None
+            text = part.get("text")
+            if not isinstance(text, str):
+                return None
+            texts.append(text)
+        content = "".join(texts)
+    elif content is not None and not isinstance(content, str):
+        return None
+    refusal = fields.get("refusal")
+    return (content or "") + (refusal if isinstance(refusal, str) else "")
+
+
 def read_answer(body: JsonObject) -> Answer:
     """A provider's chat completion as an answer (its first choice)."""
     choices = body.get("choices")
@@ -685,10 +704,11 @@ def read_answer(body: JsonObject) -> Answer:
     reasoning = _reasoning_text(message)
     if reasoning:
         parts.append(Reasoning(reasoning))
-    for key in ("content", "refusal"):
-        text = message.get(key)
-        if isinstance(text, str) and text:
-            parts.append(Text(text))
+    text = _answer_text(message)
+    if text is None:
+        raise _malformed_answer("its content is neither a string nor text parts")
+    if text:
+        parts.append(Text(text))
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise _malformed_answer("its tool_calls is not an array")
@@ -800,9 +820,10 @@ class StreamReader:
         delta = choice.get("delta")
         if isinstance(delta, dict):
             self._run_delta(BlockKind.REASONING, _reasoning_text(delta), events)
-            content = delta.get("content")
-            if isinstance(content, str):
-                self._run_delta(BlockKind.TEXT, content, events)
+            text = _answer_text(delta)
+            if text is None:
+                return "The provider's stream held content that is neither text nor text parts."
+            self._run_delta(BlockKind.TEXT, text, events)
             calls = delta.get("tool_calls")
             for call in calls if isinstance(calls, list) else ():
                 failure = self._call_delta(call, events)
