@@ -26,9 +26,11 @@ class ErrorShape(enum.Enum):
 # Anthropic's error type for each status (https://docs.claude.com/en/api/errors, and the
 # `anthropic` SDK's `ErrorType` for 409 and 504). Anthropic answers other 4xx as
 # `invalid_request_error`; Sopy answers its other 5xx (500, 502) as `api_error`, and 503, a
-# refusal that ends on its own, as Anthropic's own 529 `overloaded_error`.
+# refusal that ends on its own, as Anthropic's own 529 `overloaded_error`. 402 and 529 come
+# only from providers, whose errors a Messages client sees translated.
 _ANTHROPIC_TYPES: dict[int, str] = {
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
@@ -36,6 +38,7 @@ _ANTHROPIC_TYPES: dict[int, str] = {
     429: "rate_limit_error",
     503: "overloaded_error",
     504: "timeout_error",
+    529: "overloaded_error",
 }
 
 

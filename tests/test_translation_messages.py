@@ -151,6 +151,38 @@ def test_system_prompt_as_string_or_text_blocks_with_cache_control_ignored() -> 
     assert read.system == "You are Claude Code.\n\nBe brief."
 
 
+def test_a_claude_code_request_reads_whole() -> None:
+    """Claude Code always sends `context_management` (it cannot be turned off), adaptive
+    thinking with an effort, cached system blocks and tools: all of it translates."""
+    body = request(
+        system=[
+            {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}
+        ],
+        tools=[
+            {
+                "name": "Bash",
+                "description": "Run a command",
+                "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+                "cache_control": {"type": "ephemeral"},
+            }
+        ],
+        metadata={"user_id": "user_abc_session_1"},
+        thinking={"type": "adaptive"},
+        output_config={"effort": "medium"},
+        context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        temperature=1,
+        stream=True,
+    )
+    read = messages.read_request(body)
+    assert (read.system, read.user, read.stream) == (
+        "You are Claude Code.",
+        "user_abc_session_1",
+        True,
+    )
+    assert (read.reasoning_effort, read.reasoning_budget) == ("medium", None)
+    assert [tool.name for tool in read.tools] == ["Bash"]
+
+
 def test_system_messages_inside_messages_join_the_system_prompt() -> None:
     body = request(
         system="First.",
@@ -346,6 +378,7 @@ def test_features_the_ir_cannot_carry_are_refused_naming_the_field(
         (request(tool_choice={"type": "sometimes"}), "tool_choice.type"),
         (request(thinking={"type": "enabled"}), "thinking.budget_tokens"),
         (request(stop_sequences=["ok", 3]), "stop_sequences[1]"),
+        (request(tools=[{"name": "t"}]), "tools[0].input_schema"),
     ],
 )
 def test_malformed_requests_name_the_field(body: dict[str, Any], param: str) -> None:
@@ -488,6 +521,13 @@ def test_inline_images_become_base64_sources_of_anthropic_media_types() -> None:
     assert refused.value.param == "messages[0].content[1]"
 
 
+def test_a_temperature_above_anthropics_range_is_refused() -> None:
+    assert messages.write_request(conversation(temperature=1))["temperature"] == 1
+    with pytest.raises(UntranslatableField) as refused:
+        messages.write_request(conversation(temperature=1.5))
+    assert refused.value.param == "temperature"
+
+
 def test_tool_call_arguments_that_are_no_json_object_are_refused() -> None:
     call = Message(Role.ASSISTANT, (ToolCall("call_1", "f", "[1, 2]"),))
     with pytest.raises(InvalidField) as refused:
@@ -627,6 +667,7 @@ def test_broken_tool_arguments_from_a_provider_are_a_bad_gateway() -> None:
     [
         (400, "invalid_request_error"),
         (401, "authentication_error"),
+        (402, "billing_error"),
         (403, "permission_error"),
         (404, "not_found_error"),
         (422, "invalid_request_error"),
@@ -634,6 +675,7 @@ def test_broken_tool_arguments_from_a_provider_are_a_bad_gateway() -> None:
         (500, "api_error"),
         (503, "overloaded_error"),
         (504, "timeout_error"),
+        (529, "overloaded_error"),
     ],
 )
 def test_errors_are_written_with_anthropics_type_for_the_status(
@@ -862,6 +904,22 @@ def test_two_tool_calls_interleaved_by_a_chat_provider_are_written_one_after_the
     assert message.usage.cache_read_input_tokens == 40
 
 
+def test_blocks_still_open_at_the_stop_are_closed_before_message_delta() -> None:
+    data = write_stream(
+        [
+            StreamStarted("c", "gpt-x"),
+            BlockOpened(0, BlockKind.TOOL_CALL, "call_a", "a"),
+            BlockOpened(1, BlockKind.TOOL_CALL, "call_b", "b"),
+            BlockDelta(1, text="{}"),
+            BlockDelta(0, text='{"x": 1}'),
+            StreamStopped(StopReason.TOOL_USE),
+        ]
+    )
+    message = sdk_message(data)
+    inputs = [block.input for block in message.content]  # type: ignore[union-attr]
+    assert inputs == [{"x": 1}, {}]
+
+
 def test_message_delta_waits_for_the_usage_that_follows_the_stop() -> None:
     writer = messages.StreamWriter(conversation())
     head = writer.write(
@@ -960,7 +1018,7 @@ tool_choices = st.one_of(
     ),
     st.builds(ToolChoice, st.just(ToolChoiceMode.NAMED), texts, st.none() | st.booleans()),
 )
-floats = st.none() | st.floats(0, 2, allow_nan=False)
+floats = st.none() | st.floats(0, 1)
 expressible_conversations = st.builds(
     Conversation,
     model=texts,

@@ -25,8 +25,12 @@ Requests read (`read_request`):
   `reasoning_effort` (the same words as OpenAI's), `output_config.format` (a JSON schema) the
   `response_format`, named `RESPONSE_FORMAT_NAME`.
 - ignored, as they do not change the answer: `service_tier`, `inference_geo`, `speed`,
-  `diagnostics`, `cache_control`, metadata other than `user_id`. Any other field is refused
-  with `UntranslatableField`, so nothing that changes the answer is dropped silently.
+  `diagnostics`, `cache_control`, metadata other than `user_id`. Also ignored:
+  `context_management`, the server-side clearing of old tool results and thinking once the
+  context grows past a threshold, which Claude Code always sends and cannot turn off; another
+  provider gets the whole conversation (one over its context window gets its error). Any other
+  field is refused with `UntranslatableField`, so nothing else that changes the answer is
+  dropped silently.
 
 Requests written (`write_request`): the same fields the other way. `max_tokens` is required by
 Anthropic: when the IR has none it is `DEFAULT_MAX_TOKENS`, plus the thinking budget when there
@@ -36,10 +40,12 @@ fit under the client's own `max_tokens` is cut to fit, or thinking left off when
 Anthropic's minimum fits. A `response_format` becomes `output_config.format` (its name,
 description and `strict` have no counterpart: Anthropic's structured output is always strict).
 `temperature` and `top_p` are sent only when the client set them (Anthropic's newest models
-refuse them, with a 400 the client sees translated). Reasoning without a signature (a chat
-provider's) cannot be handed to Anthropic and is left out, as Anthropic itself drops earlier
-turns' thinking; empty text parts are left out (Anthropic refuses them). Tool results go first
-in their message, as Anthropic requires.
+refuse them, with a 400 the client sees translated); a temperature over Anthropic's
+`MAX_TEMPERATURE` is refused. An image's `detail` (OpenAI's resolution hint) has no counterpart
+and is not sent. Reasoning without a signature (a chat provider's) cannot be handed to
+Anthropic and is left out, as Anthropic itself drops earlier turns' thinking; empty text parts,
+which Anthropic refuses, are left out too. Tool results go first in their message, as Anthropic
+requires. A tool call whose arguments are not a JSON object is the client's malformed request.
 
 Answers: stop reasons map `end_turn`/`max_tokens`/`stop_sequence`/`tool_use`/`refusal` to the
 IR's; `model_context_window_exceeded` and `pause_turn` (the turn was cut short) read as
@@ -52,6 +58,11 @@ Streams: `StreamReader` maps Anthropic's content block indices to IR blocks (0, 
 order of appearance) and closes open blocks at `message_delta`'s stop; `StreamWriter` emits one
 content block at a time, as Anthropic does, holding back the events of a block that opens while
 another is open until that one closes, and holds `message_delta` until the usage is known.
+A failed or unfinished stream ends with Anthropic's `event: error`.
+
+Errors: `read_error` reads Anthropic's `{"type": "error", "error": {"type", "message"}}`;
+`write_error` writes that shape with Anthropic's type for the status
+(`sopy.errors.anthropic_error_type`).
 """
 
 import uuid
@@ -111,12 +122,17 @@ THINKING_BUDGETS: dict[str, int | None] = {
 }
 """OpenAI's `reasoning_effort` as an Anthropic thinking budget in tokens (None: no thinking)."""
 
+MAX_TEMPERATURE = 1.0
+"""Anthropic's highest `temperature` (OpenAI's goes to 2, on another scale: not converted)."""
+
 RESPONSE_FORMAT_NAME = "response"
 """The name given to a JSON schema read from `output_config.format`, which has none."""
 
 _EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-_IGNORED_FIELDS = frozenset({"service_tier", "inference_geo", "speed", "diagnostics"})
+_IGNORED_FIELDS = frozenset(
+    {"service_tier", "inference_geo", "speed", "diagnostics", "context_management"}
+)
 _READ_FIELDS = frozenset(
     {
         "model",
@@ -334,7 +350,7 @@ def _read_tools(value: object) -> tuple[FunctionTool, ...]:
         path = f"tools[{index}]"
         tool = _object(item, path)
         kind = tool.get("type")
-        if kind not in (None, "custom") or "input_schema" not in tool:
+        if kind not in (None, "custom"):
             raise UntranslatableField(
                 f"{path} is an Anthropic server tool (`{kind}`), which this model's provider "
                 "does not have; use a custom tool with an input_schema",
@@ -451,6 +467,12 @@ def write_request(conversation: Conversation) -> JsonObject:
     if budget is not None:
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     if conversation.temperature is not None:
+        if conversation.temperature > MAX_TEMPERATURE:
+            raise UntranslatableField(
+                f"Anthropic takes a temperature from 0 to {MAX_TEMPERATURE}, "
+                f"not {conversation.temperature}",
+                param="temperature",
+            )
         body["temperature"] = conversation.temperature
     if conversation.top_p is not None:
         body["top_p"] = conversation.top_p
@@ -488,15 +510,15 @@ def _thinking_budget(conversation: Conversation) -> int | None:
 
 
 def _write_message(message: Message, index: int) -> JsonObject | None:
-    # Anthropic wants a user message's tool results before anything else in it.
-    parts = sorted(message.parts, key=lambda part: not isinstance(part, ToolResult))
     blocks = [
         block
-        for position, part in enumerate(parts)
+        for position, part in enumerate(message.parts)
         if (block := _write_part(part, f"messages[{index}].content[{position}]")) is not None
     ]
     if not blocks:
         return None
+    # Anthropic wants a user message's tool results before anything else in it.
+    blocks.sort(key=lambda block: block["type"] != "tool_result")
     return {"role": message.role.value, "content": blocks}
 
 
@@ -753,13 +775,18 @@ def write_error(error: ProviderError) -> JsonObject:
 
 @attrs.define
 class _ReaderBlock:
+    """An open Anthropic content block: its IR index, and whether arguments came for a call."""
+
     index: int
     kind: BlockKind
     arguments_seen: bool = False
 
 
 class StreamReader:
-    """An Anthropic provider's event stream, fed event by event, as IR stream events."""
+    """An Anthropic provider's event stream, fed event by event, as IR stream events.
+    `message_delta` gives the usage (`UsageReported`, cumulative, cache counts kept from
+    `message_start`) and then the stop, after closing the blocks still open; a `message_stop`
+    without a stop reason before it ends the turn. `ping` and unknown events are skipped."""
 
     def __init__(self) -> None:
         self._blocks: dict[int, _ReaderBlock] = {}  # Anthropic's index -> the open IR block
@@ -892,8 +919,8 @@ class StreamReader:
 
 @attrs.define
 class _WriterBlock:
-    """A block of the answer being written: its Anthropic index once it is the client's, and
-    its events held back while an earlier block is still open."""
+    """A block of the answer being written: its `content_block_start` payload, and the deltas
+    held back while an earlier block is still the client's open one."""
 
     kind: BlockKind
     start: JsonObject
