@@ -110,14 +110,15 @@ def parsed_events(data: bytes) -> list[Any]:
 
 
 def accumulated(events: list[Any], tools: list[Any] | None = None) -> Response:
-    """The final response the SDK's stream accumulator (`responses.stream`) assembles."""
+    """The final response the SDK's stream accumulator (`responses.stream`) assembles (it
+    raises on a stream that breaks its rules)."""
     state: ResponseStreamState[Any] = ResponseStreamState(
         input_tools=tools or [], text_format=openai.omit
     )
     final = None
     for event in events:
         for handled in state.handle_event(event):
-            if handled.type == "response.completed":
+            if handled.type in ("response.completed", "response.incomplete"):
                 final = handled.response
     assert final is not None
     return final
@@ -583,7 +584,7 @@ def test_answer_reaches_the_sdk_client_as_a_response() -> None:
     response = sdk_client(body, "application/json").responses.create(
         model="gpt-test",
         input="weather?",
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
     )
 
     assert response.output_text == "Let me check."
@@ -623,8 +624,8 @@ def test_request_settings_are_echoed() -> None:
 
     response = Response.model_validate(write_answer(tool_answer(), request))
 
-    assert response.tool_choice.type == "function"  # type: ignore[union-attr]
-    assert response.tool_choice.name == "f"  # type: ignore[union-attr]
+    assert response.tool_choice.type == "function"
+    assert response.tool_choice.name == "f"
     assert response.parallel_tool_calls is False
     assert response.text is not None and response.text.format is not None
     assert response.text.format.type == "json_schema"
@@ -735,9 +736,15 @@ def test_text_stream_is_the_exact_event_sequence() -> None:
 
 
 def test_usage_after_the_stop_is_in_the_completed_response() -> None:
-    """A chat provider's usage chunk comes after its finish reason."""
-    events = [*text_stream(), UsageReported(Usage(output_tokens=3, reasoning_tokens=1))]
-    events.insert(1, UsageReported(Usage(input_tokens=9)))
+    """A chat provider's usage chunk comes after its finish reason; Anthropic's input tokens
+    come with the start."""
+    events = [
+        StreamStarted("msg_1", "claude", usage=Usage(input_tokens=9)),
+        BlockOpened(0, BlockKind.TEXT),
+        BlockClosed(0),
+        StreamStopped(StopReason.END_TURN),
+        UsageReported(Usage(output_tokens=3, reasoning_tokens=1)),
+    ]
 
     completed = parsed_events(stream_bytes(StreamWriter(conversation()), events))[-1].response
 
@@ -805,7 +812,7 @@ def test_interleaved_tool_calls_reach_the_sdk_stream_helper() -> None:
     writer = StreamWriter(conversation())
     client = sdk_client(stream_bytes(writer, two_tool_calls_at_once()), "text/event-stream")
 
-    with client.responses.stream(model="gpt-test", input="hi", tools=[WEATHER_TOOL]) as stream:  # type: ignore[list-item]
+    with client.responses.stream(model="gpt-test", input="hi", tools=[WEATHER_TOOL]) as stream:
         argument_done = [
             event.arguments
             for event in stream
@@ -917,7 +924,7 @@ def test_the_assembled_answer_is_what_was_streamed() -> None:
         ),
         stop_reason=StopReason.TOOL_USE,
         usage=Usage(5, 7),
-        created=writer.answer().created,  # type: ignore[union-attr]
+        created=writer.answer().created,
     )
 
 
@@ -1012,7 +1019,32 @@ def test_any_stream_written_in_any_batches_is_well_formed(
     assert answer is not None and list(answer.parts) == parts
     final = parsed[-1].response
     assert len(final.output) == len(parts)
-    if parsed[-1].type == "response.completed":
-        accumulated(parsed)
     texts = [part.text for part in parts if isinstance(part, Text)]
     assert final.output_text == "".join(texts)
+    assert accumulated(parsed).output_text == "".join(texts)
+
+
+ANSWER_PARTS = st.lists(
+    st.one_of(
+        st.builds(Text, st.text(max_size=20)),
+        st.builds(
+            ToolCall, st.text(min_size=1, max_size=8), st.text(max_size=8), st.text(max_size=20)
+        ),
+        st.builds(Reasoning, st.text(max_size=20), st.none() | st.text(min_size=1, max_size=8)),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@PROPERTY_SETTINGS
+@given(ANSWER_PARTS, st.sampled_from(list(StopReason)))
+def test_any_written_answer_is_valid_and_reads_back_as_its_turn(
+    parts: list[Part], stop_reason: StopReason
+) -> None:
+    """What a client without a store sends back: the previous response's output as input."""
+    answer = Answer(id="up", model="m", parts=tuple(parts), stop_reason=stop_reason)
+    body = write_answer(answer, conversation())
+
+    Response.model_validate(body)
+    assert read_request({"model": "m", "input": body["output"]}).messages == answer_items(answer)

@@ -210,8 +210,13 @@ class _Turn:
     role: Role
     parts: list[Part]
 
-    def holds_only_tool_results(self) -> bool:
-        return all(isinstance(part, ToolResult) for part in self.parts)
+    def takes(self, role: Role) -> bool:
+        """Assistant items in a row are one assistant turn; a user item joins the user turn
+        before it only when that turn holds tool results alone (as chat's tool messages and the
+        user message after them are one Anthropic user turn)."""
+        if role is not self.role:
+            return False
+        return role is Role.ASSISTANT or all(isinstance(part, ToolResult) for part in self.parts)
 
 
 def _read_input(value: object, system_texts: list[str]) -> tuple[Message, ...]:
@@ -266,13 +271,8 @@ def _read_input(value: object, system_texts: list[str]) -> tuple[Message, ...]:
 
 
 def _add(turns: list[_Turn], role: Role, parts: list[Part]) -> None:
-    """Assistant items in a row are one assistant turn; a user item joins the user turn
-    before it only when that turn holds tool results alone (as chat's tool messages and the
-    user message after them are one Anthropic user turn)."""
-    last = turns[-1] if turns else None
-    joins = last is not None and last.role is role
-    if last is not None and joins and (role is Role.ASSISTANT or last.holds_only_tool_results()):
-        last.parts.extend(parts)
+    if turns and turns[-1].takes(role):
+        turns[-1].parts.extend(parts)
     else:
         turns.append(_Turn(role, parts))
 
@@ -344,12 +344,15 @@ def _tool_output(output: object, path: str) -> tuple[Text | Image, ...]:
 
 def _reasoning_item(item: JsonObject, path: str) -> Reasoning:
     texts = [
-        _text(_object(raw, f"{path}.summary[{index}]").get("text"), f"{path}.summary[{index}]")
+        _text(_object(raw, f"{path}.summary[{index}]").get("text"), f"{path}.summary[{index}].text")
         for index, raw in enumerate(_list(item.get("summary", []), f"{path}.summary"))
     ]
     if not texts and item.get("content"):
         texts = [
-            _text(_object(raw, f"{path}.content[{index}]").get("text"), f"{path}.content[{index}]")
+            _text(
+                _object(raw, f"{path}.content[{index}]").get("text"),
+                f"{path}.content[{index}].text",
+            )
             for index, raw in enumerate(_list(item["content"], f"{path}.content"))
         ]
     signature = _optional_text(item, "encrypted_content", f"{path}.encrypted_content")
