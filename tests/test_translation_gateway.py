@@ -588,3 +588,23 @@ async def test_a_chat_stream_from_an_anthropic_provider_that_breaks_off_ends_wit
     data = [line[6:] for line in answered.text.splitlines() if line.startswith("data: ")]
     assert "error" in orjson.loads(data[-1]), data[-1]
     assert "broke off" in orjson.loads(data[-1])["error"]["message"]
+
+
+async def test_a_body_only_a_failed_native_provider_could_take_keeps_its_answer(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    failing = MockUpstream("openai-0", failure_rate=1.0, fault_kinds=[RandomFault.STATUS_500])
+    upstreams = {"openai": [failing], "claude": [MockUpstream("claude-0", anthropic_strict=True)]}
+    gateway = await start_gateway_with(
+        sopy, nursery, upstreams, {"mixed": "openai"}, fallbacks={"mixed": ["claude"]}
+    )
+    await make_kind(gateway, "claude", "anthropic")
+    # Forwarded as is to the native provider; read whole, it is malformed chat.
+    body = {"model": "mixed", "messages": [{"role": "user", "content": 5}]}
+
+    async with gateway.client() as http:
+        answered = await http.post("/v1/chat/completions", json=body)
+
+    assert answered.status_code == 500, answered.text
+    assert "injected status 500" in answered.json()["error"]["message"]
+    assert not gateway.upstreams("claude")[0].requests

@@ -45,6 +45,7 @@ from sopy.actors.front_responses import (
 )
 from sopy.errors import (
     ErrorShape,
+    InvalidRequest,
     NoBackendAvailable,
     SopyError,
     UpstreamError,
@@ -81,7 +82,7 @@ from sopy.runtime.log_values import loggable
 from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.translation import translate
-from sopy.translation.items import Conversation, JsonObject, UntranslatableField
+from sopy.translation.items import Conversation, JsonObject
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sopy.access")
@@ -191,7 +192,7 @@ async def proxy(
 async def _first_answer(
     inbox_for: ProviderInbox,
     routes: tuple[ProviderRoute, ...],
-    first_hop: tuple["_Hop", int],
+    first_hop: tuple[_Hop, int],
     request: ProxiedRequest,
     exchange: HttpExchange,
     body: bytes,
@@ -229,14 +230,14 @@ def _next_hop(
     body: bytes,
 ) -> tuple[_Hop | None, int]:
     """The first of `routes[start:]` whose provider can be sent the request, and its index;
-    (None, len(routes)) if none. A route whose format cannot express the request is passed
-    over; if the first route is, and no other can take it, its `UntranslatableField` is
-    raised."""
-    refused: UntranslatableField | None = None
+    (None, len(routes)) if none. A route whose format cannot express the request (or that
+    finds it malformed, reading it whole to translate it) is passed over; if the first route
+    is, and no other can take it, its 400 is raised (a fallback keeps the answer it has)."""
+    refused: InvalidRequest | None = None
     for index in range(start, len(routes)):
         try:
             return _hop(routes[index], request, exchange, body), index
-        except UntranslatableField as error:
+        except InvalidRequest as error:  # `UntranslatableField` among them
             refused = refused or error
     if refused is not None and start == 0:
         raise refused
@@ -450,6 +451,7 @@ async def _pump_translated(
     body = start.body if start.body is not None else await _whole_stream(events)
     if body is None:
         error = UpstreamError(_broke_off(request))
+        request.failure, request.status = "the provider's answer broke off", error.status
         await send_error(exchange, error, request.error_shape, request.rid)
         return
     try:
