@@ -608,3 +608,29 @@ async def test_a_body_only_a_failed_native_provider_could_take_keeps_its_answer(
     assert answered.status_code == 500, answered.text
     assert "injected status 500" in answered.json()["error"]["message"]
     assert not gateway.upstreams("claude")[0].requests
+
+
+async def test_count_tokens_never_falls_back_to_a_provider_that_cannot_count(
+    sopy: SopyUnderTest, nursery: trio.Nursery
+) -> None:
+    upstreams = {
+        "claude": [MockUpstream("claude-0", anthropic_strict=True)],
+        "chat": [MockUpstream("chat-0", chat_only=True)],
+    }
+    gateway = await start_gateway_with(
+        sopy, nursery, upstreams, {"mixed": "claude"}, fallbacks={"mixed": ["chat"]}
+    )
+    await make_kind(gateway, "claude", "anthropic")
+    await make_kind(gateway, "chat", "openai-chat")
+
+    # With a max_tokens, the body would read as a message to translate, were it allowed to.
+    body = {"model": "mixed", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    async with gateway.client() as http:
+        answered = await http.post(
+            "/v1/messages/count_tokens", json=body, headers={FAULTS: '{"status": 500}'}
+        )
+
+    assert answered.status_code == 500, answered.text
+    assert answered.json()["type"] == "error"
+    assert gateway.upstreams("claude")[0].requests[-1].path == "/v1/messages/count_tokens"
+    assert not gateway.upstreams("chat")[0].requests

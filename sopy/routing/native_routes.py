@@ -4,8 +4,9 @@ provider serves (`sopy.translation.translate` does the translating), decided onc
 provider kinds' declared formats (`sopy.provider_kinds`).
 
 Only the three conversation routes translate: `POST /v1/chat/completions`, `POST /v1/responses`
-and `POST /v1/messages` (with `/v1/messages/count_tokens`, which the HTTP front answers by a local
-estimate when the provider does not serve Messages). Every other OpenAI route is served only by
+and `POST /v1/messages`. `/v1/messages/count_tokens` goes to the model's providers that serve
+Messages when its first one does (those alone: a chat completion counts nothing), and is
+otherwise answered by the HTTP front's local estimate. Every other OpenAI route is served only by
 the kinds that serve all of OpenAI's (`openai`, `azure`); a model mapped only to other kinds is a
 400 that names the provider and its kind.
 
@@ -66,6 +67,9 @@ def model_routes(table: RouteTable, model: str, path: str) -> tuple[ProviderRout
     """The model's providers that serve `path`, natively or translated, in the mapping's order;
     404 for an unmapped model, 400 naming the provider and its kind if none serves it."""
     routes = table.routes_for(model)
+    if path == COUNT_TOKENS_PATH and translation_for(routes[0].kind, path) is None:
+        # Counted by the providers that serve Messages: a chat completion counts nothing.
+        return tuple(route for route in routes if translation_for(route.kind, path) is None)
     if path in CLIENT_FORMATS:
         return routes  # every kind serves the conversation routes, translated if need be
     for route in routes:
