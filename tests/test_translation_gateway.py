@@ -192,6 +192,18 @@ async def test_a_feature_the_provider_cannot_express_is_a_400_naming_the_field(
     assert not chat_mock(gateway).requests
 
 
+async def test_a_chat_feature_anthropic_cannot_express_is_a_400_naming_the_field(
+    oai: openai.AsyncOpenAI, gateway: Gateway
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await oai.chat.completions.create(
+            model=CLAUDE_MODEL, messages=[{"role": "user", "content": "hi"}], n=2
+        )
+
+    assert refused.value.param == "n" and refused.value.code == "unsupported_by_provider"
+    assert not claude_mock(gateway).requests
+
+
 # -- Anthropic Messages on a chat-only provider ---------------------------------------------------
 
 
