@@ -13,9 +13,6 @@ from collections.abc import Mapping
 
 import attrs
 
-OPENAI_API = "OpenAI"
-ANTHROPIC_API = "Anthropic Messages"
-
 
 class WireFormat(enum.Enum):
     """The three request formats Sopy translates between: Chat Completions
@@ -29,14 +26,13 @@ class WireFormat(enum.Enum):
 
 @attrs.frozen
 class ProviderKind:
-    """`api` is the API family the provider speaks; `formats` the wire formats it serves
-    natively, the one a request in another format is translated to first; `all_openai_routes`
-    whether it serves every other OpenAI route too (embeddings, images, audio...).
-    `credential_header` carries `credential_prefix` + the credential; `default_headers` are sent
-    unless the client sent a header of the same name."""
+    """`formats` are the wire formats the provider serves natively, the first the one a request
+    in another format is translated to; `all_openai_routes` whether it serves every other
+    OpenAI route too (embeddings, images, audio...). `credential_header` carries
+    `credential_prefix` + the credential; `default_headers` are sent unless the client sent a
+    header of the same name."""
 
     name: str
-    api: str
     formats: tuple[WireFormat, ...]
     credential_header: bytes
     credential_prefix: str = ""
@@ -52,17 +48,18 @@ PROVIDER_KINDS: Mapping[str, ProviderKind] = {
     kind.name: kind
     for kind in (
         ProviderKind(
-            "openai", OPENAI_API, _OPENAI_FORMATS, b"authorization", "Bearer ",
-            all_openai_routes=True,
+            "openai", _OPENAI_FORMATS, b"authorization", "Bearer ", all_openai_routes=True
         ),
         # Azure OpenAI's v1 API, at https://<resource>.openai.azure.com/openai/v1.
-        ProviderKind("azure", OPENAI_API, _OPENAI_FORMATS, b"api-key", all_openai_routes=True),
+        ProviderKind("azure", _OPENAI_FORMATS, b"api-key", all_openai_routes=True),
         # Chat Completions only: vLLM, Ollama, Groq, Gemini's OpenAI endpoint, most self-hosted
         # servers. Its credential goes as openai's.
-        ProviderKind("openai-chat", OPENAI_API, (WireFormat.CHAT,), b"authorization", "Bearer "),
+        ProviderKind("openai-chat", (WireFormat.CHAT,), b"authorization", "Bearer "),
         ProviderKind(
-            "anthropic", ANTHROPIC_API, (WireFormat.MESSAGES,), b"x-api-key", "",
-            ((b"anthropic-version", b"2023-06-01"),),
+            "anthropic",
+            (WireFormat.MESSAGES,),
+            b"x-api-key",
+            default_headers=((b"anthropic-version", b"2023-06-01"),),
         ),
     )
-}  # fmt: skip
+}
