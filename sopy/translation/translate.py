@@ -21,7 +21,8 @@ tool definitions / 4, rounded up, plus `MESSAGE_OVERHEAD_TOKENS` per message and
 `IMAGE_TOKENS` per image. An estimate, documented as one.
 
 A provider answer the provider's codec cannot read (not JSON, not its format) is a 502 in the
-client's shape; inside a stream it ends the client's stream as its format ends an error.
+client's shape; inside a stream it ends the client's stream as its format ends an error, as
+does an error the provider reports in its stream.
 """
 
 import math
@@ -193,10 +194,6 @@ def whole_answer(
         return TranslatedAnswer(status, written, tokens, stream=True)
     written = orjson.dumps(_write_answer(client, answer, conversation, payload))
     return TranslatedAnswer(status, written, tokens)
-
-
-def error_body(client: WireFormat, error: ProviderError) -> bytes:
-    return orjson.dumps(_WRITE_ERROR[client](error))
 
 
 class StreamTranslation:
