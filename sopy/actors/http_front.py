@@ -20,9 +20,12 @@ durable by `sopy.actors.response_affinity_store`) which backend made each respon
 user key, and sends its follow-ups (`/v1/responses/{id}...`, `previous_response_id`) to that one
 backend only. Its WebSocket mode is handed to `sopy.actors.websocket_relay`.
 
-The Anthropic Messages routes are model routes too, with three differences: the key may come as
-`x-api-key`, only providers of kind `anthropic` serve them (`sopy.routing.native_routes`), and
-every error is answered in Anthropic's shape, as the route table declares (`ErrorShape`).
+The Anthropic Messages routes are model routes too, with two differences: the key may come as
+`x-api-key`, and every error is answered in Anthropic's shape, as the route table declares
+(`ErrorShape`). Which providers serve a model route, natively or translated, is
+`sopy.routing.native_routes`' decision; `/v1/messages/count_tokens` for a model whose first
+provider does not serve Messages is answered here by a local estimate
+(`sopy.translation.translate.estimate_input_tokens`).
 
 `GET /metrics` shows the gateway's Prometheus metrics (`sopy.runtime.metrics`, recorded by
 `sopy.actors.relay.accounted`), or, with `--metrics-port`, a second server on that port does,
@@ -85,10 +88,16 @@ from sopy.messages import (
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
+from sopy.provider_kinds import WireFormat
 from sopy.routing.cors import CorsPolicy
 from sopy.routing.key_limits import KeyGate, KeyPolicy, token_estimate
 from sopy.routing.model_field import form_boundary, form_model
-from sopy.routing.native_routes import messages_routes, openai_routes
+from sopy.routing.native_routes import (
+    COUNT_TOKENS_PATH,
+    model_routes,
+    serves_natively,
+    translation_for,
+)
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
     PublicDispatcher,
@@ -109,6 +118,8 @@ from sopy.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
+from sopy.translation import translate
+from sopy.translation.items import UntranslatableField
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +140,10 @@ Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
 @attrs.frozen
 class ModelRoutes:
     """What differs between the API families routed by model: how the caller's key is read,
-    which providers may serve the request, and the shape of the errors."""
+    and the shape of the errors."""
 
     error_shape: ErrorShape
     authenticate: Callable[[RouteTable, HttpExchange], int]
-    routes_for: Callable[[RouteTable, str], tuple[ProviderRoute, ...]]
 
 
 def _bearer_key(table: RouteTable, exchange: HttpExchange) -> int:
@@ -146,8 +156,8 @@ def _anthropic_key(table: RouteTable, exchange: HttpExchange) -> int:
     )
 
 
-OPENAI_MODEL_ROUTES = ModelRoutes(ErrorShape.OPENAI, _bearer_key, openai_routes)
-ANTHROPIC_MODEL_ROUTES = ModelRoutes(ErrorShape.ANTHROPIC, _anthropic_key, messages_routes)
+OPENAI_MODEL_ROUTES = ModelRoutes(ErrorShape.OPENAI, _bearer_key)
+ANTHROPIC_MODEL_ROUTES = ModelRoutes(ErrorShape.ANTHROPIC, _anthropic_key)
 
 
 class HttpFront:
@@ -204,7 +214,7 @@ class HttpFront:
             PublicHandler.RESPONSE_FOLLOW_UP: self._follow_up_response,
             PublicHandler.RESPONSES_WEBSOCKET: self._responses_websocket,
             PublicHandler.ANTHROPIC_MESSAGES: functools.partial(
-                self._proxy, model_routes=ANTHROPIC_MODEL_ROUTES
+                self._proxy, family=ANTHROPIC_MODEL_ROUTES
             ),
             PublicHandler.OPENAPI: self._openapi,
             PublicHandler.DOCS: self._docs,
@@ -403,28 +413,37 @@ class HttpFront:
         self,
         exchange: HttpExchange,
         rid: bytes,
-        model_routes: ModelRoutes = OPENAI_MODEL_ROUTES,
+        family: ModelRoutes = OPENAI_MODEL_ROUTES,
     ) -> None:
         """Authenticate, read the body, route it by its `model` and relay the answer."""
         # A PROXY route is an exact path, so the path matched is its template.
-        request = ProxiedRequest(rid, exchange.raw_path, model_routes.error_shape)
+        request = ProxiedRequest(rid, exchange.raw_path, family.error_shape)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             policy = None
             if not self._settings.no_auth:
-                request.key_id = model_routes.authenticate(table, exchange)
+                request.key_id = family.authenticate(table, exchange)
                 policy = self._key_policy(table, request.key_id)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
-                request.model, payload = _requested_model(body, exchange, request)
-                if _needs_usage_option(exchange.raw_path, payload):
+                request.model, request.payload = _requested_model(body, exchange, request)
+                if _needs_usage_option(exchange.raw_path, request.payload):
                     body = with_usage_requested(body)
                     request.strip_usage_chunk = True
-                routes = model_routes.routes_for(table, request.model)
+                routes = model_routes(table, request.model, request.route)
                 request.model_mapped = True
                 if policy is not None:
                     routes = self.key_gate.allowed_routes(policy, request.model, routes)
-                    request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
+                if request.route == COUNT_TOKENS_PATH and translation_for(
+                    routes[0].kind, COUNT_TOKENS_PATH
+                ):
+                    # A local estimate: no provider is asked, so no limit is spent.
+                    await _estimate_tokens(exchange, request)
+                    return
+                if policy is not None:
+                    request.admission = self.key_gate.admit(
+                        policy, token_estimate(body, request.payload)
+                    )
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
@@ -436,13 +455,14 @@ class HttpFront:
             request.key_id, policy = self._authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
-                payload = _request_payload(body)
+                payload = request.payload = _request_payload(body)
                 request.model = _model_of(payload)
                 previous_id = payload.get("previous_response_id")
                 if previous_id is None:
-                    routes = openai_routes(table, request.model)
+                    routes = model_routes(table, request.model, _RESPONSES_ROUTE)
                     request.model_mapped = True
                 else:
+                    _check_previous_response_servable(table, request.model)
                     routes = (
                         previous_response_route(
                             previous_id, request.key_id, request.model, table, self._affinity
@@ -559,6 +579,31 @@ async def _listen(
             f"that port or pass {flag}"
         ) from None
     return url
+
+
+async def _estimate_tokens(exchange: HttpExchange, request: ProxiedRequest) -> None:
+    """`/v1/messages/count_tokens` for a provider that does not serve Messages: Sopy's own
+    estimate, in Anthropic's shape."""
+    assert request.payload is not None
+    # A count_tokens body is a Messages request without `max_tokens`, which does not count.
+    counted = {**request.payload, "max_tokens": 1}
+    conversation = translate.client_conversation(WireFormat.MESSAGES, counted)
+    request.status = 200
+    count = {"input_tokens": translate.estimate_input_tokens(conversation)}
+    await send_json(exchange, 200, count, request.rid)
+
+
+def _check_previous_response_servable(table: RouteTable, model: str) -> None:
+    """A Responses request that continues a stored response, for a model whose providers all
+    speak another format: Sopy keeps no conversations for them (yet), a 400 naming the field."""
+    chain = table.chains.get(model)
+    if chain is not None and not serves_natively(chain, _RESPONSES_ROUTE):
+        raise UntranslatableField(
+            f"Model '{model}' is served by providers that do not speak the Responses API, "
+            "through which the gateway cannot continue a stored response: send the whole "
+            "conversation in 'input' instead of 'previous_response_id'.",
+            param="previous_response_id",
+        )
 
 
 def _pinned(table: RouteTable, owner: ResponseOwner, rid: str) -> ProviderRoute:
