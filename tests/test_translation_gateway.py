@@ -166,16 +166,89 @@ async def test_responses_stream_round_trips_a_function_tool_through_a_chat_only_
     assert len(texts) > 1
 
 
-async def test_responses_with_previous_response_id_on_a_chat_only_provider_is_a_400_naming_it(
+async def test_previous_response_id_on_a_chat_only_provider_continues_the_kept_conversation(
     oai: openai.AsyncOpenAI, gateway: Gateway
 ) -> None:
-    with pytest.raises(openai.BadRequestError) as refused:
-        await oai.responses.create(model=CHAT_MODEL, input="hi", previous_response_id="resp_1")
+    first = await oai.responses.create(model=CHAT_MODEL, input="my name is Ada")
 
-    assert refused.value.status_code == 400
-    assert refused.value.param == "previous_response_id"
-    assert refused.value.code == "unsupported_by_provider"
-    assert not chat_mock(gateway).requests
+    second = await oai.responses.create(
+        model=CHAT_MODEL, input="what is my name?", previous_response_id=first.id
+    )
+
+    assert first.store is True and second.previous_response_id == first.id
+    messages = sent(chat_mock(gateway))["messages"]
+    assert [message["role"] for message in messages] == ["user", "assistant", "user"]
+    assert messages[0]["content"] == "my name is Ada"
+    assert messages[1]["content"] == first.output_text
+    assert messages[2]["content"] == "what is my name?"
+    third = await oai.responses.create(
+        model=CHAT_MODEL, input="and again?", previous_response_id=second.id
+    )
+    assert third.status == "completed"
+    assert len(sent(chat_mock(gateway))["messages"]) == 5
+
+
+async def test_a_kept_response_is_retrieved_listed_and_deleted_like_a_stored_one(
+    oai: openai.AsyncOpenAI, gateway: Gateway
+) -> None:
+    async with oai.responses.stream(model=CHAT_MODEL, input="hello there") as stream:
+        streamed = await stream.get_final_response()
+
+    retrieved = await oai.responses.retrieve(streamed.id)
+    items = await oai.responses.input_items.list(streamed.id)
+
+    assert retrieved.id == streamed.id
+    assert retrieved.output_text == streamed.output_text
+    assert [item.output[0].id for item in (retrieved, streamed)] == [streamed.output[0].id] * 2
+    assert [item.type for item in items.data] == ["message"]
+    await oai.responses.delete(streamed.id)
+    with pytest.raises(openai.NotFoundError):
+        await oai.responses.retrieve(streamed.id)
+    with pytest.raises(openai.NotFoundError):
+        await oai.responses.create(model=CHAT_MODEL, input="more", previous_response_id=streamed.id)
+
+
+async def test_a_response_with_store_false_is_not_kept(oai: openai.AsyncOpenAI) -> None:
+    answer = await oai.responses.create(model=CHAT_MODEL, input="hi", store=False)
+
+    assert answer.store is False
+    with pytest.raises(openai.NotFoundError):
+        await oai.responses.retrieve(answer.id)
+
+
+async def test_another_keys_kept_response_is_not_found(
+    oai: openai.AsyncOpenAI, gateway: Gateway
+) -> None:
+    answer = await oai.responses.create(model=CHAT_MODEL, input="hi")
+    other_key = "sk-user-test-key-0002"
+    await gateway.admin_ok("add_user_api_key", api_key=other_key, description="other")
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key=other_key, max_retries=0
+    ) as other:
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.retrieve(answer.id)
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.create(
+                model=CHAT_MODEL, input="hi", previous_response_id=answer.id
+            )
+
+
+async def test_kept_responses_survive_a_restart(
+    sopy: SopyUnderTest, oai: openai.AsyncOpenAI, gateway: Gateway
+) -> None:
+    first = await oai.responses.create(model=CHAT_MODEL, input="remember me")
+
+    await sopy.restart()
+
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key=USER_KEY, max_retries=0
+    ) as restarted:
+        second = await restarted.responses.create(
+            model=CHAT_MODEL, input="who?", previous_response_id=first.id
+        )
+        assert second.status == "completed"
+        assert sent(chat_mock(gateway))["messages"][0]["content"] == "remember me"
+        assert (await restarted.responses.retrieve(first.id)).output_text == first.output_text
 
 
 async def test_a_feature_the_provider_cannot_express_is_a_400_naming_the_field(

@@ -90,12 +90,12 @@ from sopy.protocol.events import Header
 from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
 from sopy.provider_kinds import WireFormat
 from sopy.routing.cors import CorsPolicy
+from sopy.routing.kept_responses import KeptResponses, own_input_items
 from sopy.routing.key_limits import KeyGate, KeyPolicy, token_estimate
 from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.native_routes import (
     COUNT_TOKENS_PATH,
     model_routes,
-    serves_natively,
     translation_for,
 )
 from sopy.routing.public_routes import (
@@ -119,7 +119,6 @@ from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 from sopy.translation import translate
-from sopy.translation.items import UntranslatableField
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +166,13 @@ class HttpFront:
         feed: ChangeFeed,
         inbox_for: ProviderInbox,
         affinity: ResponseAffinity,
+        kept: KeptResponses,
         usage: UsageLedger,
         usage_inbox: trio.MemorySendChannel[UsageRequest],
     ) -> None:
         self._settings = settings
         self._affinity = affinity
+        self._kept = kept
         self._usage = usage
         self._usage_inbox = usage_inbox
         self._websocket_support = WebsocketSupport()
@@ -448,7 +449,10 @@ class HttpFront:
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
         """POST /v1/responses: by model, or with `previous_response_id` to the backend that
-        made that response; the id of the response made is remembered for its follow-ups."""
+        made that response; the id of the response made is remembered for its follow-ups.
+        A response made by a provider that does not serve the Responses API is kept by Sopy
+        itself (`KeptResponses`), and a request continuing one carries the whole conversation
+        to whichever provider serves it."""
         request = ProxiedRequest(rid, _RESPONSES_ROUTE)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
@@ -458,11 +462,22 @@ class HttpFront:
                 payload = request.payload = _request_payload(body)
                 request.model = _model_of(payload)
                 previous_id = payload.get("previous_response_id")
+                continued = self._kept.continued(payload, request.key_id)
+                previous_id_kept = None
+                if continued is not None:
+                    whole, own_input = continued
+                    assert isinstance(previous_id, str)
+                    previous_id_kept = previous_id
+                    body = orjson.dumps(whole)
+                    # Translated, the answer still names the response it continues.
+                    request.payload = {**whole, "previous_response_id": previous_id}
+                    previous_id = None
+                else:
+                    own_input = None
                 if previous_id is None:
                     routes = model_routes(table, request.model, _RESPONSES_ROUTE)
                     request.model_mapped = True
                 else:
-                    _check_previous_response_servable(table, request.model)
                     routes = (
                         previous_response_route(
                             previous_id, request.key_id, request.model, table, self._affinity
@@ -473,6 +488,15 @@ class HttpFront:
                     request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)
+                kept = request.kept_response
+                if kept is not None and translate.kept(payload):
+                    self._kept.keep(
+                        kept["id"],
+                        request.key_id,
+                        previous_id_kept,
+                        own_input if own_input is not None else own_input_items(payload),
+                        orjson.dumps(kept),
+                    )
 
     def _remembering(self, request: ProxiedRequest) -> Callable[[str], None]:
         def remember(response_id: str) -> None:
@@ -490,6 +514,9 @@ class HttpFront:
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             request.key_id, _ = self._authenticate(table, exchange)
+            if response_id in self._kept:
+                await self._answer_kept(exchange, request, response_id, action)
+                return
             owner = self._affinity.owner_for(response_id, request.key_id)
             if owner is None:
                 raise _response_not_found(response_id)
@@ -499,6 +526,33 @@ class HttpFront:
                 await proxy(self._inbox_for, (route,), request, exchange, body)
             if exchange.method == "DELETE" and request.status == 200:
                 self._affinity.forget(response_id)
+
+    async def _answer_kept(
+        self, exchange: HttpExchange, request: ProxiedRequest, response_id: str, action: str
+    ) -> None:
+        """A follow-up of a response Sopy keeps itself, answered from what it keeps."""
+        kept = self._kept.get(response_id, request.key_id)
+        if kept is None:
+            raise _response_not_found(response_id)
+        if action == "input_items":
+            listing = self._kept.input_items(response_id, request.key_id)
+            assert listing is not None
+            answer: bytes | dict[str, object] = listing
+        elif action == "cancel":
+            raise InvalidRequest(
+                f"Response '{response_id}' is complete: only a response still being made in "
+                "the background can be cancelled."
+            )
+        elif exchange.method == "DELETE":
+            self._kept.forget(response_id)
+            answer = {"id": response_id, "object": "response.deleted", "deleted": True}
+        else:
+            answer = kept.response
+        request.status = 200
+        if isinstance(answer, bytes):
+            await send_body(exchange, 200, answer, request.rid)
+        else:
+            await send_json(exchange, 200, answer, request.rid)
 
     async def _responses_websocket(self, exchange: HttpExchange, rid: bytes) -> None:
         """GET /v1/responses with `Upgrade: websocket`: the WebSocket mode, relayed to a
@@ -591,19 +645,6 @@ async def _estimate_tokens(exchange: HttpExchange, request: ProxiedRequest) -> N
     request.status = 200
     count = {"input_tokens": translate.estimate_input_tokens(conversation)}
     await send_json(exchange, 200, count, request.rid)
-
-
-def _check_previous_response_servable(table: RouteTable, model: str) -> None:
-    """A Responses request that continues a stored response, for a model whose providers all
-    speak another format: Sopy keeps no conversations for them (yet), a 400 naming the field."""
-    chain = table.chains.get(model)
-    if chain is not None and not serves_natively(chain, _RESPONSES_ROUTE):
-        raise UntranslatableField(
-            f"Model '{model}' is served by providers that do not speak the Responses API, "
-            "through which the gateway cannot continue a stored response: send the whole "
-            "conversation in 'input' instead of 'previous_response_id'.",
-            param="previous_response_id",
-        )
 
 
 def _pinned(table: RouteTable, owner: ResponseOwner, rid: str) -> ProviderRoute:

@@ -155,6 +155,9 @@ class ProxiedRequest:
     payload: JsonObject | None = None
     conversation: Conversation | None = None
     translation: Translation | None = None
+    # A translated Responses answer, complete: the response object the client got, for the
+    # gateway to keep (`sopy.routing.kept_responses`).
+    kept_response: JsonObject | None = None
 
 
 @attrs.frozen
@@ -471,6 +474,8 @@ async def _pump_translated(
         await send_error(exchange, _public_error(error, request), request.error_shape, request.rid)
         return
     request.status, request.tokens = answer.status, answer.tokens
+    if answer.status == 200:
+        request.kept_response = answer.response
     headers.append(_EVENT_STREAM if answer.stream else _JSON)
     await send_complete(exchange, answer.status, headers, answer.body, request.rid)
 
@@ -513,6 +518,8 @@ async def _relay_translated_stream(
         rest = stream.end()
         request.failure = stream.provider_failure  # a stream that never stopped, say
         request.stream_complete = request.failure is None
+        if request.stream_complete and status == 200:
+            request.kept_response = stream.response
     else:
         rest = stream.end(_broke_off(request))
     await exchange.end_response(rest)

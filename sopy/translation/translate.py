@@ -122,7 +122,12 @@ def _stream_writer(
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return chat.StreamWriter(conversation, include_usage=include_usage)
     if client is WireFormat.RESPONSES:
-        return responses.StreamWriter(conversation, metadata=_metadata(payload))
+        return responses.StreamWriter(
+            conversation,
+            previous_response_id=_previous_response_id(payload),
+            store=kept(payload),
+            metadata=_metadata(payload),
+        )
     return messages.StreamWriter(conversation)
 
 
@@ -130,13 +135,29 @@ def _write_answer(
     client: WireFormat, answer: Answer, conversation: Conversation, payload: JsonObject
 ) -> JsonObject:
     if client is WireFormat.RESPONSES:
-        return responses.write_answer(answer, conversation, metadata=_metadata(payload))
+        return responses.write_answer(
+            answer,
+            conversation,
+            previous_response_id=_previous_response_id(payload),
+            store=kept(payload),
+            metadata=_metadata(payload),
+        )
     return _WRITE_ANSWER[client](answer, conversation)
 
 
+def kept(payload: JsonObject) -> bool:
+    """Whether a Responses request's answer is to be kept by the gateway for its follow-ups
+    (`sopy.routing.kept_responses`): unless it says `store: false`, as at OpenAI."""
+    return payload.get("store") is not False
+
+
+def _previous_response_id(payload: JsonObject) -> str | None:
+    previous = payload.get("previous_response_id")
+    return previous if isinstance(previous, str) else None
+
+
 def _metadata(payload: JsonObject) -> dict[str, str] | None:
-    """A Responses request's `metadata`, echoed in its answer as OpenAI does (the store is not
-    kept for translated providers: `store` is answered false)."""
+    """A Responses request's `metadata`, echoed in its answer as OpenAI does."""
     metadata = payload.get("metadata")
     return metadata if isinstance(metadata, dict) else None
 
@@ -167,6 +188,8 @@ class TranslatedAnswer:
     body: bytes
     tokens: TokenCounts | None = None
     stream: bool = False
+    # For a Responses client: the response object answered, for the gateway to keep.
+    response: JsonObject | None = None
 
 
 def whole_answer(
@@ -191,9 +214,11 @@ def whole_answer(
     if conversation.stream:
         writer = _stream_writer(client, conversation, payload)
         written = writer.write(answer_events(answer)) + writer.finish()
-        return TranslatedAnswer(status, written, tokens, stream=True)
-    written = orjson.dumps(_write_answer(client, answer, conversation, payload))
-    return TranslatedAnswer(status, written, tokens)
+        response = writer.final_response if isinstance(writer, responses.StreamWriter) else None
+        return TranslatedAnswer(status, written, tokens, stream=True, response=response)
+    whole = _write_answer(client, answer, conversation, payload)
+    response = whole if client is WireFormat.RESPONSES else None
+    return TranslatedAnswer(status, orjson.dumps(whole), tokens, response=response)
 
 
 class StreamTranslation:
@@ -216,6 +241,13 @@ class StreamTranslation:
         self._usage: Usage | None = None
         self.ended = False
         self.provider_failure: str | None = None
+
+    @property
+    def response(self) -> JsonObject | None:
+        """For a Responses client, once the stream ended complete: the response object its
+        last event carried, for the gateway to keep; None otherwise."""
+        writer = self._writer
+        return writer.final_response if isinstance(writer, responses.StreamWriter) else None
 
     @property
     def tokens(self) -> TokenCounts | None:
