@@ -6,20 +6,30 @@ installs them); a test skips, saying so, when they are missing. PostgreSQL refus
 root, so as root its processes run as `nobody` (`runuser`), owning the data directory.
 """
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+
+from sopy.config.secret_box import new_secret_key
+from sopy.settings import Settings
+from tests.conftest import SopyUnderTest
+from tests.polling import eventually
 
 POSTGRES_BIN_DIRS = (
     Path("/usr/lib/postgresql/15/bin"),
     *sorted(Path("/usr/lib/postgresql").glob("*/bin")),
 )
+# The issue's bound: a change made on one instance is served by the other within this.
+PROPAGATION = 1.0
 INSTALL_HINT = "install them with: apt-get install -y postgresql redis-server"
 
 
@@ -160,3 +170,60 @@ def redis() -> Iterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def workdirs() -> Iterator[tuple[Path, Path]]:
+    """The files of two instances (each its own admin socket and secret-key-less paths)."""
+    paths = tuple(Path(tempfile.mkdtemp(prefix="sopy-", dir="/tmp")) for _ in range(2))
+    yield paths  # type: ignore[misc]
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Pair:
+    """Two running Sopy instances, a and b, on the same store, each with its own files."""
+
+    def __init__(self, a: SopyUnderTest, b: SopyUnderTest) -> None:
+        self.a, self.b = a, b
+
+    def versions(self) -> tuple[int, int]:
+        return version_of(self.a), version_of(self.b)
+
+    async def converged(self, within: float = PROPAGATION) -> None:
+        await eventually(lambda: self.versions()[0] == self.versions()[1], within)
+
+
+def version_of(sopy: SopyUnderTest) -> int:
+    """The config version an instance serves."""
+    assert sopy.running is not None
+    latest = sopy.running.feed.latest
+    return -1 if latest is None else latest.version
+
+
+@contextlib.asynccontextmanager
+async def start_pair(
+    nursery: trio.Nursery, workdirs: tuple[Path, Path], **settings: Any
+) -> AsyncIterator[Pair]:
+    """Start two instances with these settings (the same secret key), stop them after."""
+    secret_key = new_secret_key()
+    instances = [
+        SopyUnderTest(
+            nursery,
+            Settings(
+                db_path=workdir / "sopy_admin.db",
+                admin_socket=workdir / "sopy-admin.sock",
+                port=0,
+                secret_key=secret_key,
+                **settings,
+            ),
+        )
+        for workdir in workdirs
+    ]
+    for instance in instances:
+        await instance.start()
+    try:
+        yield Pair(*instances)
+    finally:
+        for instance in instances:
+            await instance.stop()

@@ -1,11 +1,9 @@
 """Specs of `--store postgresql://...`: two Sopy instances on one real PostgreSQL share their
 configuration, follow each other's changes, and ride out the database going away."""
 
-import shutil
 import statistics
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -14,71 +12,30 @@ import psycopg
 import pytest
 import trio
 
-from sopy.config.secret_box import new_secret_key
 from sopy.messages import ConfigChanged
-from sopy.settings import Settings
 from tests.admin_connection import open_events
-from tests.cluster_servers import PostgresServer, postgres  # noqa: F401 (a fixture)
+from tests.cluster_servers import (
+    PROPAGATION,
+    Pair,
+    PostgresServer,
+    postgres,  # noqa: F401 (a fixture)
+    start_pair,
+    version_of,
+    workdirs,  # noqa: F401 (a fixture)
+)
 from tests.conftest import SopyUnderTest
 from tests.gateway import chat, start_gateway
 from tests.polling import eventually
-
-# The issue's bound: a change made on one instance is served by the other within this.
-PROPAGATION = 1.0
-
-
-class Pair:
-    """Two Sopy instances, a and b, on the same PostgreSQL, each with its own files."""
-
-    def __init__(self, a: SopyUnderTest, b: SopyUnderTest) -> None:
-        self.a, self.b = a, b
-
-    def versions(self) -> tuple[int, int]:
-        return tuple(_version(sopy) for sopy in (self.a, self.b))  # type: ignore[return-value]
-
-    async def converged(self, within: float = PROPAGATION) -> None:
-        await eventually(lambda: self.versions()[0] == self.versions()[1], within)
-
-
-def _version(sopy: SopyUnderTest) -> int:
-    assert sopy.running is not None
-    latest = sopy.running.feed.latest
-    return -1 if latest is None else latest.version
-
-
-@pytest.fixture
-def workdirs() -> Iterator[tuple[Path, Path]]:
-    paths = tuple(Path(tempfile.mkdtemp(prefix="sopy-", dir="/tmp")) for _ in range(2))
-    yield paths  # type: ignore[misc]
-    for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
 async def pair(
     nursery: trio.Nursery,
     postgres: PostgresServer,  # noqa: F811
-    workdirs: tuple[Path, Path],
+    workdirs: tuple[Path, Path],  # noqa: F811
 ) -> AsyncIterator[Pair]:
-    secret_key = new_secret_key()
-    instances = [
-        SopyUnderTest(
-            nursery,
-            Settings(
-                db_path=workdir / "sopy_admin.db",
-                admin_socket=workdir / "sopy-admin.sock",
-                port=0,
-                store=postgres.url,
-                secret_key=secret_key,
-            ),
-        )
-        for workdir in workdirs
-    ]
-    for instance in instances:
-        await instance.start()
-    yield Pair(*instances)
-    for instance in instances:
-        await instance.stop()
+    async with start_pair(nursery, workdirs, store=postgres.url) as pair:
+        yield pair
 
 
 async def _ok(sopy: SopyUnderTest, command: str, **fields: object) -> object:
@@ -166,8 +123,8 @@ async def test_a_write_reaches_b_routing_quickly(pair: Pair) -> None:
     for number in range(100):
         sent = time.perf_counter()
         await _ok(pair.a, "add_user_api_key", description=f"timed {number}")
-        target = _version(pair.a)
-        await eventually(lambda: _version(pair.b) >= target, PROPAGATION)  # noqa: B023
+        target = version_of(pair.a)
+        await eventually(lambda: version_of(pair.b) >= target, PROPAGATION)  # noqa: B023
         delays.append(time.perf_counter() - sent)
     delays.sort()
     p50, p99 = statistics.median(delays), delays[98]

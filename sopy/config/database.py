@@ -199,9 +199,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE user_api_keys ADD COLUMN usage_reset_at REAL NOT NULL DEFAULT 0;
     UPDATE user_api_keys SET usage_reset_at = created_at;
     """,
+    # What a key gets while the shared limit store is unreachable: refused ('closed') or
+    # admitted ('open').
+    """
+    ALTER TABLE user_api_keys ADD COLUMN limit_failure TEXT NOT NULL DEFAULT 'closed';
+    """,
 )
 # The columns of a user key's limits, in `KeyLimits`' order.
-_LIMIT_COLUMNS = "rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at"
+_LIMIT_COLUMNS = (
+    "rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at, limit_failure"
+)
 
 
 @attrs.frozen
@@ -540,17 +547,29 @@ class ConfigDatabase:
             command.expires_at,
             command.models,
             usage_reset_at=at,
+            limit_failure=command.limit_failure,
         )
         cursor = self._execute(
             "INSERT INTO user_api_keys (key_hash, prefix, description, active, created_at, "
-            f"{_LIMIT_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            f"{_LIMIT_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (key_hash, prefix, command.description, now, *_limit_values(limits)),
         )
         key_id: int = cursor.fetchone()[0]
         created = NewUserApiKey(
             key_id, api_key, prefix, command.description, True, now, *_limit_fields(limits)
         )
-        added = UserApiKeyAdded(key_id, prefix, command.description, *_limit_fields(limits)[:-1])
+        added = UserApiKeyAdded(
+            key_id,
+            prefix,
+            command.description,
+            limits.rpm,
+            limits.tpm,
+            limits.max_parallel,
+            limits.token_budget,
+            limits.expires_at,
+            limits.models,
+            limits.limit_failure,
+        )
         return created, added
 
     def _update_user_api_key(self, command: UpdateUserApiKey, at: float) -> Outcome:
@@ -572,7 +591,7 @@ class ConfigDatabase:
             return view, None
         self._execute(
             "UPDATE user_api_keys SET rpm = ?, tpm = ?, max_parallel = ?, token_budget = ?, "
-            "expires_at = ?, models = ?, usage_reset_at = ? WHERE id = ?",
+            "expires_at = ?, models = ?, usage_reset_at = ?, limit_failure = ? WHERE id = ?",
             (*_limit_values(after), command.id),
         )
         updated = UserApiKeyUpdated(
@@ -584,6 +603,7 @@ class ConfigDatabase:
             after.expires_at,
             after.models,
             reset,
+            after.limit_failure,
         )
         return self._user_key_view(command.id), updated
 
@@ -938,16 +958,18 @@ class ConfigDatabase:
 
 def _limits(row: list[Any]) -> KeyLimits:
     """A key's limits from its `_LIMIT_COLUMNS`."""
-    rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at = row
+    rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at, failure = row
     allowed = None if models is None else tuple(orjson.loads(models))
-    return KeyLimits(rpm, tpm, max_parallel, token_budget, expires_at, allowed, usage_reset_at)
+    return KeyLimits(
+        rpm, tpm, max_parallel, token_budget, expires_at, allowed, usage_reset_at, failure
+    )
 
 
 def _limit_values(limits: KeyLimits) -> tuple[Any, ...]:
     """`limits` as the values of `_LIMIT_COLUMNS`."""
     models = None if limits.models is None else orjson.dumps(limits.models).decode()
     fields = _limit_fields(limits)
-    return (*fields[:5], models, fields[6])
+    return (*fields[:5], models, *fields[6:])
 
 
 def _limit_fields(limits: KeyLimits) -> tuple[Any, ...]:

@@ -40,6 +40,9 @@ request: the front builds the policies anew with every configuration snapshot (`
 and a key whose `usage_reset_at` moved starts its count over.
 
 A key without limits has no policy: the front's one `None` check is all it costs.
+
+With `--limits redis://...` the gate leaves `rpm` and `max_parallel` to
+`sopy.routing.redis_limits` (`KeyGate(shared_counts=True)`), which counts them across instances.
 """
 
 import collections
@@ -156,7 +159,7 @@ class _KeyState:
 class Admission:
     """An admitted request's hold on its key's counts, until `finish`."""
 
-    __slots__ = ("_clock", "_finished", "_limits", "_reservation", "_state")
+    __slots__ = ("_clock", "_finished", "_limits", "_reservation", "_state", "on_finish")
 
     def __init__(
         self, state: _KeyState, limits: KeyLimits, reservation: list[float] | None, clock: Clock
@@ -166,6 +169,8 @@ class Admission:
         self._reservation = reservation
         self._clock = clock
         self._finished = False
+        # What else gives back this request's hold when it ends (a shared parallel count).
+        self.on_finish: Callable[[], None] | None = None
 
     def record(self, tokens: TokenCounts) -> None:
         """The usage of one more answer over a held connection (the WebSocket mode)."""
@@ -179,6 +184,8 @@ class Admission:
         if self._finished:
             return
         self._finished = True
+        if self.on_finish is not None:
+            self.on_finish()
         state = self._state
         if self._limits.max_parallel is not None:
             state.in_flight -= 1
@@ -195,7 +202,15 @@ class Admission:
 class KeyGate:
     """The decision and the counts of every key with limits, in one front."""
 
-    def __init__(self, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        *,
+        shared_counts: bool = False,
+    ) -> None:
+        # With shared counts, `rpm` and `max_parallel` are decided in the shared limit store.
+        self._shared_counts = shared_counts
         self._clock = clock
         self._wall_clock = wall_clock
         self._states: dict[int, _KeyState] = {}
@@ -234,6 +249,8 @@ class KeyGate:
     def admit(self, policy: KeyPolicy, estimate: int) -> Admission:
         """Admit one request expected to use `estimate` tokens, or raise the refusal."""
         limits = policy.limits
+        if self._shared_counts:
+            limits = attrs.evolve(limits, rpm=None, max_parallel=None)
         state = self._state_of(policy)
         if limits.token_budget is not None and state.spent >= limits.token_budget:
             self.refusals["budget"] += 1
