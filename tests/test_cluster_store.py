@@ -192,3 +192,17 @@ async def test_a_killed_listen_connection_catches_up_from_the_change_log(
     created = await _ok(pair.a, "add_user_api_key", description="while b's listener is gone")
     await pair.converged()
     assert [change.id for _, change in _changes(published_b)] == [created["id"]]  # type: ignore[attr-defined,index]
+
+
+async def test_get_usage_on_one_instance_counts_the_requests_of_both(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    await start_gateway(pair.a, nursery, {"gpt-4.1": "openai"})
+    await pair.converged()
+    for sopy in (pair.a, pair.b, pair.b):
+        assert await _chat_status(sopy, "sk-user-test-key-0001") == 200
+
+    # B writes its records every second, and the last ones as it stops.
+    await pair.b.stop()
+    report = await _ok(pair.a, "get_usage")
+    assert report["groups"][0]["requests"] == 3  # type: ignore[index]

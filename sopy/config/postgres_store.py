@@ -228,7 +228,7 @@ class PostgresConfigDatabase(ConfigDatabase):
 
     def open_listener(self) -> "Listener":
         """A new connection that receives the version of every change committed from now on."""
-        connection = self._new_connection()
+        connection = new_connection(self._url)
         try:
             connection.execute(f"LISTEN {CHANGE_CHANNEL}")
         except BaseException:
@@ -323,20 +323,24 @@ class PostgresConfigDatabase(ConfigDatabase):
             self._connect()
 
     def _connect(self) -> None:
-        self._connection = self._new_connection()
+        self._connection = new_connection(self._url)
 
-    def _new_connection(self) -> "psycopg.Connection[Any]":
-        return psycopg.connect(
-            self._url,
-            autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT,
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-            application_name="sopy",
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
-        )
+
+def new_connection(url: str) -> "psycopg.Connection[Any]":
+    """A connection in autocommit mode (transactions are begun explicitly) that gives up
+    connecting after `CONNECT_TIMEOUT` and any statement after `STATEMENT_TIMEOUT_MS`, and
+    notices a silent network cut through TCP keepalives."""
+    return psycopg.connect(
+        url,
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT,
+        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        application_name="sopy",
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+    )
 
 
 class Listener:
