@@ -4,6 +4,7 @@ exactly across two Sopy instances, and a Redis that is down is answered as docum
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,25 +42,56 @@ async def _limited_key(pair: Pair, api_key: str, **limits: object) -> None:
     await pair.converged()
 
 
-async def _post(sopy: SopyUnderTest, api_key: str) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=sopy.http_url) as client:
+async def _post(
+    sopy: SopyUnderTest, api_key: str, body: dict[str, Any] | None = None
+) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=sopy.http_url, timeout=30) as client:
         return await client.post(
-            "/v1/chat/completions", json=chat(), headers={"authorization": f"Bearer {api_key}"}
+            "/v1/chat/completions",
+            json=body or chat(),
+            headers={"authorization": f"Bearer {api_key}"},
         )
+
+
+async def _statuses(requests: list[tuple[SopyUnderTest, str, dict[str, Any]]]) -> list[int]:
+    """The statuses of sending every (instance, key, body) at once, sorted."""
+    statuses: list[int] = []
+
+    async def send(sopy: SopyUnderTest, key: str, body: dict[str, Any]) -> None:
+        statuses.append((await _post(sopy, key, body)).status_code)
+
+    async with trio.open_nursery() as senders:
+        for request in requests:
+            senders.start_soon(send, *request)
+    return sorted(statuses)
 
 
 async def test_an_rpm_of_20_across_two_instances_admits_exactly_20(pair: Pair) -> None:
     key = "sk-user-shared-rpm-0001"
     await _limited_key(pair, key, rpm=20)
-    statuses: list[int] = []
+    both = [(pair.a if number % 2 else pair.b, key, chat()) for number in range(30)]
+    assert await _statuses(both) == [200] * 20 + [429] * 10
 
-    async def send(sopy: SopyUnderTest) -> None:
-        statuses.append((await _post(sopy, key)).status_code)
 
-    async with trio.open_nursery() as senders:
-        for number in range(30):
-            senders.start_soon(send, pair.a if number % 2 else pair.b)
-    assert sorted(statuses) == [200] * 20 + [429] * 10
+async def test_max_parallel_holds_across_two_instances_and_is_given_back(pair: Pair) -> None:
+    key = "sk-user-shared-parallel-01"
+    await _limited_key(pair, key, max_parallel=2)
+    slow = chat(mock={"headers_delay": 0.5})
+    both = [(pair.a if number % 2 else pair.b, key, slow) for number in range(6)]
+    assert await _statuses(both) == [200, 200, 429, 429, 429, 429]
+    for sopy in (pair.a, pair.b, pair.a, pair.b):
+        assert (await _post(sopy, key)).status_code == 200
+
+
+async def test_a_budget_spent_on_a_stops_the_key_on_b(pair: Pair) -> None:
+    key = "sk-user-shared-budget-001"
+    await _limited_key(pair, key, token_budget=10)
+    spent = await _post(pair.a, key, chat(content="one two three four"))
+    usage = spent.json()["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] >= 10
+    stopped = await _post(pair.b, key)
+    assert stopped.status_code == 429
+    assert stopped.json()["error"]["code"] == "insufficient_quota"
 
 
 async def test_redis_down_refuses_a_closed_key_and_admits_an_open_one(

@@ -259,6 +259,8 @@ class HttpFront:
                 spent = {}
                 log.error("the usage store restarted before counting the keys' token budgets")
         self.key_gate.seed_budgets(starts, spent)
+        if self._shared_limits is not None:
+            await self._shared_limits.seed_budgets(starts, spent)
 
     def stop_accepting(self) -> None:
         """Begin a graceful stop: no new connections; in-flight requests get `drain_timeout`."""
@@ -411,13 +413,13 @@ class HttpFront:
         return policy
 
     async def _admit(self, policy: KeyPolicy, estimate: int) -> Admission:
-        """The key's decision (`KeyGate.admit`), then, with `--limits`, its `rpm` and
-        `max_parallel` across instances (`SharedLimits.admit`)."""
+        """The key's decision (`KeyGate.admit`), then, with `--limits`, its counted limits
+        across instances (`SharedLimits.admit`)."""
         admission = self.key_gate.admit(policy, estimate)
         if self._shared_limits is None or not counted_here(policy):
             return admission
         try:
-            admission.on_finish = await self._shared_limits.admit(policy)
+            admission.shared = await self._shared_limits.admit(policy, estimate)
         except LimitStoreUnavailable:
             if policy.limits.limit_failure == "open":
                 return admission

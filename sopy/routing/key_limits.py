@@ -41,13 +41,15 @@ and a key whose `usage_reset_at` moved starts its count over.
 
 A key without limits has no policy: the front's one `None` check is all it costs.
 
-With `--limits redis://...` the gate leaves `rpm` and `max_parallel` to
-`sopy.routing.redis_limits` (`KeyGate(shared_counts=True)`), which counts them across instances.
+With `--limits redis://...` the gate leaves `rpm`, `tpm`, `max_parallel` and `token_budget` to
+`sopy.routing.redis_limits` (`KeyGate(shared_counts=True)`), which counts them across instances;
+an admission then tells its `SharedHold` what the request used.
 """
 
 import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import attrs
 
@@ -156,10 +158,20 @@ class _KeyState:
         self.reset_at = reset_at
 
 
+class SharedHold(Protocol):
+    """An admitted request's hold on counts kept elsewhere (`sopy.routing.redis_limits`)."""
+
+    def record(self, used: int) -> None:
+        """`used` tokens of one more answer over a held connection."""
+
+    def finish(self, used: int | None, succeeded: bool) -> None:
+        """The request ended, having used `used` tokens (None: not reported)."""
+
+
 class Admission:
     """An admitted request's hold on its key's counts, until `finish`."""
 
-    __slots__ = ("_clock", "_finished", "_limits", "_reservation", "_state", "on_finish")
+    __slots__ = ("_clock", "_finished", "_limits", "_reservation", "_state", "shared")
 
     def __init__(
         self, state: _KeyState, limits: KeyLimits, reservation: list[float] | None, clock: Clock
@@ -169,12 +181,14 @@ class Admission:
         self._reservation = reservation
         self._clock = clock
         self._finished = False
-        # What else gives back this request's hold when it ends (a shared parallel count).
-        self.on_finish: Callable[[], None] | None = None
+        # The hold on the counts kept in the shared limit store, if they are.
+        self.shared: SharedHold | None = None
 
     def record(self, tokens: TokenCounts) -> None:
         """The usage of one more answer over a held connection (the WebSocket mode)."""
         used = total_tokens(tokens)
+        if self.shared is not None:
+            self.shared.record(used)
         self._state.spent += used
         if self._limits.tpm is not None:
             self._state.tokens.add(self._clock(), used)
@@ -184,8 +198,8 @@ class Admission:
         if self._finished:
             return
         self._finished = True
-        if self.on_finish is not None:
-            self.on_finish()
+        if self.shared is not None:
+            self.shared.finish(None if tokens is None else total_tokens(tokens), succeeded)
         state = self._state
         if self._limits.max_parallel is not None:
             state.in_flight -= 1
@@ -209,7 +223,7 @@ class KeyGate:
         *,
         shared_counts: bool = False,
     ) -> None:
-        # With shared counts, `rpm` and `max_parallel` are decided in the shared limit store.
+        # With shared counts, the limits that count are decided in the shared limit store.
         self._shared_counts = shared_counts
         self._clock = clock
         self._wall_clock = wall_clock
@@ -250,7 +264,7 @@ class KeyGate:
         """Admit one request expected to use `estimate` tokens, or raise the refusal."""
         limits = policy.limits
         if self._shared_counts:
-            limits = attrs.evolve(limits, rpm=None, max_parallel=None)
+            limits = attrs.evolve(limits, rpm=None, tpm=None, max_parallel=None, token_budget=None)
         state = self._state_of(policy)
         if limits.token_budget is not None and state.spent >= limits.token_budget:
             self.refusals["budget"] += 1
