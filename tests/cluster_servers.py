@@ -43,7 +43,7 @@ def _postgres_tool(name: str) -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -59,7 +59,7 @@ class PostgresServer:
             pytest.skip(f"PostgreSQL's initdb and pg_ctl are not installed; {INSTALL_HINT}")
         self._data = directory / "data"
         self._data.mkdir()
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://sopy@127.0.0.1:{self.port}/postgres"
         self._as_owner: list[str] = []
         if os.geteuid() == 0:
@@ -102,7 +102,7 @@ class RedisServer:
         if self._binary is None:
             pytest.skip(f"redis-server (or valkey-server) is not installed; {INSTALL_HINT}")
         self._directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import httpx
 import orjson
 import psycopg
@@ -13,17 +14,19 @@ import pytest
 import trio
 
 from sopy.messages import ConfigChanged
+from sopy.settings import Settings
 from tests.admin_connection import open_events
 from tests.cluster_servers import (
     PROPAGATION,
     Pair,
     PostgresServer,
+    free_port,
     postgres,  # noqa: F401 (a fixture)
     start_pair,
     version_of,
     workdirs,  # noqa: F401 (a fixture)
 )
-from tests.conftest import SopyUnderTest
+from tests.conftest import SopyUnderTest, startup_error
 from tests.gateway import chat, start_gateway
 from tests.polling import eventually
 
@@ -206,3 +209,19 @@ async def test_get_usage_on_one_instance_counts_the_requests_of_both(
     await pair.b.stop()
     report = await _ok(pair.a, "get_usage")
     assert report["groups"][0]["requests"] == 3  # type: ignore[index]
+
+
+async def test_a_store_that_is_not_postgresql_is_refused_at_start(settings: Settings) -> None:
+    error = await startup_error(attrs.evolve(settings, store="mysql://sopy:hunter2@db/sopy"))
+    assert "--store takes a postgresql:// URL" in str(error)
+    assert "hunter2" not in str(error)
+
+
+async def test_an_unreachable_store_is_a_startup_error_without_its_password(
+    settings: Settings,
+) -> None:
+    unused_port = free_port()
+    url = f"postgresql://sopy:hunter2@127.0.0.1:{unused_port}/sopy"
+    error = await startup_error(attrs.evolve(settings, store=url))
+    assert f"postgresql://sopy:***@127.0.0.1:{unused_port}/sopy" in str(error)
+    assert "hunter2" not in str(error)
