@@ -85,6 +85,14 @@ class PostgresServer:
     def stop(self) -> None:
         self._run(self._pg_ctl, "stop", "-w", "-m", "fast", "-D", str(self._data))
 
+    def kill(self) -> None:
+        """Stop it at once, whatever state it is in (after a test)."""
+        subprocess.run(
+            [*self._as_owner, str(self._pg_ctl), "stop", "-m", "immediate", "-D", str(self._data)],
+            capture_output=True,
+            check=False,
+        )
+
     def _run(self, *command: str | None) -> None:
         subprocess.run(
             [*self._as_owner, *(str(part) for part in command)],

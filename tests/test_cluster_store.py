@@ -1,6 +1,7 @@
 """Specs of `--store postgresql://...`: two Sopy instances on one real PostgreSQL share their
 configuration, follow each other's changes, and ride out the database going away."""
 
+import functools
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -182,18 +183,32 @@ async def test_a_killed_listen_connection_catches_up_from_the_change_log(
     postgres: PostgresServer,  # noqa: F811
 ) -> None:
     published_b = _published(pair.b)
+    # From another database: PostgreSQL keeps connections out of Sopy's one.
+    elsewhere = postgres.url.rpartition("/")[0] + "/template1"
+    admin = await trio.to_thread.run_sync(
+        functools.partial(psycopg.connect, elsewhere, autocommit=True)
+    )
 
-    def kill_listeners() -> int:
-        with psycopg.connect(postgres.url, autocommit=True) as connection:
-            rows = connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
-            ).fetchall()
-            return len(rows)
+    def sql(statement: str) -> list[tuple[object, ...]]:
+        cursor = admin.execute(statement)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
 
-    assert await trio.to_thread.run_sync(kill_listeners) == 2
-    created = await _ok(pair.a, "add_user_api_key", description="while b's listener is gone")
-    await pair.converged()
+    try:
+        # No new connection until the change is made: the followers can only learn of it
+        # from the change log once they are back, as no notification reaches them.
+        await trio.to_thread.run_sync(sql, "ALTER DATABASE postgres ALLOW_CONNECTIONS false")
+        killed = await trio.to_thread.run_sync(
+            sql,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        assert len(killed) == 2
+        created = await _ok(pair.a, "add_user_api_key", description="while b is not listening")
+        assert version_of(pair.b) < version_of(pair.a)
+        await trio.to_thread.run_sync(sql, "ALTER DATABASE postgres ALLOW_CONNECTIONS true")
+    finally:
+        await trio.to_thread.run_sync(admin.close)
+    await pair.converged(within=2 * PROPAGATION)
     assert [change.id for _, change in _changes(published_b)] == [created["id"]]  # type: ignore[attr-defined,index]
 
 

@@ -20,6 +20,7 @@ import time
 import psycopg
 import trio
 
+from sopy.config import secret_box
 from sopy.config.database import JOURNAL_LENGTH, ConfigDatabase
 from sopy.config.postgres_store import (
     RECHECK_SECONDS,
@@ -171,7 +172,18 @@ class ConfigStore:
     async def _catch_up(self, db: PostgresConfigDatabase) -> None:
         """Publish, in order, every change committed since the version published last."""
         async with self._publishing:
-            caught = await trio.to_thread.run_sync(db.catch_up, limiter=self._database_calls)
+            try:
+                caught = await trio.to_thread.run_sync(db.catch_up, limiter=self._database_calls)
+            except secret_box.WrongSecretKey as exc:
+                log.error(
+                    "a credential in %s no longer opens with this instance's secret key (%s): "
+                    "was it rotated on another instance? Restart this one with the new key; "
+                    "it serves version %d until then",
+                    db.describe(),
+                    exc,
+                    db.version,
+                )
+                return
             if caught is None:
                 return
             snapshot = caught.snapshot
