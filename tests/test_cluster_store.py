@@ -121,6 +121,21 @@ async def test_b_event_subscribers_see_a_changes(pair: Pair, nursery: trio.Nurse
     await events.aclose()
 
 
+async def test_b_event_subscribers_resume_after_a_version_with_a_changes(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    since = version_of(pair.a)
+    first = await _ok(pair.a, "add_user_api_key", description="one")
+    second = await _ok(pair.a, "add_user_api_key", description="two")
+    await pair.converged()
+    assert pair.b.running is not None
+    events = await open_events(nursery, pair.b.running.admin_socket, since=since)
+    resumed = [orjson.loads(await events.get_message()) for _ in range(2)]
+    assert [event["entity"]["id"] for event in resumed] == [first["id"], second["id"]]  # type: ignore[index]
+    assert [event["version"] for event in resumed] == [since + 1, since + 2]
+    await events.aclose()
+
+
 async def test_a_write_reaches_b_routing_quickly(pair: Pair) -> None:
     """Measures the time from sending a write to A to B's serving it (printed with -s)."""
     delays = []
