@@ -368,6 +368,16 @@ class NoBackendAvailable(TemporarilyUnavailable):
     code = "no_backend"
 
 
+class LimitStoreUnavailable(TemporarilyUnavailable):
+    """The user key's `rpm` or `max_parallel` is counted in the shared limit store
+    (`--limits redis://...`), which cannot be reached: the request is refused rather than
+    admitted past limits that cannot be enforced."""
+
+    status = 503
+    type = "server_error"
+    code = "limit_store_unavailable"
+
+
 class UpstreamTimeout(SopyError):
     """The provider's backend did not answer in time."""
 

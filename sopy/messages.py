@@ -93,6 +93,7 @@ class AddUserApiKey:
     models: tuple[str, ...] | None = attrs.field(
         default=None, validator=validators.model_allow_list
     )
+    limit_failure: str = attrs.field(default="closed", validator=validators.limit_failure)
 
 
 @attrs.frozen
@@ -116,6 +117,9 @@ class UpdateUserApiKey:
     )
     models: tuple[str, ...] | Unchanged | None = attrs.field(
         default=UNCHANGED, validator=validators.model_allow_list
+    )
+    limit_failure: str | Unchanged = attrs.field(
+        default=UNCHANGED, validator=validators.limit_failure
     )
     reset_usage: bool = False
 
@@ -299,7 +303,8 @@ class AdminAuthEntry:
 @attrs.frozen
 class KeyLimits:
     """A user key's limits (None: none); `usage_reset_at` (Unix time) is when its
-    `token_budget` count began."""
+    `token_budget` count began; `limit_failure` whether the key is admitted (`open`) or refused
+    (`closed`) while the shared limit store (`--limits`) cannot be reached."""
 
     rpm: int | None = None
     tpm: int | None = None
@@ -308,6 +313,7 @@ class KeyLimits:
     expires_at: int | None = None
     models: tuple[str, ...] | None = None
     usage_reset_at: float = 0.0
+    limit_failure: str = "closed"
 
     @property
     def unlimited(self) -> bool:
@@ -338,6 +344,7 @@ class UserApiKeyView:
     expires_at: int | None = None
     models: tuple[str, ...] | None = None
     usage_reset_at: float = 0.0
+    limit_failure: str = "closed"
 
 
 @attrs.frozen
@@ -357,6 +364,7 @@ class NewUserApiKey:
     expires_at: int | None = None
     models: tuple[str, ...] | None = None
     usage_reset_at: float = 0.0
+    limit_failure: str = "closed"
 
 
 @attrs.frozen
@@ -487,6 +495,7 @@ class UserApiKeyAdded:
     token_budget: int | None = None
     expires_at: int | None = None
     models: tuple[str, ...] | None = None
+    limit_failure: str = "closed"
 
 
 @attrs.frozen
@@ -503,6 +512,8 @@ class UserApiKeyUpdated:
     expires_at: int | None
     models: tuple[str, ...] | None
     usage_reset: bool
+    # "closed" in journal entries written before keys had it.
+    limit_failure: str = "closed"
 
 
 @attrs.frozen

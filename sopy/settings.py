@@ -57,6 +57,23 @@ class Settings:
     admin_socket: Path = attrs.field(
         default=Path("sopy-admin.sock"), metadata=_about("the admin Unix socket")
     )
+    store: str | None = attrs.field(
+        default=None,
+        repr=False,
+        metadata=_about(
+            "a postgresql:// URL: keep the configuration and the usage records in PostgreSQL, "
+            "shared by every instance given the same URL (default: the --db-path file)"
+        ),
+    )
+    limits: str | None = attrs.field(
+        default=None,
+        repr=False,
+        metadata=_about(
+            "a redis:// URL (Redis or Valkey): keep the keys' rate limits, max_parallel and "
+            "budget counts there, exact across every instance given the same URL (default: in "
+            "this process)"
+        ),
+    )
     host: str = attrs.field(default="127.0.0.1", metadata=_about("address of the public API"))
     port: int = attrs.field(
         default=8000,

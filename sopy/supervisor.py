@@ -21,6 +21,7 @@ from sopy.actors.http_front import HttpFront
 from sopy.actors.response_affinity_store import ResponseAffinityStore, affinity_database_path
 from sopy.actors.upstream_pool import OpenTransport, ProviderPools, open_connections
 from sopy.actors.usage_store import UsageStore, usage_database_path
+from sopy.config.postgres_usage import PostgresUsage
 from sopy.messages import ConfigRequest, UsageRequest
 from sopy.routing.kept_responses import KeptResponses
 from sopy.routing.response_affinity import ResponseAffinity
@@ -72,8 +73,13 @@ async def run_sopy(
     affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity, kept)
     usage = UsageLedger(MAX_PENDING_USAGE_RECORDS)
     usage_send, usage_receive = trio.open_memory_channel[UsageRequest](USAGE_INBOX_SIZE)
+    store_url = settings.store
     usage_store = UsageStore(
-        usage_database_path(settings.db_path), usage, usage_receive, settings.usage_retention_days
+        usage_database_path(settings.db_path),
+        usage,
+        usage_receive,
+        settings.usage_retention_days,
+        None if store_url is None else lambda: PostgresUsage(store_url),
     )
     front = HttpFront(settings, feed, pools.inbox_for, affinity, kept, usage, usage_send)
     admin = AdminSocket(

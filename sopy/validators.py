@@ -162,6 +162,20 @@ def key_limit(_instance: object, attribute: "attrs.Attribute[Any]", value: objec
         raise _fail(attribute, f"must be from 1 to {maximum}, or null for no limit (got {value})")
 
 
+LIMIT_FAILURES = ("open", "closed")
+
+
+def limit_failure(_instance: object, attribute: "attrs.Attribute[Any]", value: object) -> None:
+    """What a key's requests get while the shared limit store cannot be reached; other
+    values (the `update_user_api_key` marker of a field not sent) are not choices to check."""
+    if isinstance(value, str) and value not in LIMIT_FAILURES:
+        raise _fail(
+            attribute,
+            f"must be open (admit the key's requests unlimited) or closed (refuse them with "
+            f"503) while the limit store is unreachable (got {value!r})",
+        )
+
+
 def unix_time(_instance: object, attribute: "attrs.Attribute[Any]", value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         return

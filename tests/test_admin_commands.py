@@ -69,6 +69,7 @@ async def test_user_key_given_is_stored_hashed_and_shown_by_prefix(admin: AdminC
             **dict.fromkeys(("rpm", "tpm", "max_parallel", "token_budget", "expires_at")),
             "models": None,
             "usage_reset_at": created["usage_reset_at"],
+            "limit_failure": "closed",
         }
     ]
     assert "sk-user-123" not in str(listed)

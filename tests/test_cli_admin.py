@@ -32,7 +32,7 @@ async def test_admin_prints_results_readably(sopy: SopyUnderTest) -> None:
     lines = listed.stdout.decode().splitlines()
     assert lines[0].split() == [
         "id", "prefix", "description", "active", "created_at", "rpm", "tpm", "max_parallel",
-        "token_budget", "expires_at", "models", "usage_reset_at",
+        "token_budget", "expires_at", "models", "usage_reset_at", "limit_failure",
     ]  # fmt: skip
     assert lines[1].split()[0] == "1"
     assert "sk-user-123" not in listed.stdout.decode()

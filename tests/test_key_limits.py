@@ -265,7 +265,7 @@ async def test_an_update_applies_on_the_next_request_and_shows_in_replies_and_ev
     assert event["kind"] == "user_api_key_updated"
     assert event["entity"] == {
         "id": key_id, "rpm": 100, "tpm": 5000, "max_parallel": None, "token_budget": None,
-        "expires_at": None, "models": None, "usage_reset": False,
+        "expires_at": None, "models": None, "usage_reset": False, "limit_failure": "closed",
     }  # fmt: skip
     assert key not in str(event)
 

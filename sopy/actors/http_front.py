@@ -67,6 +67,7 @@ from sopy.errors import (
     InternalError,
     InvalidJson,
     InvalidRequest,
+    LimitStoreUnavailable,
     NoBackendAvailable,
     NotFound,
     PayloadTooLarge,
@@ -91,7 +92,7 @@ from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLim
 from sopy.provider_kinds import WireFormat
 from sopy.routing.cors import CorsPolicy
 from sopy.routing.kept_responses import KeptResponses, own_input_items
-from sopy.routing.key_limits import KeyGate, KeyPolicy, token_estimate
+from sopy.routing.key_limits import Admission, KeyGate, KeyPolicy, token_estimate
 from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.native_routes import (
     COUNT_TOKENS_PATH,
@@ -104,6 +105,7 @@ from sopy.routing.public_routes import (
     PublicHandler,
     public_route,
 )
+from sopy.routing.redis_limits import SharedLimits, counted_here
 from sopy.routing.response_affinity import (
     ResponseAffinity,
     ResponseOwner,
@@ -182,7 +184,12 @@ class HttpFront:
         self._draining = trio.Event()
         self._request_slots = trio.CapacityLimiter(settings.max_concurrent_requests)
         self.metrics = GatewayMetrics(per_key=settings.metrics_per_key)
-        self.key_gate = KeyGate()
+        self.key_gate = KeyGate(shared_counts=settings.limits is not None)
+        self._shared_limits = (
+            None
+            if settings.limits is None
+            else SharedLimits(settings.limits, self.key_gate.refusals)
+        )
         self.metrics.add_counter_source(
             "sopy_limit_refusals",
             "Requests refused by their key's limits, by reason (expired, model, budget, "
@@ -236,8 +243,12 @@ class HttpFront:
                 self._settings.port,
             )
         try:
-            await self._seed_budgets()
-            await self._serve(task_status)
+            async with trio.open_nursery() as shared_limits:
+                if self._shared_limits is not None:
+                    await shared_limits.start(self._shared_limits.run)
+                await self._seed_budgets()
+                await self._serve(task_status)
+                shared_limits.cancel_scope.cancel()
         finally:
             self.stopped.set()
 
@@ -259,6 +270,8 @@ class HttpFront:
                 spent = {}
                 log.error("the usage store restarted before counting the keys' token budgets")
         self.key_gate.seed_budgets(starts, spent)
+        if self._shared_limits is not None:
+            await self._shared_limits.seed_budgets(starts, spent)
 
     def stop_accepting(self) -> None:
         """Begin a graceful stop: no new connections; in-flight requests get `drain_timeout`."""
@@ -410,6 +423,24 @@ class HttpFront:
             self.key_gate.check_expiry(policy)
         return policy
 
+    async def _admit(self, policy: KeyPolicy, estimate: int) -> Admission:
+        """The key's decision (`KeyGate.admit`), then, with `--limits`, its counted limits
+        across instances (`SharedLimits.admit`)."""
+        admission = self.key_gate.admit(policy, estimate)
+        if self._shared_limits is None or not counted_here(policy):
+            return admission
+        try:
+            admission.shared = await self._shared_limits.admit(policy, estimate)
+        except LimitStoreUnavailable:
+            if policy.limits.limit_failure == "open":
+                return admission
+            admission.finish(None, False)
+            raise
+        except BaseException:
+            admission.finish(None, False)
+            raise
+        return admission
+
     async def _proxy(
         self,
         exchange: HttpExchange,
@@ -442,7 +473,7 @@ class HttpFront:
                     await _estimate_tokens(exchange, request)
                     return
                 if policy is not None:
-                    request.admission = self.key_gate.admit(
+                    request.admission = await self._admit(
                         policy, token_estimate(body, request.payload)
                     )
                 await proxy(self._inbox_for, routes, request, exchange, body)
@@ -485,7 +516,7 @@ class HttpFront:
                     )
                 if policy is not None:
                     routes = self.key_gate.allowed_routes(policy, request.model, routes)
-                    request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
+                    request.admission = await self._admit(policy, token_estimate(body, payload))
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)
                 kept = request.kept_response
@@ -573,7 +604,7 @@ class HttpFront:
             screen_model = None
             if policy is not None:
                 # The connection is one request; each response's tokens count as it ends.
-                request.admission = self.key_gate.admit(policy, 0)
+                request.admission = await self._admit(policy, 0)
                 screen_model = functools.partial(self.key_gate.check_model, policy)
             client = WebsocketClient(
                 request.key_id, rid.decode(), tuple(exchange.headers), screen_model

@@ -11,14 +11,17 @@ answer counts every request finished before it was asked; and, likewise, the HTT
 began, `sopy.routing.key_limits`).
 
 The file lives beside the config database, under the same private-file rules
-(`sopy.runtime.private_files`).
+(`sopy.runtime.private_files`). With `--store postgresql://...` the records go to that database
+instead (`sopy.config.postgres_usage`), where `get_usage` on any instance counts every
+instance's requests; the actor works the same on either (`UsageDatabase`).
 """
 
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -81,6 +84,50 @@ def usage_database_path(config_database: Path) -> Path:
     return config_database.parent / DATABASE_NAME
 
 
+class UsageDatabase(Protocol):
+    """Where the records are kept; every call runs on the actor's worker thread."""
+
+    # What its calls raise when the storage fails (the actor keeps or reports, never crashes).
+    errors: tuple[type[Exception], ...]
+    # Where the records are, as the log names it.
+    where: str
+
+    def write(self, values: list[object], oldest: float) -> None:
+        """Append the rows whose column values are `values`, row after row in the table's
+        column order, and delete the records older than `oldest`, in one transaction."""
+
+    def token_totals(self, since: Mapping[int, float]) -> dict[int, int]: ...
+
+    def report(self, command: GetUsage) -> UsageReport: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteUsage:
+    """The records in `sopy_usage.db`."""
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+
+    def __init__(self, path: Path) -> None:
+        self._connection = open_private_database(path, "usage database", _SCHEMA)
+        self.where = str(path)
+
+    def write(self, values: list[object], oldest: float) -> None:
+        _write(self._connection, values, oldest)
+
+    def token_totals(self, since: Mapping[int, float]) -> dict[int, int]:
+        return _token_totals(self._connection, since)
+
+    def report(self, command: GetUsage) -> UsageReport:
+        return _report(self._connection, command)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+OpenUsageDatabase = Callable[[], UsageDatabase]
+
+
 class UsageStore:
     def __init__(
         self,
@@ -88,8 +135,10 @@ class UsageStore:
         ledger: UsageLedger,
         inbox: trio.MemoryReceiveChannel[UsageRequest],
         retention_days: float,
+        open_database: OpenUsageDatabase | None = None,
     ) -> None:
-        self._path = path
+        """`open_database` opens where the records go (default: the SQLite file at `path`)."""
+        self._open = open_database or (lambda: SqliteUsage(path))
         self._ledger = ledger
         self._inbox = inbox
         self._retention = retention_days * SECONDS_PER_DAY
@@ -109,7 +158,7 @@ class UsageStore:
                 await self._flush(database)
                 await trio.to_thread.run_sync(database.close, limiter=self._database_calls)
 
-    async def _answer_queries(self, database: sqlite3.Connection) -> None:
+    async def _answer_queries(self, database: UsageDatabase) -> None:
         async for query in self._inbox:
             await self._flush(database)
             if isinstance(query, TokenTotalsQuery):
@@ -118,30 +167,30 @@ class UsageStore:
             reply: CommandReply
             try:
                 report = await trio.to_thread.run_sync(
-                    _report, database, query.command, limiter=self._database_calls
+                    database.report, query.command, limiter=self._database_calls
                 )
                 reply = CommandSucceeded(report)
-            except sqlite3.Error as exc:
+            except database.errors as exc:
                 reply = CommandFailed(
-                    InternalError(f"could not read the usage database {self._path}: {exc}")
+                    InternalError(f"could not read the usage database {database.where}: {exc}")
                 )
             try:
                 query.reply_to.send_nowait(reply)
             except (trio.BrokenResourceError, trio.WouldBlock):
                 log.debug("a get_usage caller left before its answer")
 
-    async def _answer_totals(self, database: sqlite3.Connection, query: TokenTotalsQuery) -> None:
+    async def _answer_totals(self, database: UsageDatabase, query: TokenTotalsQuery) -> None:
         """Answered with what can be read: a key whose total cannot be read counts from 0,
         which the log says."""
         try:
             totals = await trio.to_thread.run_sync(
-                _token_totals, database, query.since, limiter=self._database_calls
+                database.token_totals, query.since, limiter=self._database_calls
             )
-        except sqlite3.Error as exc:
+        except database.errors as exc:
             log.error(
                 "could not read the usage database %s to count the keys' token budgets (%s); "
                 "they count from 0 until the next start",
-                self._path,
+                database.where,
                 exc,
             )
             totals = {}
@@ -150,31 +199,27 @@ class UsageStore:
         except (trio.BrokenResourceError, trio.WouldBlock):
             log.debug("the HTTP front left before its token totals")
 
-    async def _flush(self, database: sqlite3.Connection) -> None:
+    async def _flush(self, database: UsageDatabase) -> None:
         """Write the records noted since the last write and forget those past the retention; if
         the file cannot take them, keep them for the next try instead of losing them."""
         records = self._ledger.take_pending()
         try:
             await trio.to_thread.run_sync(
-                _write,
-                database,
+                database.write,
                 _row_values(records),
                 time.time() - self._retention,
                 limiter=self._database_calls,
             )
-        except (sqlite3.Error, OSError) as exc:
+        except database.errors as exc:
             self._ledger.give_back(records)
             log.warning(
                 "could not write %d usage records to %s (%s); they are kept in memory and "
                 "written again in %g s",
                 len(records),
-                self._path,
+                database.where,
                 exc,
                 FLUSH_INTERVAL,
             )
-
-    def _open(self) -> sqlite3.Connection:
-        return open_private_database(self._path, "usage database", _SCHEMA)
 
 
 def _row_values(records: list[UsageRecord]) -> list[object]:

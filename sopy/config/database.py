@@ -199,9 +199,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE user_api_keys ADD COLUMN usage_reset_at REAL NOT NULL DEFAULT 0;
     UPDATE user_api_keys SET usage_reset_at = created_at;
     """,
+    # What a key gets while the shared limit store is unreachable: refused ('closed') or
+    # admitted ('open').
+    """
+    ALTER TABLE user_api_keys ADD COLUMN limit_failure TEXT NOT NULL DEFAULT 'closed';
+    """,
 )
 # The columns of a user key's limits, in `KeyLimits`' order.
-_LIMIT_COLUMNS = "rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at"
+_LIMIT_COLUMNS = (
+    "rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at, limit_failure"
+)
 
 
 @attrs.frozen
@@ -219,6 +226,10 @@ Outcome = tuple[AdminResult, ConfigEvent | None]
 
 class ConfigDatabase:
     """One open `sopy_admin.db`; every method runs on the config actor's worker thread."""
+
+    # Whether other Sopy instances write to the same store, so that the config actor must
+    # follow their changes (`sopy.config.postgres_store`); an SQLite file has one writer.
+    shared = False
 
     def __init__(
         self,
@@ -414,7 +425,7 @@ class ConfigDatabase:
             return None
 
     def _journal_after(self, since: int) -> tuple[JournalEntry, ...] | None:
-        oldest = self._db.execute("SELECT MIN(version) FROM config_events").fetchone()[0]
+        oldest = self._row("SELECT MIN(version) FROM config_events", ())[0]
         if since < self.version and (oldest is None or oldest > since + 1):
             return None
         rows = self._rows(
@@ -430,12 +441,12 @@ class ConfigDatabase:
         # The mark goes first: a crash before the commit leaves it one ahead, which costs a
         # skipped version, never a reused one.
         self._write_version_mark(version)
-        self._db.execute("UPDATE meta SET value = ? WHERE key = 'config_version'", (version,))
-        self._db.execute(
+        self._execute("UPDATE meta SET value = ? WHERE key = 'config_version'", (version,))
+        self._execute(
             "INSERT INTO config_events (version, at, event) VALUES (?, ?, ?)",
             (version, now, orjson.dumps(config_event_json(change)).decode()),
         )
-        self._db.execute(
+        self._execute(
             "DELETE FROM config_events WHERE version <= ?", (version - self._journal_length,)
         )
 
@@ -446,7 +457,7 @@ class ConfigDatabase:
                 return self._add_admin_auth(command, now)
             case RemoveAdminAuth(name=name):
                 view = self._admin_auth(name, reveal=False)
-                self._db.execute("DELETE FROM admin_auth WHERE name = ?", (name,))
+                self._execute("DELETE FROM admin_auth WHERE name = ?", (name,))
                 return view, AdminAuthRemoved(name)
             case ListAdminAuth():
                 rows = self._rows("SELECT name, kind FROM admin_auth ORDER BY name")
@@ -479,7 +490,7 @@ class ConfigDatabase:
                 return self._add_model_mapping(command, now)
             case RemoveModelMapping(model_name=model_name):
                 mapping = self._model_mapping(model_name)
-                self._db.execute("DELETE FROM model_mappings WHERE model_name = ?", (model_name,))
+                self._execute("DELETE FROM model_mappings WHERE model_name = ?", (model_name,))
                 return mapping, ModelMappingRemoved(model_name, mapping.provider)
             case ListModelMappings():
                 return self._model_mappings(), None
@@ -496,7 +507,7 @@ class ConfigDatabase:
                 '"replace": true to overwrite it',
                 param="name",
             )
-        self._db.execute(
+        self._execute(
             "INSERT INTO admin_auth (name, credentials, kind, created_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET credentials = excluded.credentials, "
             "kind = excluded.kind",
@@ -536,17 +547,29 @@ class ConfigDatabase:
             command.expires_at,
             command.models,
             usage_reset_at=at,
+            limit_failure=command.limit_failure,
         )
-        cursor = self._db.execute(
+        cursor = self._execute(
             "INSERT INTO user_api_keys (key_hash, prefix, description, active, created_at, "
-            f"{_LIMIT_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"{_LIMIT_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (key_hash, prefix, command.description, now, *_limit_values(limits)),
         )
-        key_id = _inserted_id(cursor)
+        key_id: int = cursor.fetchone()[0]
         created = NewUserApiKey(
             key_id, api_key, prefix, command.description, True, now, *_limit_fields(limits)
         )
-        added = UserApiKeyAdded(key_id, prefix, command.description, *_limit_fields(limits)[:-1])
+        added = UserApiKeyAdded(
+            key_id,
+            prefix,
+            command.description,
+            limits.rpm,
+            limits.tpm,
+            limits.max_parallel,
+            limits.token_budget,
+            limits.expires_at,
+            limits.models,
+            limits.limit_failure,
+        )
         return created, added
 
     def _update_user_api_key(self, command: UpdateUserApiKey, at: float) -> Outcome:
@@ -566,9 +589,9 @@ class ConfigDatabase:
             after = attrs.evolve(after, usage_reset_at=at)
         if after == before and not reset:
             return view, None
-        self._db.execute(
+        self._execute(
             "UPDATE user_api_keys SET rpm = ?, tpm = ?, max_parallel = ?, token_budget = ?, "
-            "expires_at = ?, models = ?, usage_reset_at = ? WHERE id = ?",
+            "expires_at = ?, models = ?, usage_reset_at = ?, limit_failure = ? WHERE id = ?",
             (*_limit_values(after), command.id),
         )
         updated = UserApiKeyUpdated(
@@ -580,6 +603,7 @@ class ConfigDatabase:
             after.expires_at,
             after.models,
             reset,
+            after.limit_failure,
         )
         return self._user_key_view(command.id), updated
 
@@ -597,14 +621,14 @@ class ConfigDatabase:
         else:
             assert command.id is not None
             view = self._user_key_view(command.id)
-        self._db.execute("DELETE FROM user_api_keys WHERE id = ?", (view.id,))
+        self._execute("DELETE FROM user_api_keys WHERE id = ?", (view.id,))
         return view, UserApiKeyRemoved(view.id)
 
     def _set_user_key_active(self, key_id: int, *, active: bool) -> Outcome:
         view = self._user_key_view(key_id)
         if view.active == active:
             return view, None
-        self._db.execute("UPDATE user_api_keys SET active = ? WHERE id = ?", (int(active), key_id))
+        self._execute("UPDATE user_api_keys SET active = ? WHERE id = ?", (int(active), key_id))
         change = UserApiKeyActivated(key_id) if active else UserApiKeyDeactivated(key_id)
         return attrs.evolve(view, active=active), change
 
@@ -636,14 +660,14 @@ class ConfigDatabase:
                 "first to change its weight",
                 param="url",
             )
-        self._db.execute(
+        self._execute(
             "INSERT INTO backends (provider, url, weight, created_at) VALUES (?, ?, ?, ?)",
             (provider, url, command.weight, now),
         )
         return self._backends_of(provider), BackendAdded(provider, url, command.weight)
 
     def _remove_backend(self, provider: str, url: str) -> Outcome:
-        cursor = self._db.execute(
+        cursor = self._execute(
             "DELETE FROM backends WHERE provider = ? AND url = ?", (provider, url)
         )
         if cursor.rowcount == 0:
@@ -695,7 +719,7 @@ class ConfigDatabase:
                 current.fallback_upstream_models,
             ):
                 return current, None
-        self._db.execute(
+        self._execute(
             "INSERT INTO model_mappings (model_name, provider, fallbacks, upstream_model, "
             "fallback_upstream_models, created_at) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (model_name) DO UPDATE SET provider = excluded.provider, "
@@ -795,8 +819,11 @@ class ConfigDatabase:
                     exc.strerror or exc,
                     pending,
                 )
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Old sealed values out of the write-ahead log; a failure only leaves them longer."""
         try:
-            # Old sealed values out of the write-ahead log; a failure only leaves them longer.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             log.warning("cannot checkpoint the config database %s: %s", self._path, exc)
@@ -805,11 +832,11 @@ class ConfigDatabase:
         """Rewrite every credential sealed by `box`; the caller holds the transaction."""
         rows = self._rows("SELECT name, credentials FROM admin_auth")
         for name, stored in rows:
-            self._db.execute(
+            self._execute(
                 "UPDATE admin_auth SET credentials = ? WHERE name = ?",
                 (box.seal(self._box.open(stored)), name),
             )
-        self._db.execute(
+        self._execute(
             "INSERT INTO store_settings (name, value) VALUES ('key_fingerprint', ?) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             (box.fingerprint(),),
@@ -897,7 +924,7 @@ class ConfigDatabase:
         if fingerprint is None or not all(map(secret_box.is_sealed, stored_credentials)):
             with self._transaction():
                 self._reseal(self._box)
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._checkpoint()
 
     def _finish_interrupted_rotation(self, path: Path, fingerprint: str) -> None:
         pending = None if self._key_file is None else _pending_key_path(self._key_file)
@@ -910,6 +937,10 @@ class ConfigDatabase:
             f"{path} was encrypted with a different secret key (fingerprint {fingerprint}); "
             "set SOPY_SECRET_KEY or --secret-key-file to that key"
         )
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Run one statement in the current transaction (`?` placeholders); its cursor."""
+        return self._db.execute(sql, params)
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         return self._db.execute(sql, params).fetchall()
@@ -927,16 +958,18 @@ class ConfigDatabase:
 
 def _limits(row: list[Any]) -> KeyLimits:
     """A key's limits from its `_LIMIT_COLUMNS`."""
-    rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at = row
+    rpm, tpm, max_parallel, token_budget, expires_at, models, usage_reset_at, failure = row
     allowed = None if models is None else tuple(orjson.loads(models))
-    return KeyLimits(rpm, tpm, max_parallel, token_budget, expires_at, allowed, usage_reset_at)
+    return KeyLimits(
+        rpm, tpm, max_parallel, token_budget, expires_at, allowed, usage_reset_at, failure
+    )
 
 
 def _limit_values(limits: KeyLimits) -> tuple[Any, ...]:
     """`limits` as the values of `_LIMIT_COLUMNS`."""
     models = None if limits.models is None else orjson.dumps(limits.models).decode()
     fields = _limit_fields(limits)
-    return (*fields[:5], models, fields[6])
+    return (*fields[:5], models, *fields[6:])
 
 
 def _limit_fields(limits: KeyLimits) -> tuple[Any, ...]:
@@ -967,11 +1000,6 @@ def _model_mapping(row: Any) -> ModelMapping:
 
 def _pending_key_path(key_file: Path) -> Path:
     return key_file.with_name(key_file.name + ".next")
-
-
-def _inserted_id(cursor: sqlite3.Cursor) -> int:
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
 
 
 def _migrate(connection: sqlite3.Connection, path: Path) -> None:

@@ -40,11 +40,16 @@ request: the front builds the policies anew with every configuration snapshot (`
 and a key whose `usage_reset_at` moved starts its count over.
 
 A key without limits has no policy: the front's one `None` check is all it costs.
+
+With `--limits redis://...` the gate leaves `rpm`, `tpm`, `max_parallel` and `token_budget` to
+`sopy.routing.redis_limits` (`KeyGate(shared_counts=True)`), which counts them across instances;
+an admission then tells its `SharedHold` what the request used.
 """
 
 import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import attrs
 
@@ -153,10 +158,20 @@ class _KeyState:
         self.reset_at = reset_at
 
 
+class SharedHold(Protocol):
+    """An admitted request's hold on counts kept elsewhere (`sopy.routing.redis_limits`)."""
+
+    def record(self, used: int) -> None:
+        """`used` tokens of one more answer over a held connection."""
+
+    def finish(self, used: int | None, succeeded: bool) -> None:
+        """The request ended, having used `used` tokens (None: not reported)."""
+
+
 class Admission:
     """An admitted request's hold on its key's counts, until `finish`."""
 
-    __slots__ = ("_clock", "_finished", "_limits", "_reservation", "_state")
+    __slots__ = ("_clock", "_finished", "_limits", "_reservation", "_state", "shared")
 
     def __init__(
         self, state: _KeyState, limits: KeyLimits, reservation: list[float] | None, clock: Clock
@@ -166,10 +181,14 @@ class Admission:
         self._reservation = reservation
         self._clock = clock
         self._finished = False
+        # The hold on the counts kept in the shared limit store, if they are.
+        self.shared: SharedHold | None = None
 
     def record(self, tokens: TokenCounts) -> None:
         """The usage of one more answer over a held connection (the WebSocket mode)."""
         used = total_tokens(tokens)
+        if self.shared is not None:
+            self.shared.record(used)
         self._state.spent += used
         if self._limits.tpm is not None:
             self._state.tokens.add(self._clock(), used)
@@ -179,6 +198,8 @@ class Admission:
         if self._finished:
             return
         self._finished = True
+        if self.shared is not None:
+            self.shared.finish(None if tokens is None else total_tokens(tokens), succeeded)
         state = self._state
         if self._limits.max_parallel is not None:
             state.in_flight -= 1
@@ -195,7 +216,15 @@ class Admission:
 class KeyGate:
     """The decision and the counts of every key with limits, in one front."""
 
-    def __init__(self, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        *,
+        shared_counts: bool = False,
+    ) -> None:
+        # With shared counts, the limits that count are decided in the shared limit store.
+        self._shared_counts = shared_counts
         self._clock = clock
         self._wall_clock = wall_clock
         self._states: dict[int, _KeyState] = {}
@@ -234,6 +263,8 @@ class KeyGate:
     def admit(self, policy: KeyPolicy, estimate: int) -> Admission:
         """Admit one request expected to use `estimate` tokens, or raise the refusal."""
         limits = policy.limits
+        if self._shared_counts:
+            limits = attrs.evolve(limits, rpm=None, tpm=None, max_parallel=None, token_budget=None)
         state = self._state_of(policy)
         if limits.token_budget is not None and state.spent >= limits.token_budget:
             self.refusals["budget"] += 1
