@@ -24,6 +24,12 @@ The Anthropic Messages routes are model routes too, with three differences: the 
 `x-api-key`, only providers of kind `anthropic` serve them (`sopy.routing.native_routes`), and
 every error is answered in Anthropic's shape, as the route table declares (`ErrorShape`).
 
+In a worker process (`sopy serve --workers N`), `primary` is the link to the primary process
+(`sopy.actors.primary_link`), and the front serves on the listening sockets it inherited
+(`listeners`): a key with limits is admitted by the primary's one gate (one round trip; a key
+without limits asks nothing), a response id this worker does not know is asked of the primary
+before a 404, and `/metrics` is the whole server's. In one process both are None.
+
 `GET /metrics` shows the gateway's Prometheus metrics (`sopy.runtime.metrics`, recorded by
 `sopy.actors.relay.accounted`), or, with `--metrics-port`, a second server on that port does,
 and the public port answers 404 for it.
@@ -37,13 +43,14 @@ backend or provider.
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
 import orjson
 import trio
 
 from sopy.actors.front_responses import send_body, send_complete, send_error, send_json
+from sopy.actors.primary_link import PrimaryLink
 from sopy.actors.relay import (
     ProviderInbox,
     ProxiedRequest,
@@ -191,6 +198,9 @@ class HttpFront:
         )
         self.stopped = trio.Event()
         self.metrics_url: str | None = None  # with --metrics-port, once it listens
+        # In a worker process: its link to the primary, and the public sockets it inherited.
+        self.primary: PrimaryLink | None = None
+        self.listeners: Sequence[trio.SocketListener] | None = None
         self._table_source: ConfigChanged | None = None
         self._table: RouteTable | None = None
         handlers: dict[PublicHandler, Handler] = {
@@ -262,7 +272,9 @@ class HttpFront:
         )
         server = HttpServer(self._serve_request, limits, _render_error)
         async with trio.open_nursery() as nursery:
-            url = await _listen(nursery, server, settings, settings.port, "--port", self._draining)
+            url = await _listen(
+                nursery, server, settings, settings.port, "--port", self._draining, self.listeners
+            )
             log.info("serving the OpenAI API on %s", url)
             if settings.metrics_port is not None:
                 metrics_server = HttpServer(self._serve_metrics_port, limits, _render_error)
@@ -358,7 +370,10 @@ class HttpFront:
         await self._send_metrics(exchange, rid)
 
     async def _send_metrics(self, exchange: HttpExchange, rid: bytes) -> None:
-        body = self.metrics.exposition()
+        if self.primary is None:
+            body = self.metrics.exposition()
+        else:
+            body = await self.primary.whole_server_metrics()
         await send_body(exchange, 200, body, rid, content_type=METRICS_CONTENT_TYPE)
 
     async def _health(self, exchange: HttpExchange, rid: bytes) -> None:
@@ -424,7 +439,12 @@ class HttpFront:
                 request.model_mapped = True
                 if policy is not None:
                     routes = self.key_gate.allowed_routes(policy, request.model, routes)
-                    request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
+                    estimate = token_estimate(body, payload)
+                    request.admission = (
+                        self.key_gate.admit(policy, estimate)
+                        if self.primary is None
+                        else await self.primary.admit(policy.key_id, estimate)
+                    )
                 await proxy(self._inbox_for, routes, request, exchange, body)
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
@@ -443,6 +463,8 @@ class HttpFront:
                     routes = openai_routes(table, request.model)
                     request.model_mapped = True
                 else:
+                    if self.primary is not None and isinstance(previous_id, str):
+                        await self._recall(previous_id, request.key_id)
                     routes = (
                         previous_response_route(
                             previous_id, request.key_id, request.model, table, self._affinity
@@ -450,9 +472,20 @@ class HttpFront:
                     )
                 if policy is not None:
                     routes = self.key_gate.allowed_routes(policy, request.model, routes)
-                    request.admission = self.key_gate.admit(policy, token_estimate(body, payload))
+                    estimate = token_estimate(body, payload)
+                    request.admission = (
+                        self.key_gate.admit(policy, estimate)
+                        if self.primary is None
+                        else await self.primary.admit(policy.key_id, estimate)
+                    )
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)
+
+    async def _recall(self, response_id: str, key_id: int | None) -> None:
+        """In a worker: a response id made through another worker, learnt from the primary."""
+        assert self.primary is not None
+        if self._affinity.owner_for(response_id, key_id) is None:
+            await self.primary.recall_owner(response_id, key_id)
 
     def _remembering(self, request: ProxiedRequest) -> Callable[[str], None]:
         def remember(response_id: str) -> None:
@@ -471,6 +504,8 @@ class HttpFront:
             table = self._route_table()
             request.key_id, _ = self._authenticate(table, exchange)
             owner = self._affinity.owner_for(response_id, request.key_id)
+            if owner is None and self.primary is not None:
+                owner = await self.primary.recall_owner(response_id, request.key_id)
             if owner is None:
                 raise _response_not_found(response_id)
             route = _pinned(table, owner, response_id)
@@ -499,7 +534,11 @@ class HttpFront:
             screen_model = None
             if policy is not None:
                 # The connection is one request; each response's tokens count as it ends.
-                request.admission = self.key_gate.admit(policy, 0)
+                request.admission = (
+                    self.key_gate.admit(policy, 0)
+                    if self.primary is None
+                    else await self.primary.admit(policy.key_id, 0)
+                )
                 screen_model = functools.partial(self.key_gate.check_model, policy)
             client = WebsocketClient(
                 request.key_id, rid.decode(), tuple(exchange.headers), screen_model
@@ -547,10 +586,17 @@ async def _listen(
     port: int,
     flag: str,
     draining: trio.Event,
+    listeners: Sequence[trio.SocketListener] | None = None,
 ) -> str:
-    """Start `server` on `port` of `--host`; its URL, or a StartupError that says what to do."""
+    """Start `server` on `port` of `--host` (or on `listeners`); its URL, or a StartupError that
+    says what to do."""
     try:
-        url: str = await nursery.start(server.serve, settings.host, port, draining.wait)
+        url: str = await nursery.start(
+            functools.partial(server.serve, listeners=listeners),
+            settings.host,
+            port,
+            draining.wait,
+        )
     except* OSError as failures:
         first = innermost(failures)
         reason = first.strerror if isinstance(first, OSError) else None

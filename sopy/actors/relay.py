@@ -64,7 +64,7 @@ from sopy.routing.forwarded_headers import (
     is_event_stream,
     upstream_request_id,
 )
-from sopy.routing.key_limits import Admission
+from sopy.routing.key_limits import AdmissionHold
 from sopy.routing.model_field import Span
 from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.routing.usage_counts import StreamUsageWatcher, usage_of_body
@@ -131,7 +131,7 @@ class ProxiedRequest:
     strip_usage_chunk: bool = False
     stream_complete: bool = False
     # The key's hold on its limits' counts (`sopy.routing.key_limits`), for a key with limits.
-    admission: Admission | None = None
+    admission: AdmissionHold | None = None
 
 
 async def proxy(

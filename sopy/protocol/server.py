@@ -328,10 +328,13 @@ class HttpServer:
         port: int,
         stop: Callable[[], Awaitable[object]],
         *,
+        listeners: Sequence[trio.SocketListener] | None = None,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on host:port (OSError if that fails); `task_status` gets the server's URL."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        """Listen on host:port (OSError if that fails), or accept on `listeners` already
+        listening (sockets a worker process inherited); `task_status` gets the server's URL."""
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host)
         async with trio.open_nursery() as watchdog:
             watchdog.start_soon(self._cut_off_stalled_clients)
             async with trio.open_nursery() as connections:
@@ -340,7 +343,7 @@ class HttpServer:
                         partial(
                             trio.serve_listeners,
                             self._serve_connection,
-                            listeners,
+                            list(listeners),
                             handler_nursery=connections,
                         )
                     )

@@ -45,6 +45,7 @@ A key without limits has no policy: the front's one `None` check is all it costs
 import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import attrs
 
@@ -151,6 +152,15 @@ class _KeyState:
         self.in_flight = 0
         self.spent = 0
         self.reset_at = reset_at
+
+
+class AdmissionHold(Protocol):
+    """What the relay does with an admitted request's hold: an `Admission` here, or, in a
+    worker process, one held by the primary's gate (`sopy.actors.primary_link`)."""
+
+    def record(self, tokens: TokenCounts) -> None: ...
+
+    def finish(self, tokens: TokenCounts | None, succeeded: bool) -> None: ...
 
 
 class Admission:
