@@ -190,9 +190,13 @@ class WorkerLinks:
         finally:
             worker_end.close()
         frames = FrameStream(trio.SocketStream(trio.socket.from_stdlib_socket(primary_end)))
+        restarted = slot in self._workers
         worker = _Worker(slot, process, frames)
         self._workers[slot] = worker
-        log.info("worker %d started (pid %d)", slot, process.pid)
+        if restarted:
+            log.warning("worker %d started again (pid %d)", slot, process.pid)
+        else:
+            log.info("worker %d started (pid %d)", slot, process.pid)
         return worker
 
     async def _serve_link(self, worker: _Worker, scope: trio.CancelScope) -> None:
