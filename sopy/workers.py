@@ -91,7 +91,7 @@ async def run_primary(
     links = WorkerLinks(settings, feed, usage, usage_send, affinity, listeners)
     admin = AdminSocket(
         settings.admin_socket,
-        AdminInboxes(config_send, usage_send, links.wait_applied),
+        AdminInboxes(config_send, usage_send, links.wait_applied, links.gather_usage),
         feed,
         usage,
         settings.event_buffer,

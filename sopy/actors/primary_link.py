@@ -10,7 +10,8 @@ What comes in:
   the worker has is ignored.
 - `owners`: response ids another worker remembered or forgot (`SharedResponseAffinity`).
 - `metrics?`: the primary gathering `/metrics` for the whole server; answered with this
-  worker's exposition.
+  worker's exposition. `usage?`: the primary answering `get_usage`; answered by sending the
+  usage records not sent yet.
 - `reply`: the answer to a question this worker asked (`admit`, `owner?`, `metrics`).
 
 What goes out: `applied`, usage records in batches (every `USAGE_BATCH_INTERVAL`, and once more
@@ -147,6 +148,10 @@ class PrimaryLink:
                 answer.send_nowait(frame)
         elif kind == "owners" and self.affinity is not None:
             self.affinity.learn({k: parse_owner(v) for k, v in frame["owners"].items()})
+        elif kind == "usage?":
+            # The batch goes first: the primary has it once it reads the reply.
+            self.send_usage()
+            self.frames.send_nowait({"t": "reply", "id": frame["id"]})
         elif kind == "metrics?":
             text = self.local_metrics().decode()
             self.frames.send_nowait({"t": "reply", "id": frame["id"], "text": text})

@@ -60,7 +60,7 @@ from sopy.settings import Settings
 
 log = logging.getLogger(__name__)
 
-METRICS_TIMEOUT = 2.0
+GATHER_TIMEOUT = 2.0
 STOP_MARGIN = 2.0
 
 
@@ -114,8 +114,9 @@ class WorkerLinks:
         self._stopping = False
         self._policies: tuple[int, Mapping[int, KeyPolicy]] = (-1, {})
         self._encoded: tuple[int, bytes] = (-1, b"")
-        self._metrics_ids = itertools.count(1)
-        self._metrics_answers: dict[int, trio.MemorySendChannel[str]] = {}
+        self._question_ids = itertools.count(1)
+        # The gatherings of /metrics and usage waiting for a worker's reply, by question id.
+        self._answers: dict[int, trio.MemorySendChannel[Frame]] = {}
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -274,9 +275,9 @@ class WorkerLinks:
             assert self._nursery is not None
             self._nursery.start_soon(self._answer_metrics, worker, frame["id"])
         elif kind == "reply":
-            answer = self._metrics_answers.pop(frame["id"], None)
+            answer = self._answers.pop(frame["id"], None)
             if answer is not None:
-                answer.send_nowait(frame["text"])
+                answer.send_nowait(frame)
 
     def _admit(self, worker: _Worker, frame: Frame) -> dict[str, Any]:
         policy = self._key_policies().get(frame["key"])
@@ -331,26 +332,35 @@ class WorkerLinks:
         return tuple(worker.process.pid for worker in lagging)
 
     async def whole_server_metrics(self) -> bytes:
-        """Every live worker's exposition (those that answer within `METRICS_TIMEOUT`) and the
+        """Every live worker's exposition (those that answer within `GATHER_TIMEOUT`) and the
         primary's own, summed."""
-        texts = [self.metrics.exposition().decode()]
+        answers = await self._ask_every_worker("metrics?")
+        texts = [self.metrics.exposition().decode(), *(answer["text"] for answer in answers)]
+        return merged_exposition(texts)
 
-        async def gather(worker: _Worker) -> None:
-            metrics_id = next(self._metrics_ids)
-            answer_send, answer_receive = trio.open_memory_channel[str](1)
-            self._metrics_answers[metrics_id] = answer_send
-            worker.frames.send_nowait({"t": "metrics?", "id": metrics_id})
+    async def gather_usage(self) -> None:
+        """Have every live worker send the usage records it holds (within `GATHER_TIMEOUT`)."""
+        await self._ask_every_worker("usage?")
+
+    async def _ask_every_worker(self, kind: str) -> list[Frame]:
+        answers: list[Frame] = []
+
+        async def ask(worker: _Worker) -> None:
+            question_id = next(self._question_ids)
+            answer_send, answer_receive = trio.open_memory_channel[Frame](1)
+            self._answers[question_id] = answer_send
+            worker.frames.send_nowait({"t": kind, "id": question_id})
             try:
-                with trio.move_on_after(METRICS_TIMEOUT):
-                    texts.append(await answer_receive.receive())
+                with trio.move_on_after(GATHER_TIMEOUT):
+                    answers.append(await answer_receive.receive())
             finally:
-                self._metrics_answers.pop(metrics_id, None)
+                self._answers.pop(question_id, None)
 
         async with trio.open_nursery() as nursery:
             for worker in self._workers.values():
                 if worker.live:
-                    nursery.start_soon(gather, worker)
-        return merged_exposition(texts)
+                    nursery.start_soon(ask, worker)
+        return answers
 
     async def _answer_metrics(self, worker: _Worker, question_id: int) -> None:
         text = (await self.whole_server_metrics()).decode()
