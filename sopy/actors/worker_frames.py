@@ -52,8 +52,13 @@ class FrameStream:
             self._outbox_send.send_nowait(line)
 
     async def run_writer(self) -> None:
-        async for line in self._outbox:
-            await self._stream.send_all(line)
+        """Send the queued frames until `finish_sending`, or until the other end is gone (its
+        process exited: whoever waits on it learns that from `receive` or the process)."""
+        try:
+            async for line in self._outbox:
+                await self._stream.send_all(line)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
         self.all_sent.set()
 
     def finish_sending(self) -> None:
@@ -62,7 +67,10 @@ class FrameStream:
 
     async def receive(self) -> Frame | None:
         """The next frame, or None once the other end closed the link."""
-        line = await self._lines.next_line()
+        try:
+            line = await self._lines.next_line()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
         if line is None or not isinstance(line, bytes):
             return None
         frame: Frame = orjson.loads(line)

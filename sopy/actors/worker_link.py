@@ -47,7 +47,7 @@ from sopy.actors.worker_frames import (
     settings_json,
 )
 from sopy.codec import converter
-from sopy.errors import InsufficientQuota, KeyRateLimited
+from sopy.errors import InsufficientQuota, KeyRateLimited, StartupError
 from sopy.messages import ConfigChanged, TokenTotalsQuery, UsageRecord, UsageRequest
 from sopy.routing.key_limits import Admission, KeyGate, KeyPolicy, policies
 from sopy.routing.response_affinity import ResponseAffinity
@@ -154,16 +154,22 @@ class WorkerLinks:
         """Run worker `slot`, starting it again with backoff whenever it exits."""
         backoff = RestartBackoff(first_delay=0.2, max_delay=10.0)
         delay: float | None = None
+        started = False
         while True:
             began = trio.current_time()
             async with trio.open_nursery() as nursery:
                 worker = await self._spawn(slot)
+                # Its link ending (the process exited) cancels this wait.
                 nursery.start_soon(self._serve_link, worker, nursery.cancel_scope)
-                with trio.move_on_after(30) as waiting:
-                    await worker.ready.wait()
-                if not waiting.cancelled_caught:
+                await worker.ready.wait()
+                if not started:
+                    started = True
                     task_status.started()
-                    task_status = trio.TASK_STATUS_IGNORED
+            if not started:
+                raise StartupError(
+                    f"worker {slot} (pid {worker.process.pid}) exited with code "
+                    f"{worker.process.returncode} before serving; its log above says why"
+                )
             if self._stopping:
                 return
             delay = backoff.delay(delay, trio.current_time() - began)
