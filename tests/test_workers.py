@@ -227,3 +227,18 @@ async def test_a_response_made_through_one_worker_is_reached_through_another(
     assert fetched.status_code == 200, fetched.text
     assert fetched.json()["id"] == response_id
     assert follow_up.status_code == 200, follow_up.text
+
+
+async def test_a_worker_that_does_not_apply_a_change_in_time_is_named_and_restarted(
+    workdir: Path, nursery: trio.Nursery
+) -> None:
+    server, _ = await _start(workdir, nursery, 2, "--apply-timeout", "0.5")
+    stuck, _ = server.worker_pids
+    os.kill(stuck, signal.SIGSTOP)
+    async with await _admin(workdir) as admin:
+        reply = await admin.call("add_user_api_key", api_key=OTHER_KEY)
+    assert reply["ok"] is True
+    assert reply["lagging_workers"] == [stuck]
+
+    await server.wait_for_output(b"started again (pid ")
+    assert set(await _statuses(server.http_url, chat(), OTHER_KEY, count=20)) == {200}
