@@ -110,6 +110,7 @@ async def run_primary(
         metrics_url = None
         if settings.metrics_port is not None:
             metrics_url = await _serve_metrics_port(nursery, settings, links, shutdown)
+            log.info("serving /metrics of every worker on %s", metrics_url)
         http_url = _url(listeners[0])
         log.info("%d workers serving the OpenAI API on %s", settings.workers, http_url)
         task_status.started(RunningSopy(http_url, admin_path, feed, metrics_url, links.pids))

@@ -242,3 +242,25 @@ async def test_a_worker_that_does_not_apply_a_change_in_time_is_named_and_restar
 
     await server.wait_for_output(b"started again (pid ")
     assert set(await _statuses(server.http_url, chat(), OTHER_KEY, count=20)) == {200}
+
+
+async def test_the_metrics_port_is_served_by_the_primary_for_every_worker(
+    workdir: Path, nursery: trio.Nursery
+) -> None:
+    upstream_url = await nursery.start(MockUpstream("openai-0").serve)
+    server = await ServeProcess.start(workdir, "--workers", "2", "--metrics-port", "0")
+    await server.wait_for_output(b"/metrics of every worker on ")
+    match = re.search(rb"/metrics of every worker on (\S+)", server.output)
+    assert match is not None
+    async with await _admin(workdir) as admin:
+        await admin.ok("add_backend", provider="openai", url=upstream_url)
+        await admin.ok("add_model_mapping", model_name="gpt-4.1", provider="openai")
+        await admin.ok("add_user_api_key", api_key=USER_KEY)
+    assert set(await _statuses(server.http_url, chat(), count=12)) == {200}
+
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(match.group(1).decode() + "/metrics")).text
+        on_public_port = await client.get(server.http_url + "/metrics")
+    counted = re.findall(r'^sopy_requests_total\{[^}]*status="200"[^}]*\} (\S+)$', metrics, re.M)
+    assert sum(float(count) for count in counted) == 12
+    assert on_public_port.status_code == 404

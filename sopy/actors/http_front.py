@@ -276,7 +276,8 @@ class HttpFront:
                 nursery, server, settings, settings.port, "--port", self._draining, self.listeners
             )
             log.info("serving the OpenAI API on %s", url)
-            if settings.metrics_port is not None:
+            # In a worker, the primary serves --metrics-port, for every worker.
+            if settings.metrics_port is not None and self.primary is None:
                 metrics_server = HttpServer(self._serve_metrics_port, limits, _render_error)
                 self.metrics_url = await _listen(
                     nursery, metrics_server, settings, settings.metrics_port, "--metrics-port",

@@ -33,7 +33,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
 import trio
 
 from sopy.actors.primary_link import refusal_json
@@ -210,11 +209,8 @@ class WorkerLinks:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(worker.frames.run_writer)
-                # /metrics on the public port only: the primary serves `--metrics-port` itself.
-                worker_settings = attrs.evolve(self._settings, metrics_port=None)
-                worker.frames.send_nowait(
-                    {"t": "settings", "settings": settings_json(worker_settings)}
-                )
+                settings = settings_json(self._settings)
+                worker.frames.send_nowait({"t": "settings", "settings": settings})
                 nursery.start_soon(self._send_changes, worker)
                 nursery.start_soon(self._read_frames, worker)
                 await worker.process.wait()
