@@ -18,6 +18,13 @@ What goes out: `applied`, usage records in batches (every `USAGE_BATCH_INTERVAL`
 when the worker stops), the admissions of keys with limits (`admit`, then `record`/`finish`:
 the primary's one `KeyGate` decides for every worker), the response ids this worker remembers,
 and its questions. Only keys with limits ask anything per request; a key without costs nothing.
+
+The race left in the Responses API's affinity: a worker tells the primary the id of a response
+it relays while the response goes to the client, so the two travel side by side. A client that
+asks another worker for that response at that very moment (well under a millisecond on an idle
+machine; longer if the making worker is descheduled before its link writer runs) gets a 404 that
+a moment later it would not get. A link is in order, so anything the making worker asks the
+primary afterwards is answered only once the primary knows the id.
 """
 
 import itertools
