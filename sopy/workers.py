@@ -17,7 +17,8 @@ SIGTERM (or when the primary is gone) it stops accepting, lets in-flight request
 Why sharing one listening socket rather than `SO_REUSEPORT`: with one socket there is one accept
 queue, so a connection queued while a worker exits, crashes or drains is accepted by another
 worker; with `SO_REUSEPORT` each worker has its own queue and the kernel drops the connections
-queued on the one that closes.
+queued on the one that closes. What `SO_REUSEPORT` does better, spreading connections evenly,
+the workers do themselves by taking turns (`sopy.runtime.connection_balance`).
 """
 
 import logging
@@ -47,6 +48,7 @@ from sopy.routing.kept_responses import KeptResponses
 from sopy.routing.response_affinity import ResponseAffinity
 from sopy.runtime.admin_requests import AdminInboxes
 from sopy.runtime.change_feed import ChangeFeed
+from sopy.runtime.connection_balance import SharedConnectionCounts, shared_counts_file
 from sopy.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sopy.runtime.supervision import supervise
 from sopy.runtime.usage_ledger import UsageLedger
@@ -88,7 +90,8 @@ async def run_primary(
         usage_database_path(settings.db_path), usage, usage_receive, settings.usage_retention_days
     )
     listeners = await _open_listeners(settings, settings.port, "--port")
-    links = WorkerLinks(settings, feed, usage, usage_send, affinity, listeners)
+    counts = shared_counts_file(settings.workers)
+    links = WorkerLinks(settings, feed, usage, usage_send, affinity, listeners, counts)
     admin = AdminSocket(
         settings.admin_socket,
         AdminInboxes(config_send, usage_send, links.wait_applied, links.gather_usage),
@@ -169,8 +172,9 @@ def _url(listener: trio.SocketListener) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def run_worker(link_fd: int, listen_fds: list[int]) -> None:
-    """Be one worker process, on the link and listening sockets inherited from the primary."""
+async def run_worker(link_fd: int, listen_fds: list[int], counts_fd: int, slot: int) -> None:
+    """Be worker `slot`, on the link, listening sockets and connection counts inherited from
+    the primary."""
     link_socket = trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd))
     frames = FrameStream(trio.SocketStream(link_socket))
     with trio.fail_after(SETTINGS_TIMEOUT):
@@ -199,6 +203,7 @@ async def run_worker(link_fd: int, listen_fds: list[int]) -> None:
         trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
         for fd in listen_fds
     ]
+    front.accept_balance = SharedConnectionCounts(counts_fd, slot)
     link.local_metrics = front.metrics.exposition
     front.metrics.add_counter_source(
         "sopy_backend_cooldowns",

@@ -26,9 +26,10 @@ every error is answered in Anthropic's shape, as the route table declares (`Erro
 
 In a worker process (`sopy serve --workers N`), `primary` is the link to the primary process
 (`sopy.actors.primary_link`), and the front serves on the listening sockets it inherited
-(`listeners`): a key with limits is admitted by the primary's one gate (one round trip; a key
-without limits asks nothing), a response id this worker does not know is asked of the primary
-before a 404, and `/metrics` is the whole server's. In one process both are None.
+(`listeners`), taking turns with the other workers to accept (`accept_balance`). A key with
+limits is admitted by the primary's one gate (one round trip; a key without limits asks
+nothing), a response id this worker does not know is asked of the primary before a 404, and
+`/metrics` is the whole server's. In one process all three are None.
 
 `GET /metrics` shows the gateway's Prometheus metrics (`sopy.runtime.metrics`, recorded by
 `sopy.actors.relay.accounted`), or, with `--metrics-port`, a second server on that port does,
@@ -91,7 +92,13 @@ from sopy.messages import (
 )
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
-from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
+from sopy.protocol.server import (
+    AcceptBalance,
+    ClientGone,
+    HttpExchange,
+    HttpServer,
+    ServerLimits,
+)
 from sopy.routing.cors import CorsPolicy
 from sopy.routing.key_limits import KeyGate, KeyPolicy, token_estimate
 from sopy.routing.model_field import form_boundary, form_model
@@ -201,6 +208,7 @@ class HttpFront:
         # In a worker process: its link to the primary, and the public sockets it inherited.
         self.primary: PrimaryLink | None = None
         self.listeners: Sequence[trio.SocketListener] | None = None
+        self.accept_balance: AcceptBalance | None = None
         self._table_source: ConfigChanged | None = None
         self._table: RouteTable | None = None
         handlers: dict[PublicHandler, Handler] = {
@@ -270,7 +278,7 @@ class HttpFront:
             drain_timeout=settings.drain_timeout,
             send_timeout=settings.send_timeout,
         )
-        server = HttpServer(self._serve_request, limits, _render_error)
+        server = HttpServer(self._serve_request, limits, _render_error, self.accept_balance)
         async with trio.open_nursery() as nursery:
             url = await _listen(
                 nursery, server, settings, settings.port, "--port", self._draining, self.listeners

@@ -92,6 +92,7 @@ class WorkerLinks:
         usage_inbox: trio.MemorySendChannel[UsageRequest],
         affinity: ResponseAffinity,
         listeners: list[trio.SocketListener],
+        connection_counts: int,
     ) -> None:
         self._settings = settings
         self._feed = feed
@@ -99,6 +100,8 @@ class WorkerLinks:
         self._usage_inbox = usage_inbox
         self._affinity = affinity
         self._listeners = listeners
+        # The memfd of the workers' connection counts (`sopy.runtime.connection_balance`).
+        self._connection_counts = connection_counts
         self.key_gate = KeyGate()
         # The primary's own numbers in /metrics: what its gate refused, and the admin socket's.
         self.metrics = GatewayMetrics(per_key=settings.metrics_per_key)
@@ -190,8 +193,10 @@ class WorkerLinks:
                     sys.executable, "-m", "sopy", "worker",
                     "--link-fd", str(worker_end.fileno()),
                     "--listen-fds", ",".join(map(str, listen_fds)),
+                    "--counts-fd", str(self._connection_counts),
+                    "--slot", str(slot),
                 ],
-                pass_fds=(worker_end.fileno(), *listen_fds),
+                pass_fds=(worker_end.fileno(), self._connection_counts, *listen_fds),
             )  # fmt: skip
         finally:
             worker_end.close()

@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--link-fd", type=int, required=True)
     worker.add_argument("--listen-fds", required=True)
+    worker.add_argument("--counts-fd", type=int, required=True)
+    worker.add_argument("--slot", type=int, required=True)
     worker.set_defaults(handler=_worker)
     return parser
 
@@ -230,7 +232,7 @@ def startup_banner(settings: Settings, running: RunningSopy) -> str:
 
 def _worker(args: argparse.Namespace, _rest: list[str]) -> int:
     listen_fds = [int(fd) for fd in args.listen_fds.split(",")]
-    trio.run(run_worker, args.link_fd, listen_fds)
+    trio.run(run_worker, args.link_fd, listen_fds, args.counts_fd, args.slot)
     return 0
 
 
