@@ -28,6 +28,8 @@ from sopy.settings import Settings
 # A snapshot of a large configuration is one frame.
 MAX_FRAME_BYTES = 512 * 1024 * 1024
 
+MAX_FRAMES_PER_WRITE = 256
+
 Frame = dict[str, Any]
 
 
@@ -54,9 +56,16 @@ class FrameStream:
     async def run_writer(self) -> None:
         """Send the queued frames until `finish_sending`, or until the other end is gone (its
         process exited: whoever waits on it learns that from `receive` or the process)."""
+        outbox = self._outbox
         try:
-            async for line in self._outbox:
-                await self._stream.send_all(line)
+            async for line in outbox:
+                # Whatever else is queued goes in the same write: under load, one system call
+                # carries many frames.
+                lines = [line]
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while len(lines) < MAX_FRAMES_PER_WRITE:
+                        lines.append(outbox.receive_nowait())
+                await self._stream.send_all(b"".join(lines) if len(lines) > 1 else line)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         self.all_sent.set()
