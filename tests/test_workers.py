@@ -268,3 +268,34 @@ async def test_the_metrics_port_is_served_by_the_primary_for_every_worker(
     counted = re.findall(r'^sopy_requests_total\{[^}]*status="200"[^}]*\} (\S+)$', metrics, re.M)
     assert sum(float(count) for count in counted) == 12
     assert on_public_port.status_code == 404
+
+
+async def test_max_parallel_holds_across_workers_and_frees_when_a_request_ends(
+    workdir: Path, nursery: trio.Nursery
+) -> None:
+    server, _ = await _start(workdir, nursery, 2)
+    first, second = server.worker_pids
+    async with await _admin(workdir) as admin:
+        (key,) = await admin.ok("list_user_api_keys")
+        await admin.ok("update_user_api_key", id=key["id"], max_parallel=1)
+    slow = chat(stream=True, mock={"chunks": 5, "chunk_delay": 0.1})
+
+    async with _client(server.http_url) as client, contextlib.AsyncExitStack() as stopped:
+        stopped.enter_context(_only_serving(server.worker_pids, first))
+        async with client.stream("POST", "/v1/chat/completions", json=slow) as streaming:
+            lines = streaming.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+            await stopped.aclose()
+            with _only_serving(server.worker_pids, second):
+                refused = await client.post("/v1/chat/completions", json=chat())
+            assert "data: [DONE]" in [line async for line in lines]
+        with _only_serving(server.worker_pids, first):
+            # Behind the stream's end on the first worker's link: the primary has it once
+            # this scrape is answered.
+            assert (await client.get("/metrics")).status_code == 200
+        with _only_serving(server.worker_pids, second):
+            admitted = await client.post("/v1/chat/completions", json=chat())
+
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert admitted.status_code == 200, admitted.text

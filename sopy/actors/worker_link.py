@@ -294,6 +294,10 @@ class WorkerLinks:
             admission = self.key_gate.admit(policy, frame["estimate"])
         except (KeyRateLimited, InsufficientQuota) as refusal:
             return {"refused": refusal_json(refusal)}
+        limits = policy.limits
+        if limits.max_parallel is None and limits.tpm is None and limits.token_budget is None:
+            # Nothing to give back or settle when it ends (an rpm only): no `finish` to send.
+            return {"admission": None}
         worker.admissions[frame["id"]] = admission
         return {"admission": frame["id"]}
 
