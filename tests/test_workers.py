@@ -299,3 +299,26 @@ async def test_max_parallel_holds_across_workers_and_frees_when_a_request_ends(
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert admitted.status_code == 200, admitted.text
+
+
+async def test_an_admin_reply_waits_until_a_slow_worker_applied_the_change(
+    workdir: Path, nursery: trio.Nursery
+) -> None:
+    server, _ = await _start(workdir, nursery, 2)
+    slow, _ = server.worker_pids
+    paused = 0.5
+    os.kill(slow, signal.SIGSTOP)
+
+    async def resume() -> None:
+        await trio.sleep(paused)
+        os.kill(slow, signal.SIGCONT)
+
+    nursery.start_soon(resume)
+    began = trio.current_time()
+    async with await _admin(workdir) as admin:
+        reply = await admin.call("add_user_api_key", api_key=OTHER_KEY)
+
+    assert trio.current_time() - began >= paused
+    assert reply["ok"] is True and "lagging_workers" not in reply, reply
+    with _only_serving(server.worker_pids, slow):
+        assert set(await _statuses(server.http_url, chat(), OTHER_KEY, count=20)) == {200}
