@@ -183,6 +183,8 @@ class WorkerLinks:
                 delay,
             )
             await trio.sleep(delay)
+            if self._stopping:
+                return
 
     async def _spawn(self, slot: int) -> _Worker:
         primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
