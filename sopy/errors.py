@@ -119,9 +119,10 @@ class InvalidField(InvalidRequest):
 
 
 class ProviderKindMismatch(InvalidRequest):
-    """The model is mapped only to providers whose kind does not serve this API (an Anthropic
-    Messages request to a provider of kind `openai` or `azure`); the error names the provider
-    and its kind. An admin maps the model to a provider of kind `anthropic`."""
+    """The model is mapped only to providers whose kind does not serve this route (an OpenAI
+    route other than chat completions and Responses, such as embeddings, to a provider of kind
+    `openai-chat` or `anthropic`); the error names the provider and its kind. An admin maps the
+    model to a provider of kind `openai` or `azure`."""
 
     code = "unsupported_provider_kind"
 

@@ -40,9 +40,10 @@ UNCHANGED = Unchanged.UNCHANGED
 
 @attrs.frozen
 class AddAdminAuth:
-    """`kind` says how the provider takes its credential: `openai` (`Authorization: Bearer`),
-    `azure` (`api-key`), `anthropic` (`x-api-key`, with `anthropic-version: 2023-06-01` unless
-    the client sent one)."""
+    """`kind` says how the provider takes its credential and which wire formats it serves
+    (`sopy.provider_kinds`): `openai` (`Authorization: Bearer`), `azure` (`api-key`),
+    `openai-chat` (Chat Completions only, `Authorization: Bearer`), `anthropic` (`x-api-key`,
+    with `anthropic-version: 2023-06-01` unless the client sent one)."""
 
     command: ClassVar[str] = "add_admin_auth"
     name: str = attrs.field(validator=validators.provider_name)

@@ -77,7 +77,7 @@ async def run_sopy(
     usage_store = UsageStore(
         usage_database_path(settings.db_path), usage, usage_receive, settings.usage_retention_days
     )
-    front = HttpFront(settings, feed, pools.inbox_for, affinity, usage, usage_send)
+    front = HttpFront(settings, feed, pools.inbox_for, affinity, kept, usage, usage_send)
     admin = AdminSocket(
         settings.admin_socket,
         AdminInboxes(config_send, usage_send),

@@ -35,7 +35,7 @@ from sopy.actors.admin_socket import AdminSocket
 from sopy.actors.config_store import ConfigStore
 from sopy.actors.front_responses import send_body, send_error
 from sopy.actors.http_front import HttpFront
-from sopy.actors.primary_link import PrimaryLink, SharedResponseAffinity
+from sopy.actors.primary_link import PrimaryLink, SharedKeptResponses, SharedResponseAffinity
 from sopy.actors.response_affinity_store import ResponseAffinityStore, affinity_database_path
 from sopy.actors.upstream_pool import ProviderPools, open_connections
 from sopy.actors.usage_store import UsageStore, usage_database_path
@@ -91,7 +91,7 @@ async def run_primary(
     )
     listeners = await _open_listeners(settings, settings.port, "--port")
     counts = shared_counts_file(settings.workers)
-    links = WorkerLinks(settings, feed, usage, usage_send, affinity, listeners, counts)
+    links = WorkerLinks(settings, feed, usage, usage_send, affinity, kept, listeners, counts)
     admin = AdminSocket(
         settings.admin_socket,
         AdminInboxes(config_send, usage_send, links.wait_applied, links.gather_usage),
@@ -193,11 +193,17 @@ async def run_worker(link_fd: int, listen_fds: list[int], counts_fd: int, slot: 
         settings.response_affinity_max, settings.response_affinity_ttl, frames.send_nowait
     )
     link.affinity = affinity
+    kept = link.kept = SharedKeptResponses(
+        settings.kept_responses_per_key,
+        settings.kept_response_bytes_per_key,
+        settings.response_affinity_ttl,
+        frames.send_nowait,
+    )
     pools = ProviderPools(feed, settings, open_connections)
     # The front's own gate only checks expiry and models here: the primary's gate admits, and
     # counts the budgets, so the front's question for them is answered with nothing.
     budget_send, budget_receive = trio.open_memory_channel[UsageRequest](1)
-    front = HttpFront(settings, feed, pools.inbox_for, affinity, usage, budget_send)
+    front = HttpFront(settings, feed, pools.inbox_for, affinity, kept, usage, budget_send)
     front.primary = link
     front.listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))

@@ -155,7 +155,12 @@ async def start_gateway_with(
 
 async def make_anthropic(gateway: Gateway, provider: str) -> None:
     """Make `provider` of kind anthropic, keeping its credential."""
+    await make_kind(gateway, provider, "anthropic")
+
+
+async def make_kind(gateway: Gateway, provider: str, kind: str) -> None:
+    """Make `provider` of `kind`, keeping its credential."""
     credential = gateway.providers[provider].credential
     await gateway.admin_ok(
-        "add_admin_auth", name=provider, credentials=credential, kind="anthropic", replace=True
+        "add_admin_auth", name=provider, credentials=credential, kind=kind, replace=True
     )

@@ -2,7 +2,8 @@
 the official `anthropic` SDK against a live Sopy. A Sopy key is accepted as `x-api-key` or as
 `Authorization: Bearer`; every error the gateway answers on these routes is in Anthropic's shape
 (`{"type": "error", "error": {"type", "message"}}`) with Anthropic's type for its status and a
-`request-id` header; only providers of kind `anthropic` serve them.
+`request-id` header; providers of kind `anthropic` serve them as sent, others translated
+(tests/test_translation_gateway.py has those).
 """
 
 import socket
@@ -36,7 +37,8 @@ from sopy.errors import (
 )
 from sopy.keys import hash_user_key
 from sopy.messages import ProviderRoute
-from sopy.routing.native_routes import messages_routes
+from sopy.provider_kinds import WireFormat
+from sopy.routing.native_routes import Translation, model_routes, translation_for
 from sopy.routing.route_table import RouteTable
 from sopy.settings import Settings
 from sopy.testing.mock_upstream import MockUpstream
@@ -116,45 +118,56 @@ def table_with(chains: dict[str, tuple[ProviderRoute, ...]]) -> RouteTable:
     return RouteTable(1, key_ids, frozenset(), chains, b"", {})
 
 
-def test_only_the_providers_of_kind_anthropic_in_a_chain_serve_messages_in_order() -> None:
+def test_every_provider_of_a_chain_serves_messages_in_order_anthropic_ones_natively() -> None:
     chain = (
         provider("claude", "anthropic"),
         provider("gpt", "openai"),
         provider("azure", "azure"),
-        provider("claude-backup", "anthropic"),
+        provider("vllm", "openai-chat"),
     )
     table = table_with({"claude-x": chain})
 
-    routes = messages_routes(table, "claude-x")
+    routes = model_routes(table, "claude-x", "/v1/messages")
 
-    assert [route.provider for route in routes] == ["claude", "claude-backup"]
+    assert [route.provider for route in routes] == ["claude", "gpt", "azure", "vllm"]
+    to_chat = Translation(WireFormat.MESSAGES, WireFormat.CHAT)
+    assert [translation_for(route.kind, "/v1/messages") for route in routes] == [
+        None,
+        to_chat,
+        to_chat,
+        to_chat,
+    ]
 
 
-def test_a_fallback_of_kind_anthropic_serves_a_model_mapped_first_to_an_openai_provider() -> None:
-    table = table_with({"mixed": (provider("gpt", "openai"), provider("claude", "anthropic"))})
-
-    assert [route.provider for route in messages_routes(table, "mixed")] == ["claude"]
-
-
-@pytest.mark.parametrize("kind", ["openai", "azure"])
-def test_a_model_mapped_only_to_other_kinds_is_a_400_naming_the_provider_and_its_kind(
+@pytest.mark.parametrize("kind", ["anthropic", "openai-chat"])
+def test_another_openai_route_for_a_model_mapped_only_to_other_kinds_is_a_400_naming_it(
     kind: str,
 ) -> None:
-    table = table_with({"gpt-4.1": (provider("gpt", kind),)})
+    table = table_with({"model-x": (provider("other", kind),)})
 
     with pytest.raises(ProviderKindMismatch) as refused:
-        messages_routes(table, "gpt-4.1")
+        model_routes(table, "model-x", "/v1/embeddings")
 
     assert refused.value.status == 400
     assert refused.value.param == "model"
     message = refused.value.message
-    assert f"provider 'gpt', which is of kind '{kind}'" in message
-    assert "kind 'anthropic'" in message
+    assert f"provider 'other', which is of kind '{kind}'" in message
+    assert "/v1/embeddings" in message and "kind 'openai' or 'azure'" in message
+
+
+def test_another_openai_route_skips_the_providers_that_do_not_serve_it_in_order() -> None:
+    chain = (provider("vllm", "openai-chat"), provider("gpt", "openai"), provider("az", "azure"))
+    table = table_with({"model-x": chain})
+
+    routes = model_routes(table, "model-x", "/v1/embeddings")
+
+    assert [route.provider for route in routes] == ["gpt", "az"]
+    assert {translation_for(route.kind, "/v1/embeddings") for route in routes} == {None}
 
 
 def test_an_unmapped_model_on_the_messages_routes_is_model_not_found() -> None:
     with pytest.raises(ModelNotFound):
-        messages_routes(table_with({}), "claude-x")
+        model_routes(table_with({}), "claude-x", "/v1/messages")
 
 
 # -- who may call: x-api-key or Bearer ---------------------------------------------------------
@@ -284,34 +297,6 @@ async def test_an_unmapped_model_is_an_anthropic_not_found_error(gateway: Gatewa
     error = anthropic_error(missing.value.response)
     assert error["type"] == "not_found_error"
     assert "claude-unmapped" in error["message"]
-
-
-@pytest.mark.parametrize("key_header", ["x-api-key", "authorization"])
-async def test_a_model_mapped_to_an_openai_provider_is_a_400_naming_its_kind(
-    gateway: Gateway, raw: httpx.AsyncClient, key_header: str
-) -> None:
-    key = USER_KEY if key_header == "x-api-key" else f"Bearer {USER_KEY}"
-
-    response = await raw.post(
-        "/v1/messages", json=message_body("gpt-4.1"), headers={key_header: key}
-    )
-
-    assert response.status_code == 400
-    error = anthropic_error(response)
-    assert error["type"] == "invalid_request_error"
-    assert "provider 'openai', which is of kind 'openai'" in error["message"]
-    assert not gateway.upstreams("openai")[0].requests
-
-
-@pytest.mark.parametrize("as_header", ["x-api-key", "bearer"])
-async def test_the_sdk_sees_a_model_on_an_openai_provider_as_a_bad_request(
-    gateway: Gateway, as_header: str
-) -> None:
-    async with sdk(gateway, USER_KEY, as_header) as client:
-        with pytest.raises(anthropic.BadRequestError) as refused:
-            await client.messages.create(**message_body("gpt-4.1"))
-
-    assert "of kind 'openai'" in refused.value.message
 
 
 @pytest.mark.parametrize(
@@ -456,14 +441,15 @@ async def test_messages_count_tokens_answers_through_the_anthropic_provider(
     assert strict_mock(claude).requests[-1].path == "/v1/messages/count_tokens"
 
 
-async def test_only_the_anthropic_fallback_of_a_model_serves_its_messages(
+async def test_the_first_provider_of_a_model_serves_its_messages_translated_if_need_be(
     claude: Gateway,
 ) -> None:
     async with sdk(claude) as client:
         message = await client.messages.create(**message_body("gpt-or-claude"))
 
-    assert message.content[0].text.startswith("Hello from claude-0")
-    assert not claude.upstreams("openai")[0].requests
+    assert message.content[0].text == "Hello from openai-0: you said hi"
+    assert claude.upstreams("openai")[0].requests[-1].path == "/v1/chat/completions"
+    assert not strict_mock(claude).requests
 
 
 async def test_a_stream_that_breaks_off_ends_with_an_anthropic_error_event(

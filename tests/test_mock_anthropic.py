@@ -255,3 +255,146 @@ async def test_chat_only_mode_serves_chat_and_models_and_404s_the_rest(
 def test_chat_only_and_strict_anthropic_exclude_each_other() -> None:
     with pytest.raises(ValueError, match="exclude"):
         MockUpstream(NAME, chat_only=True, anthropic_strict=True)
+
+
+# -- what the translation tests lean on: tool calls from the chat-only mock, strict checks ------
+
+CHAT_TOOLS = [
+    {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+    for name in ("get_weather", "get_time")
+]
+
+
+@pytest.fixture
+async def chat_only(nursery: trio.Nursery) -> AsyncIterator[openai.AsyncOpenAI]:
+    origin = await serve(MockUpstream(NAME, chat_only=True), nursery)
+    async with openai.AsyncOpenAI(
+        base_url=f"{origin}/v1", api_key="sk-test", max_retries=0
+    ) as client:
+        yield client
+
+
+async def test_chat_only_mode_calls_the_tools_the_user_names(
+    chat_only: openai.AsyncOpenAI,
+) -> None:
+    completion = await chat_only.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "call get_time"}],
+        tools=CHAT_TOOLS,  # type: ignore[arg-type]
+    )
+
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_time"
+    assert call.function.arguments == '{"text":"call get_time"}'
+
+
+async def test_chat_only_mode_streams_two_tool_calls_interleaved_with_a_usage_chunk(
+    chat_only: openai.AsyncOpenAI,
+) -> None:
+    stream = await chat_only.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "call get_weather and get_time"}],
+        tools=CHAT_TOOLS,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+
+    deltas = [
+        call
+        for chunk in chunks
+        if chunk.choices
+        for call in chunk.choices[0].delta.tool_calls or []
+    ]
+    indices = [call.index for call in deltas]
+    assert indices[:2] == [0, 1] and indices[2:4] == [0, 1], "both open, then interleaved"
+    names = {call.index: call.function.name for call in deltas if call.function and call.id}
+    assert names == {0: "get_weather", 1: "get_time"}
+    for index in (0, 1):
+        pieces = [c.function.arguments or "" for c in deltas if c.index == index and c.function]
+        assert "".join(pieces) == '{"text":"call get_weather and get_time"}'
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+async def test_chat_only_mode_answers_a_tool_result_with_its_text(
+    chat_only: openai.AsyncOpenAI,
+) -> None:
+    completion = await chat_only.chat.completions.create(
+        model="m",
+        messages=[
+            {"role": "user", "content": "call get_time"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_time", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "noon"},
+        ],
+        tools=CHAT_TOOLS,  # type: ignore[arg-type]
+    )
+
+    assert completion.choices[0].message.content == f"Hello from {NAME}: you said noon"
+
+
+async def test_chat_only_mode_refuses_a_tool_message_that_answers_no_call(
+    chat_only: openai.AsyncOpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await chat_only.chat.completions.create(
+            model="m",
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "tool", "tool_call_id": "call_1", "content": "noon"},
+            ],
+        )
+
+    assert "must be a response to a preceeding message with 'tool_calls'" in refused.value.message
+
+
+async def test_faults_may_come_as_a_header(chat_only: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.RateLimitError):
+        await chat_only.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-mock-faults": '{"status": 429}'},
+        )
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"stream_options": {"include_usage": True}}, "stream_options: Extra inputs"),
+        ({"tools": [{"name": "get_weather"}]}, "tools.0.input_schema: Field required"),
+        (
+            {
+                "messages": [
+                    user("hi"),
+                    {"role": "assistant", "content": "ok"},
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}],
+                    },
+                ]
+            },
+            "unexpected `tool_use_id`",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "image_url"),
+    ],
+)
+async def test_strict_mode_refuses_what_anthropic_refuses(
+    client: anthropic.AsyncAnthropic, extra: dict[str, Any], says: str
+) -> None:
+    body: dict[str, Any] = {"model": "claude-test", "max_tokens": 10, "messages": [user("hi")]}
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await client.messages.create(**body, extra_body=extra)
+
+    assert says in refused.value.message

@@ -16,13 +16,20 @@ from tests.gateway import USER_KEY, Gateway, chat, start_gateway_with
 from tests.test_admin_events import next_message
 from tests.test_cli_admin import _sopy_admin
 
-KINDS = {"gpt-openai": "openai", "gpt-azure": "azure", "claude-anthropic": "anthropic"}
+KINDS = {
+    "gpt-openai": "openai",
+    "gpt-azure": "azure",
+    "gpt-chat": "openai-chat",
+    "claude-anthropic": "anthropic",
+}
 
 
 @pytest.fixture
 async def gateway(sopy: SopyUnderTest, nursery: trio.Nursery) -> Gateway:
     """One provider of each kind, named after it, each with one mock upstream."""
-    upstreams = {kind: [MockUpstream(kind)] for kind in KINDS.values()}
+    upstreams = {
+        kind: [MockUpstream(kind, chat_only=kind == "openai-chat")] for kind in KINDS.values()
+    }
     gateway = await start_gateway_with(sopy, nursery, upstreams, KINDS)
     for kind, provider in gateway.providers.items():
         await gateway.admin_ok(
@@ -55,6 +62,15 @@ async def test_an_openai_provider_gets_a_bearer_credential(gateway: Gateway) -> 
     headers = await upstream_headers(gateway, "gpt-openai")
 
     assert headers["authorization"] == f"Bearer {gateway.providers['openai'].credential}"
+    assert "api-key" not in headers and "x-api-key" not in headers
+
+
+async def test_an_openai_chat_provider_gets_a_bearer_credential_as_openai(
+    gateway: Gateway,
+) -> None:
+    headers = await upstream_headers(gateway, "gpt-chat")
+
+    assert headers["authorization"] == f"Bearer {gateway.providers['openai-chat'].credential}"
     assert "api-key" not in headers and "x-api-key" not in headers
 
 
@@ -97,23 +113,26 @@ async def test_a_client_credential_in_any_form_never_reaches_the_upstream(
         assert USER_KEY not in str(headers)
 
 
-async def test_an_openai_route_to_a_provider_of_another_api_is_a_400_naming_its_kind(
-    gateway: Gateway,
+@pytest.mark.parametrize(
+    ("model", "kind"), [("claude-anthropic", "anthropic"), ("gpt-chat", "openai-chat")]
+)
+async def test_an_openai_route_that_does_not_translate_is_a_400_naming_the_kind(
+    gateway: Gateway, model: str, kind: str
 ) -> None:
     async with gateway.client() as http:
         for path, body in (
-            ("/v1/chat/completions", chat("claude-anthropic")),
-            ("/v1/embeddings", {"model": "claude-anthropic", "input": "hi"}),
-            ("/v1/responses", {"model": "claude-anthropic", "input": "hi"}),
+            ("/v1/embeddings", {"model": model, "input": "hi"}),
+            ("/v1/completions", {"model": model, "prompt": "hi"}),
+            ("/v1/responses/compact", {"model": model, "input": "hi"}),
         ):
             response = await http.post(path, json=body)
 
             assert response.status_code == 400, (path, response.text)
             error = response.json()["error"]
             assert error["code"] == "unsupported_provider_kind" and error["param"] == "model"
-            assert "provider 'anthropic', which is of kind 'anthropic'" in error["message"]
-            assert "POST /v1/messages" in error["message"]
-    assert gateway.upstreams("anthropic")[0].requests == []
+            assert f"provider '{kind}', which is of kind '{kind}'" in error["message"]
+            assert "kind 'openai' or 'azure'" in error["message"]
+    assert gateway.upstreams(kind)[0].requests == []
 
 
 def test_every_kind_has_a_credential_header_form() -> None:
@@ -183,13 +202,15 @@ def test_openapi_lists_the_kinds() -> None:
         "enum": list(PROVIDER_KINDS),
         "default": "openai",
     }
+    assert set(PROVIDER_KINDS) == {"openai", "azure", "openai-chat", "anthropic"}
 
 
-async def test_sopy_admin_cli_sets_and_shows_the_kind(sopy: SopyUnderTest) -> None:
+@pytest.mark.parametrize("kind", ["azure", "openai-chat"])
+async def test_sopy_admin_cli_sets_and_shows_the_kind(sopy: SopyUnderTest, kind: str) -> None:
     added = await _sopy_admin(
-        sopy, "add_admin_auth", "--name", "az", "--credentials", "sk-az-0003", "--kind", "azure"
+        sopy, "add_admin_auth", "--name", "az", "--credentials", "sk-az-0003", "--kind", kind
     )
     listed = await _sopy_admin(sopy, "list_admin_auth")
 
     assert added.returncode == 0, added.stderr
-    assert listed.stdout.decode().splitlines() == ["name  kind", "az    azure"]
+    assert listed.stdout.decode().splitlines() == ["name  kind", f"az    {kind}".rstrip()]

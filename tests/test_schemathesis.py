@@ -3,7 +3,11 @@ served on the Unix socket, which schemathesis cannot reach).
 
 Every check runs except `negative_data_rejection`: Sopy checks only the request fields it acts on
 (`model`, `stream`, `stream_options`) and passes the rest of the body through unchanged, so a
-malformed `messages` is the provider's to refuse, by design. The Responses API's WebSocket mode
+malformed `messages` is the provider's to refuse, by design. A request Sopy translates for a
+provider of another kind is read whole, though, and refused with a 400 naming the field when it
+is malformed or uses what the provider's format cannot express: on the Messages operations,
+whose model `gpt-4.1` is mapped first to an OpenAI provider, schema-valid data may be a 400
+(`MESSAGES_CONFIG`); not a 5xx. The Responses API's WebSocket mode
 (`GET /v1/responses` with an upgrade) is left out: schemathesis speaks no WebSocket
 (tests/test_responses_websocket.py covers it). Every warning is shown except `missing_test_data`:
 a made-up response id is a 404 by design (tests/test_response_affinity.py), and the generated
@@ -22,6 +26,14 @@ from tests.conftest import SopyUnderTest
 from tests.gateway import USER_KEY, make_anthropic, start_gateway_with
 
 EXAMPLES = os.environ.get("SOPY_FUZZ_EXAMPLES", "25")
+# The default statuses of `positive_data_acceptance`, and 400 for the translated operations.
+MESSAGES_CONFIG = """
+[[operations]]
+include-operation-id = ["create_message", "count_message_tokens"]
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx",
+]
+"""
 WARNINGS = ",".join(
     warning.value
     for warning in SchemathesisWarning
@@ -32,16 +44,20 @@ WARNINGS = ",".join(
 async def test_schemathesis_finds_no_issue_in_the_public_api(
     sopy: SopyUnderTest, nursery: trio.Nursery, workdir: Path
 ) -> None:
-    # The mock serves both APIs: `claude` answers the Anthropic routes, as gpt-4.1's fallback.
+    # The mock serves both APIs; `claude` is gpt-4.1's fallback, of kind anthropic.
     upstreams = {"openai": [MockUpstream("openai-0")], "claude": [MockUpstream("claude-0")]}
     gateway = await start_gateway_with(
         sopy, nursery, upstreams, {"gpt-4.1": "openai"}, fallbacks={"gpt-4.1": ["claude"]}
     )
     await make_anthropic(gateway, "claude")
     schemathesis = Path(sys.executable).with_name("schemathesis")
+    config = workdir / "schemathesis.toml"
+    config.write_text(MESSAGES_CONFIG)
     result = await trio.run_process(
         [
             str(schemathesis),
+            "--config-file",
+            str(config),
             "run",
             f"{gateway.root_url}/openapi.json",
             "--checks",

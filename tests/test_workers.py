@@ -322,3 +322,47 @@ async def test_an_admin_reply_waits_until_a_slow_worker_applied_the_change(
     assert reply["ok"] is True and "lagging_workers" not in reply, reply
     with _only_serving(server.worker_pids, slow):
         assert set(await _statuses(server.http_url, chat(), OTHER_KEY, count=20)) == {200}
+
+
+async def test_a_response_sopy_keeps_is_continued_and_deleted_through_another_worker(
+    workdir: Path, nursery: trio.Nursery
+) -> None:
+    chat_only = MockUpstream("chat-0", chat_only=True)
+    chat_url = await nursery.start(chat_only.serve)
+    server = await ServeProcess.start(workdir, "--workers", "2", "--log-level", "warning")
+    async with await _admin(workdir) as admin:
+        await admin.ok("add_backend", provider="chat", url=chat_url)
+        await admin.ok("add_admin_auth", name="chat", credentials="sk-chat", kind="openai-chat")
+        await admin.ok("add_model_mapping", model_name="chat-model", provider="chat")
+        await admin.ok("add_user_api_key", api_key=USER_KEY)
+    maker, other = server.worker_pids
+    async with _client(server.http_url) as client:
+        with _only_serving(server.worker_pids, maker):
+            made = await client.post(
+                "/v1/responses", json={"model": "chat-model", "input": "my name is Ada"}
+            )
+            assert made.status_code == 200, made.text
+            # Behind the kept response on the maker's link (see the test above).
+            assert (await client.get("/metrics")).status_code == 200
+        response_id = made.json()["id"]
+
+        with _only_serving(server.worker_pids, other):
+            fetched = await client.get(f"/v1/responses/{response_id}")
+            follow_up = {"model": "chat-model", "input": "my name?"}
+            continued = await client.post(
+                "/v1/responses", json={**follow_up, "previous_response_id": response_id}
+            )
+            deleted = await client.delete(f"/v1/responses/{response_id}")
+            # A scrape gathers every worker's numbers: once answered, the maker has read what
+            # the primary sent it before, the deletion among it.
+            assert (await client.get("/metrics")).status_code == 200
+        with _only_serving(server.worker_pids, maker):
+            gone = await client.get(f"/v1/responses/{response_id}")
+
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json()["output"] == made.json()["output"]
+    assert continued.status_code == 200, continued.text
+    roles = [message["role"] for message in chat_only.requests[-1].json()["messages"]]
+    assert roles == ["user", "assistant", "user"]
+    assert deleted.status_code == 200, deleted.text
+    assert gone.status_code == 404, gone.text

@@ -20,9 +20,12 @@ durable by `sopy.actors.response_affinity_store`) which backend made each respon
 user key, and sends its follow-ups (`/v1/responses/{id}...`, `previous_response_id`) to that one
 backend only. Its WebSocket mode is handed to `sopy.actors.websocket_relay`.
 
-The Anthropic Messages routes are model routes too, with three differences: the key may come as
-`x-api-key`, only providers of kind `anthropic` serve them (`sopy.routing.native_routes`), and
-every error is answered in Anthropic's shape, as the route table declares (`ErrorShape`).
+The Anthropic Messages routes are model routes too, with two differences: the key may come as
+`x-api-key`, and every error is answered in Anthropic's shape, as the route table declares
+(`ErrorShape`). Which providers serve a model route, natively or translated, is
+`sopy.routing.native_routes`' decision; `/v1/messages/count_tokens` for a model whose first
+provider does not serve Messages is answered here by a local estimate
+(`sopy.translation.translate.estimate_input_tokens`).
 
 In a worker process (`sopy serve --workers N`), `primary` is the link to the primary process
 (`sopy.actors.primary_link`), and the front serves on the listening sockets it inherited
@@ -99,10 +102,16 @@ from sopy.protocol.server import (
     HttpServer,
     ServerLimits,
 )
+from sopy.provider_kinds import WireFormat
 from sopy.routing.cors import CorsPolicy
+from sopy.routing.kept_responses import KeptResponses, own_input_items
 from sopy.routing.key_limits import KeyGate, KeyPolicy, token_estimate
 from sopy.routing.model_field import form_boundary, form_model
-from sopy.routing.native_routes import messages_routes, openai_routes
+from sopy.routing.native_routes import (
+    COUNT_TOKENS_PATH,
+    model_routes,
+    translation_for,
+)
 from sopy.routing.public_routes import (
     PUBLIC_ROUTES,
     PublicDispatcher,
@@ -123,6 +132,7 @@ from sopy.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
+from sopy.translation import translate
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +153,10 @@ Handler = Callable[[HttpExchange, bytes], Awaitable[None]]
 @attrs.frozen
 class ModelRoutes:
     """What differs between the API families routed by model: how the caller's key is read,
-    which providers may serve the request, and the shape of the errors."""
+    and the shape of the errors."""
 
     error_shape: ErrorShape
     authenticate: Callable[[RouteTable, HttpExchange], int]
-    routes_for: Callable[[RouteTable, str], tuple[ProviderRoute, ...]]
 
 
 def _bearer_key(table: RouteTable, exchange: HttpExchange) -> int:
@@ -160,8 +169,8 @@ def _anthropic_key(table: RouteTable, exchange: HttpExchange) -> int:
     )
 
 
-OPENAI_MODEL_ROUTES = ModelRoutes(ErrorShape.OPENAI, _bearer_key, openai_routes)
-ANTHROPIC_MODEL_ROUTES = ModelRoutes(ErrorShape.ANTHROPIC, _anthropic_key, messages_routes)
+OPENAI_MODEL_ROUTES = ModelRoutes(ErrorShape.OPENAI, _bearer_key)
+ANTHROPIC_MODEL_ROUTES = ModelRoutes(ErrorShape.ANTHROPIC, _anthropic_key)
 
 
 class HttpFront:
@@ -171,11 +180,13 @@ class HttpFront:
         feed: ChangeFeed,
         inbox_for: ProviderInbox,
         affinity: ResponseAffinity,
+        kept: KeptResponses,
         usage: UsageLedger,
         usage_inbox: trio.MemorySendChannel[UsageRequest],
     ) -> None:
         self._settings = settings
         self._affinity = affinity
+        self._kept = kept
         self._usage = usage
         self._usage_inbox = usage_inbox
         self._websocket_support = WebsocketSupport()
@@ -222,7 +233,7 @@ class HttpFront:
             PublicHandler.RESPONSE_FOLLOW_UP: self._follow_up_response,
             PublicHandler.RESPONSES_WEBSOCKET: self._responses_websocket,
             PublicHandler.ANTHROPIC_MESSAGES: functools.partial(
-                self._proxy, model_routes=ANTHROPIC_MODEL_ROUTES
+                self._proxy, family=ANTHROPIC_MODEL_ROUTES
             ),
             PublicHandler.OPENAPI: self._openapi,
             PublicHandler.DOCS: self._docs,
@@ -427,28 +438,35 @@ class HttpFront:
         self,
         exchange: HttpExchange,
         rid: bytes,
-        model_routes: ModelRoutes = OPENAI_MODEL_ROUTES,
+        family: ModelRoutes = OPENAI_MODEL_ROUTES,
     ) -> None:
         """Authenticate, read the body, route it by its `model` and relay the answer."""
         # A PROXY route is an exact path, so the path matched is its template.
-        request = ProxiedRequest(rid, exchange.raw_path, model_routes.error_shape)
+        request = ProxiedRequest(rid, exchange.raw_path, family.error_shape)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             policy = None
             if not self._settings.no_auth:
-                request.key_id = model_routes.authenticate(table, exchange)
+                request.key_id = family.authenticate(table, exchange)
                 policy = self._key_policy(table, request.key_id)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
-                request.model, payload = _requested_model(body, exchange, request)
-                if _needs_usage_option(exchange.raw_path, payload):
+                request.model, request.payload = _requested_model(body, exchange, request)
+                if _needs_usage_option(exchange.raw_path, request.payload):
                     body = with_usage_requested(body)
                     request.strip_usage_chunk = True
-                routes = model_routes.routes_for(table, request.model)
+                routes = model_routes(table, request.model, request.route)
                 request.model_mapped = True
                 if policy is not None:
                     routes = self.key_gate.allowed_routes(policy, request.model, routes)
-                    estimate = token_estimate(body, payload)
+                if request.route == COUNT_TOKENS_PATH and translation_for(
+                    routes[0].kind, COUNT_TOKENS_PATH
+                ):
+                    # A local estimate: no provider is asked, so no limit is spent.
+                    await _estimate_tokens(exchange, request)
+                    return
+                if policy is not None:
+                    estimate = token_estimate(body, request.payload)
                     request.admission = (
                         self.key_gate.admit(policy, estimate)
                         if self.primary is None
@@ -458,22 +476,37 @@ class HttpFront:
 
     async def _create_response(self, exchange: HttpExchange, rid: bytes) -> None:
         """POST /v1/responses: by model, or with `previous_response_id` to the backend that
-        made that response; the id of the response made is remembered for its follow-ups."""
+        made that response; the id of the response made is remembered for its follow-ups.
+        A response made by a provider that does not serve the Responses API is kept by Sopy
+        itself (`KeptResponses`), and a request continuing one carries the whole conversation
+        to whichever provider serves it."""
         request = ProxiedRequest(rid, _RESPONSES_ROUTE)
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             request.key_id, policy = self._authenticate(table, exchange)
             with self._bodies_in_flight.share() as body_share:
                 body = await _read_body(exchange, self._settings, body_share)
-                payload = _request_payload(body)
+                payload = request.payload = _request_payload(body)
                 request.model = _model_of(payload)
                 previous_id = payload.get("previous_response_id")
+                if self.primary is not None and isinstance(previous_id, str):
+                    await self._recall(previous_id, request.key_id)
+                continued = self._kept.continued(payload, request.key_id)
+                previous_id_kept = None
+                if continued is not None:
+                    whole, own_input = continued
+                    assert isinstance(previous_id, str)
+                    previous_id_kept = previous_id
+                    body = orjson.dumps(whole)
+                    # Translated, the answer still names the response it continues.
+                    request.payload = {**whole, "previous_response_id": previous_id}
+                    previous_id = None
+                else:
+                    own_input = None
                 if previous_id is None:
-                    routes = openai_routes(table, request.model)
+                    routes = model_routes(table, request.model, _RESPONSES_ROUTE)
                     request.model_mapped = True
                 else:
-                    if self.primary is not None and isinstance(previous_id, str):
-                        await self._recall(previous_id, request.key_id)
                     routes = (
                         previous_response_route(
                             previous_id, request.key_id, request.model, table, self._affinity
@@ -489,12 +522,22 @@ class HttpFront:
                     )
                 request.response_ids = ResponseIdWatcher(self._remembering(request))
                 await proxy(self._inbox_for, routes, request, exchange, body)
+                kept = request.kept_response
+                if kept is not None and translate.kept(payload):
+                    self._kept.keep(
+                        kept["id"],
+                        request.key_id,
+                        previous_id_kept,
+                        own_input if own_input is not None else own_input_items(payload),
+                        orjson.dumps(kept),
+                    )
 
     async def _recall(self, response_id: str, key_id: int | None) -> None:
-        """In a worker: a response id made through another worker, learnt from the primary."""
+        """In a worker: a response made through another worker that this one does not know
+        yet (where it lives, or the response Sopy keeps), learnt from the primary."""
         assert self.primary is not None
-        if self._affinity.owner_for(response_id, key_id) is None:
-            await self.primary.recall_owner(response_id, key_id)
+        if response_id not in self._kept and self._affinity.owner_for(response_id, key_id) is None:
+            await self.primary.recall(response_id)
 
     def _remembering(self, request: ProxiedRequest) -> Callable[[str], None]:
         def remember(response_id: str) -> None:
@@ -512,9 +555,12 @@ class HttpFront:
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             request.key_id, _ = self._authenticate(table, exchange)
+            if self.primary is not None:
+                await self._recall(response_id, request.key_id)
+            if response_id in self._kept:
+                await self._answer_kept(exchange, request, response_id, action)
+                return
             owner = self._affinity.owner_for(response_id, request.key_id)
-            if owner is None and self.primary is not None:
-                owner = await self.primary.recall_owner(response_id, request.key_id)
             if owner is None:
                 raise _response_not_found(response_id)
             route = _pinned(table, owner, response_id)
@@ -523,6 +569,33 @@ class HttpFront:
                 await proxy(self._inbox_for, (route,), request, exchange, body)
             if exchange.method == "DELETE" and request.status == 200:
                 self._affinity.forget(response_id)
+
+    async def _answer_kept(
+        self, exchange: HttpExchange, request: ProxiedRequest, response_id: str, action: str
+    ) -> None:
+        """A follow-up of a response Sopy keeps itself, answered from what it keeps."""
+        kept = self._kept.get(response_id, request.key_id)
+        if kept is None:
+            raise _response_not_found(response_id)
+        if action == "input_items":
+            listing = self._kept.input_items(response_id, request.key_id)
+            assert listing is not None
+            answer: bytes | dict[str, object] = listing
+        elif action == "cancel":
+            raise InvalidRequest(
+                f"Response '{response_id}' is complete: only a response still being made in "
+                "the background can be cancelled."
+            )
+        elif exchange.method == "DELETE":
+            self._kept.forget(response_id)
+            answer = {"id": response_id, "object": "response.deleted", "deleted": True}
+        else:
+            answer = kept.response
+        request.status = 200
+        if isinstance(answer, bytes):
+            await send_body(exchange, 200, answer, request.rid)
+        else:
+            await send_json(exchange, 200, answer, request.rid)
 
     async def _responses_websocket(self, exchange: HttpExchange, rid: bytes) -> None:
         """GET /v1/responses with `Upgrade: websocket`: the WebSocket mode, relayed to a
@@ -614,6 +687,18 @@ async def _listen(
             f"that port or pass {flag}"
         ) from None
     return url
+
+
+async def _estimate_tokens(exchange: HttpExchange, request: ProxiedRequest) -> None:
+    """`/v1/messages/count_tokens` for a provider that does not serve Messages: Sopy's own
+    estimate, in Anthropic's shape."""
+    assert request.payload is not None
+    # A count_tokens body is a Messages request without `max_tokens`, which does not count.
+    counted = {**request.payload, "max_tokens": 1}
+    conversation = translate.client_conversation(WireFormat.MESSAGES, counted)
+    request.status = 200
+    count = {"input_tokens": translate.estimate_input_tokens(conversation)}
+    await send_json(exchange, 200, count, request.rid)
 
 
 def _pinned(table: RouteTable, owner: ResponseOwner, rid: str) -> ProviderRoute:

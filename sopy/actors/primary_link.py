@@ -37,15 +37,18 @@ import trio
 from sopy.actors.worker_frames import (
     Frame,
     FrameStream,
+    kept_json,
     owner_json,
     parse_config_frame,
+    parse_kept,
     parse_owner,
     tokens_json,
 )
 from sopy.codec import converter
 from sopy.errors import InsufficientQuota, InternalError, KeyRateLimited, SopyError
 from sopy.messages import TokenCounts
-from sopy.routing.response_affinity import PendingChange, ResponseAffinity, ResponseOwner
+from sopy.routing.kept_responses import KeptResponses, PendingKept
+from sopy.routing.response_affinity import PendingChange, ResponseAffinity
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.usage_ledger import UsageLedger
 
@@ -92,6 +95,46 @@ class SharedResponseAffinity(ResponseAffinity):
             self._tell({"t": "owners", "owners": {k: owner_json(v) for k, v in changes.items()}})
 
 
+class SharedKeptResponses(KeptResponses):
+    """A worker's `KeptResponses` (the Responses API's responses Sopy keeps itself, for
+    providers that store nothing), shared like `SharedResponseAffinity`."""
+
+    def __init__(
+        self, max_per_key: int, max_bytes_per_key: int, ttl: float, tell: Callable[[Frame], None]
+    ) -> None:
+        super().__init__(max_per_key, max_bytes_per_key, ttl)
+        self._tell = tell
+
+    def keep(
+        self,
+        response_id: str,
+        key_id: int | None,
+        previous_response_id: str | None,
+        input_items: list[Any],
+        response: bytes,
+    ) -> None:
+        super().keep(response_id, key_id, previous_response_id, input_items, response)
+        self._tell_changes()
+
+    def forget(self, response_id: str) -> bool:
+        forgotten = super().forget(response_id)
+        self._tell_changes()
+        return forgotten
+
+    def learn(self, changes: dict[str, PendingKept]) -> None:
+        for response_id, kept in changes.items():
+            if kept is None:
+                super().forget(response_id)
+            else:
+                self.load([(response_id, kept)])
+        self.take_changes()
+
+    def _tell_changes(self) -> None:
+        changes = self.take_changes()
+        if changes:
+            self._tell({"t": "kept", "kept": {k: kept_json(v) for k, v in changes.items()}})
+
+
 class RemoteAdmission:
     """An admission held by the primary's gate for a request this worker serves."""
 
@@ -120,6 +163,7 @@ class PrimaryLink:
         self._feed = feed
         self._usage = usage
         self.affinity: SharedResponseAffinity | None = None
+        self.kept: SharedKeptResponses | None = None
         self.local_metrics: Callable[[], bytes] = bytes
         self.closed = trio.Event()
         self._question_ids = itertools.count(1)
@@ -155,6 +199,8 @@ class PrimaryLink:
                 answer.send_nowait(frame)
         elif kind == "owners" and self.affinity is not None:
             self.affinity.learn({k: parse_owner(v) for k, v in frame["owners"].items()})
+        elif kind == "kept" and self.kept is not None:
+            self.kept.learn({k: parse_kept(v) for k, v in frame["kept"].items()})
         elif kind == "usage?":
             # The batch goes first: the primary has it once it reads the reply.
             self.send_usage()
@@ -208,15 +254,16 @@ class PrimaryLink:
         admission_id = reply["admission"]
         return None if admission_id is None else RemoteAdmission(self, admission_id)
 
-    async def recall_owner(self, response_id: str, key_id: int | None) -> ResponseOwner | None:
-        """On a miss in this worker's map: ask the primary, which knows every worker's."""
-        assert self.affinity is not None
-        reply = await self.ask({"t": "owner?", "response_id": response_id})
+    async def recall(self, response_id: str) -> None:
+        """On a miss in this worker's maps: ask the primary, which knows every worker's, where
+        the response lives (`ResponseAffinity`) or the response itself with the ones before it
+        (`KeptResponses`), and learn the answer."""
+        assert self.affinity is not None and self.kept is not None
+        reply = await self.ask({"t": "response?", "response_id": response_id})
         owner = parse_owner(reply["owner"])
-        if owner is None:
-            return None
-        self.affinity.learn({response_id: owner})
-        return self.affinity.owner_for(response_id, key_id)
+        if owner is not None:
+            self.affinity.learn({response_id: owner})
+        self.kept.learn({kept_id: parse_kept(value) for kept_id, value in reply["kept"]})
 
     async def whole_server_metrics(self) -> bytes:
         reply = await self.ask({"t": "metrics"})

@@ -12,9 +12,17 @@ The relay decides what the client sees of the upstream: which backend headers cr
 to do and carries the request id. The pool's account of the failure names backends and causes;
 it goes to the request's access log line only.
 
+A hop to a provider whose kind does not serve the client's wire format natively
+(`sopy.routing.native_routes.translation_for`) is translated (`sopy.translation.translate`):
+its path and body are written in the provider's format from the client's request, read once as
+items, and its answer (whole, streamed chunk by chunk, or an error) is written back in the
+client's. A native hop pays nothing for this: its body goes as the client sent it. A hop whose
+request the provider's format cannot express (`UntranslatableField`) is skipped for the next;
+with none left, that 400 is the answer.
+
 Every request that reached a provider also ends in a `UsageRecord` for the usage ledger
 (`accounted`), with the token counts read from the answer as it is relayed
-(`sopy.routing.usage_counts`).
+(`sopy.routing.usage_counts`), or, translated, from the provider's counts in the items.
 
 `accounted` ends every model request with its access log line and its one entry in the
 gateway's metrics (`sopy.runtime.metrics`).
@@ -37,6 +45,7 @@ from sopy.actors.front_responses import (
 )
 from sopy.errors import (
     ErrorShape,
+    InvalidRequest,
     NoBackendAvailable,
     SopyError,
     UpstreamError,
@@ -66,17 +75,26 @@ from sopy.routing.forwarded_headers import (
 )
 from sopy.routing.key_limits import AdmissionHold
 from sopy.routing.model_field import Span
+from sopy.routing.native_routes import Translation, translation_for
 from sopy.routing.response_ids import ResponseIdWatcher
 from sopy.routing.usage_counts import StreamUsageWatcher, usage_of_body
 from sopy.runtime.channel_send import deliver
 from sopy.runtime.log_values import loggable
 from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
+from sopy.translation import translate
+from sopy.translation.items import Conversation, JsonObject
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sopy.access")
 
 RELAY_BUFFER = 32
+# A translated hop's answer that is streamed but must be read whole (not an event stream).
+MAX_WHOLE_STREAM_BYTES = 4 * 1024 * 1024
+# The provider's description of a body the relay rewrites in the client's format.
+_TRANSLATED_AWAY = frozenset({b"content-type", b"content-encoding", b"content-length"})
+_JSON = (b"content-type", b"application/json")
+_EVENT_STREAM = (b"content-type", b"text/event-stream; charset=utf-8")
 # A failure's detail may list every backend of a provider: room for that, not for a flood.
 MAX_LOGGED_FAILURE_CHARS = 1000
 CLIENT_CLOSED_REQUEST = 499
@@ -127,11 +145,30 @@ class ProxiedRequest:
     # Usage: the counts of a whole answer, or the watcher of a streamed one (set with its
     # start); `strip_usage_chunk` when Sopy asked a chat stream's usage chunk itself.
     tokens: TokenCounts | None = None
-    stream_usage: StreamUsageWatcher | None = None
+    stream_usage: StreamUsageWatcher | translate.StreamTranslation | None = None
     strip_usage_chunk: bool = False
     stream_complete: bool = False
     # The key's hold on its limits' counts (`sopy.routing.key_limits`), for a key with limits.
     admission: AdmissionHold | None = None
+    # The client's JSON body as the front parsed it (None for a form), for a hop that
+    # translates; its items once a hop needed them; the answering hop's translation.
+    payload: JsonObject | None = None
+    conversation: Conversation | None = None
+    translation: Translation | None = None
+    # A translated Responses answer, complete: the response object the client got, for the
+    # gateway to keep (`sopy.routing.kept_responses`).
+    kept_response: JsonObject | None = None
+
+
+@attrs.frozen
+class _Hop:
+    """One provider's request: its route, and the path, body and headers it gets."""
+
+    route: ProviderRoute
+    path: str
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    translation: Translation | None
 
 
 async def proxy(
@@ -141,10 +178,15 @@ async def proxy(
     exchange: HttpExchange,
     body: bytes,
 ) -> None:
+    # Before any I/O: a request no provider's format can express is the client's error.
+    hop, index = _next_hop(routes, 0, request, exchange, body)
+    assert hop is not None, "_next_hop raises when not one route can take the request"
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_when_client_leaves, exchange, request, nursery.cancel_scope)
-            first, events = await _first_answer(inbox_for, routes, request, exchange, body)
+            first, events = await _first_answer(
+                inbox_for, routes, (hop, index), request, exchange, body
+            )
             with events:
                 await _pump(first, events, exchange, request)
             nursery.cancel_scope.cancel()
@@ -156,49 +198,94 @@ async def proxy(
 async def _first_answer(
     inbox_for: ProviderInbox,
     routes: tuple[ProviderRoute, ...],
+    first_hop: tuple[_Hop, int],
     request: ProxiedRequest,
     exchange: HttpExchange,
     body: bytes,
 ) -> tuple[UpstreamEvent, trio.MemoryReceiveChannel[UpstreamEvent]]:
-    for index, route in enumerate(routes):
+    hop, index = first_hop
+    while True:
         sent_at = trio.current_time()
-        events = await _forward(inbox_for, route, request, exchange, body)
+        events = await _forward(inbox_for, hop, request, exchange)
         first = await _next_event(events)
         request.upstream_seconds = waited = trio.current_time() - sent_at
         exchange.waited += waited
         request.upstream_wait = (request.upstream_wait or 0.0) + waited
-        _note_answer(request, route, first)
-        if index + 1 < len(routes) and _provider_could_not_answer(first):
-            log.info(
-                "request %s: provider '%s' could not answer; falling back to '%s'",
-                request.rid.decode(),
-                route.provider,
-                routes[index + 1].provider,
-            )
-            _cancel_forward(request)
-            events.close()
-            continue
+        _note_answer(request, hop, first)
+        if _provider_could_not_answer(first):
+            fallback, index = _next_hop(routes, index + 1, request, exchange, body)
+            if fallback is not None:
+                log.info(
+                    "request %s: provider '%s' could not answer; falling back to '%s'",
+                    request.rid.decode(),
+                    hop.route.provider,
+                    fallback.route.provider,
+                )
+                _cancel_forward(request)
+                events.close()
+                hop = fallback
+                continue
         return first, events
-    raise AssertionError("routes_for never returns an empty tuple")
+
+
+def _next_hop(
+    routes: tuple[ProviderRoute, ...],
+    start: int,
+    request: ProxiedRequest,
+    exchange: HttpExchange,
+    body: bytes,
+) -> tuple[_Hop | None, int]:
+    """The first of `routes[start:]` whose provider can be sent the request, and its index;
+    (None, len(routes)) if none. A route whose format cannot express the request (or that
+    finds it malformed, reading it whole to translate it) is passed over; if the first route
+    is, and no other can take it, its 400 is raised (a fallback keeps the answer it has)."""
+    refused: InvalidRequest | None = None
+    for index in range(start, len(routes)):
+        try:
+            return _hop(routes[index], request, exchange, body), index
+        except InvalidRequest as error:  # `UntranslatableField` among them
+            refused = refused or error
+    if refused is not None and start == 0:
+        raise refused
+    return None, len(routes)
+
+
+def _hop(
+    route: ProviderRoute, request: ProxiedRequest, exchange: HttpExchange, body: bytes
+) -> _Hop:
+    translation = translation_for(route.kind, request.route)
+    if translation is None:
+        upstream = body if route.upstream_model is None else upstream_body(route, request, body)
+        return _Hop(route, exchange.target, upstream, tuple(exchange.headers), None)
+    if request.conversation is None:
+        assert request.payload is not None, "the front parses every body of a translated route"
+        request.conversation = translate.client_conversation(translation.client, request.payload)
+    path, upstream = translate.upstream_request(
+        translation.provider, request.conversation, route.upstream_model or request.model
+    )
+    # Sopy reads the answer, so it must come as it is (not content-encoded).
+    headers = tuple(h for h in exchange.headers if h[0] != b"accept-encoding")
+    return _Hop(route, path, upstream, headers, translation)
 
 
 async def _forward(
     inbox_for: ProviderInbox,
-    route: ProviderRoute,
+    hop: _Hop,
     request: ProxiedRequest,
     exchange: HttpExchange,
-    body: bytes,
 ) -> trio.MemoryReceiveChannel[UpstreamEvent]:
     events_send, events = trio.open_memory_channel[UpstreamEvent](RELAY_BUFFER)
+    route = hop.route
     forward = ForwardRequest(
         request_id=request.rid.decode(),
         method=exchange.method,
-        path=exchange.target,
-        headers=tuple(exchange.headers),
-        body=body if route.upstream_model is None else upstream_body(route, request, body),
+        path=hop.path,
+        headers=hop.headers,
+        body=hop.body,
         route=route,
         reply_to=events_send,
     )
+    request.translation = hop.translation
     try:
         inbox = inbox_for(route.provider)
         await deliver(inbox, forward)
@@ -255,8 +342,8 @@ def _provider_could_not_answer(first: UpstreamEvent) -> bool:
     )
 
 
-def _note_answer(request: ProxiedRequest, route: ProviderRoute, first: UpstreamEvent) -> None:
-    request.provider = route.provider
+def _note_answer(request: ProxiedRequest, hop: _Hop, first: UpstreamEvent) -> None:
+    request.provider = hop.route.provider
     if isinstance(first, ResponseStart | UpstreamFailed):
         request.status = first.status if isinstance(first, ResponseStart) else first.error.status
         request.backend, request.attempts = first.backend, first.attempts
@@ -286,6 +373,10 @@ async def _pump(
         return
     assert isinstance(start, ResponseStart), start
     headers = request.response_headers = client_response_headers(start.headers)
+    translation = request.translation
+    if translation is not None:
+        await _pump_translated(start, headers, translation, events, exchange, request)
+        return
     if start.body is not None:
         request.finished = True
         request.tokens = usage_of_body(start.body)
@@ -342,6 +433,115 @@ async def _relay_stream(
         await exchange.end_response(rest + _sse_error_event(request))
     # Other streams (audio) have no way to say so: left unfinished, the response is cut off
     # with its connection, so the client cannot take it for whole.
+
+
+async def _pump_translated(
+    start: ResponseStart,
+    headers: list[tuple[bytes, bytes]],
+    translation: Translation,
+    events: trio.MemoryReceiveChannel[UpstreamEvent],
+    exchange: HttpExchange,
+    request: ProxiedRequest,
+) -> None:
+    """Relay an answer of a translated hop in the client's format: a whole one (or an error)
+    translated at once, a stream event by event."""
+    assert request.conversation is not None and request.payload is not None
+    streamed = start.body is None and 200 <= start.status < 300 and is_event_stream(headers)
+    headers[:] = [h for h in headers if h[0] not in _TRANSLATED_AWAY]
+    if streamed:
+        await _relay_translated_stream(
+            start.status, headers, translation, events, exchange, request
+        )
+        return
+    request.finished = True
+    body = start.body if start.body is not None else await _whole_stream(events)
+    if body is None:
+        error = UpstreamError(_broke_off(request))
+        request.failure, request.status = "the provider's answer broke off", error.status
+        await send_error(exchange, error, request.error_shape, request.rid)
+        return
+    try:
+        answer = translate.whole_answer(
+            translation.client,
+            translation.provider,
+            request.conversation,
+            request.payload,
+            start.status,
+            body,
+        )
+    except UpstreamError as error:
+        request.failure, request.status = error.message, error.status
+        await send_error(exchange, _public_error(error, request), request.error_shape, request.rid)
+        return
+    request.status, request.tokens = answer.status, answer.tokens
+    if answer.status == 200:
+        request.kept_response = answer.response
+    headers.append(_EVENT_STREAM if answer.stream else _JSON)
+    await send_complete(exchange, answer.status, headers, answer.body, request.rid)
+
+
+async def _relay_translated_stream(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    translation: Translation,
+    events: trio.MemoryReceiveChannel[UpstreamEvent],
+    exchange: HttpExchange,
+    request: ProxiedRequest,
+) -> None:
+    """`_relay_stream` for a translated hop: each burst of chunks is translated as it comes
+    (`StreamTranslation` keeps no more than one unfinished event), and a stream that broke off,
+    or that the provider's codec cannot read, ends as the client's format ends an error."""
+    assert request.conversation is not None and request.payload is not None
+    stream = request.stream_usage = translate.StreamTranslation(
+        translation.client, translation.provider, request.conversation, request.payload
+    )
+    ready, end = _take_ready(events)
+    headers += [_EVENT_STREAM, (b"x-request-id", request.rid), overhead_header(exchange)]
+    if ready:
+        request.first_chunk_at = trio.current_time()
+    await exchange.start_response(status, headers, stream.feed(ready))
+    while end is None and not stream.ended:
+        event = await _next_event(events)
+        if isinstance(event, ResponseChunk):
+            if request.first_chunk_at is None:
+                request.first_chunk_at = trio.current_time()
+            ready, end = _take_ready(events)
+            await exchange.send_chunk(stream.feed(event.data + ready))
+        else:
+            end = event
+    if stream.ended:  # before the provider's end: the client's stream was ended as an error
+        request.failure = stream.provider_failure or "the provider's stream could not be read"
+    else:
+        request.failure = end.error if isinstance(end, ResponseEnd) else "the upstream pool stopped"
+    request.finished = True
+    if request.failure is None:
+        rest = stream.end()
+        request.failure = stream.provider_failure  # a stream that never stopped, say
+        request.stream_complete = request.failure is None
+        if request.stream_complete and status == 200:
+            request.kept_response = stream.response
+    else:
+        rest = stream.end(_broke_off(request))
+    await exchange.end_response(rest)
+
+
+async def _whole_stream(events: trio.MemoryReceiveChannel[UpstreamEvent]) -> bytes | None:
+    """The rest of an answer that came as a stream although the relay needs it whole to
+    translate it (an odd provider's error as an event stream); None if it broke off or grew
+    past `MAX_WHOLE_STREAM_BYTES`."""
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        event = await _next_event(events)
+        if isinstance(event, ResponseChunk):
+            size += len(event.data)
+            if size > MAX_WHOLE_STREAM_BYTES:
+                return None
+            pieces.append(event.data)
+        elif isinstance(event, ResponseEnd) and event.error is None:
+            return b"".join(pieces)
+        else:
+            return None
 
 
 def _take_ready(
@@ -404,14 +604,18 @@ def _public_error(error: SopyError, request: ProxiedRequest) -> SopyError:
     )
 
 
-def _sse_error_event(request: ProxiedRequest) -> bytes:
-    """The final event of a stream that broke off, as the route's API ends a stream with an
-    error (Anthropic's names the event `error`); what happened is in the request's log line."""
-    error = UpstreamError(
+def _broke_off(request: ProxiedRequest) -> str:
+    return (
         f"The response of provider '{request.provider}' broke off before its end. Retry the "
         "request; if this keeps happening, give the gateway's operator the request id "
         f"{request.rid.decode()}."
     )
+
+
+def _sse_error_event(request: ProxiedRequest) -> bytes:
+    """The final event of a stream that broke off, as the route's API ends a stream with an
+    error (Anthropic's names the event `error`); what happened is in the request's log line."""
+    error = UpstreamError(_broke_off(request))
     data = b"data: " + orjson.dumps(error.body(request.error_shape, request.rid.decode())) + b"\n\n"
     return b"event: error\n" + data if request.error_shape is ErrorShape.ANTHROPIC else data
 

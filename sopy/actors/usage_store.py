@@ -20,7 +20,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import orjson
 import trio
 
 from sopy.errors import InternalError
@@ -159,7 +158,7 @@ class UsageStore:
             await trio.to_thread.run_sync(
                 _write,
                 database,
-                _rows_json(records),
+                _row_values(records),
                 time.time() - self._retention,
                 limiter=self._database_calls,
             )
@@ -178,50 +177,60 @@ class UsageStore:
         return open_private_database(self._path, "usage database", _SCHEMA)
 
 
-def _rows_json(records: list[UsageRecord]) -> bytes:
-    """The records as one JSON array of rows, in the table's column order: built on the event
-    loop's thread, so that the writing thread runs SQLite alone (`_write`)."""
-    return orjson.dumps(
-        [
-            (
-                record.at,
-                record.request_id,
-                record.key_id,
-                record.model,
-                record.provider,
-                record.backend,
-                record.route,
-                record.status,
-                record.tokens.input_tokens,
-                record.tokens.output_tokens,
-                record.tokens.cached_input_tokens,
-                record.tokens.reasoning_tokens,
-                record.tokens_from_provider,
-                record.upstream_ms,
-                record.first_token_ms,
-                record.client_gone,
-                record.cut_short,
-            )
-            for record in records
-        ]
+def _row_values(records: list[UsageRecord]) -> list[object]:
+    """The records' column values, row after row in the table's column order: gathered on the
+    event loop's thread, so that the writing thread only binds and steps (`_write`)."""
+    values: list[object] = []
+    for record in records:
+        tokens = record.tokens
+        values += (
+            record.at,
+            record.request_id,
+            record.key_id,
+            record.model,
+            record.provider,
+            record.backend,
+            record.route,
+            record.status,
+            tokens.input_tokens,
+            tokens.output_tokens,
+            tokens.cached_input_tokens,
+            tokens.reasoning_tokens,
+            record.tokens_from_provider,
+            record.upstream_ms,
+            record.first_token_ms,
+            record.client_gone,
+            record.cut_short,
+        )
+    return values
+
+
+# Up to this many rows per INSERT statement (17 values each, under SQLite's 32766 variables).
+# Python's sqlite3 gives up the GIL while a statement runs and takes it back after: row by row
+# (executemany), the writing thread took it back for every row and each handover stalled the
+# event loop's thread, which cost the request path more CPU than the writing itself; a thousand
+# rows per statement make that one handover per thousand.
+ROWS_PER_STATEMENT = 1000
+
+
+def _insert_rows(rows: int) -> str:
+    return "INSERT INTO usage_records VALUES " + ", ".join(
+        ["(" + ", ".join("?" * _COLUMNS) + ")"] * rows
     )
 
 
-# One statement inserts the whole batch from its JSON: SQLite parses it, and Python's sqlite3
-# holds no GIL while a statement runs. Row by row (executemany), the writing thread took the GIL
-# back for every row, and each handover stalled the event loop's thread: it cost the request
-# path more CPU than the writing itself.
-_INSERT_ROWS = (
-    "INSERT INTO usage_records SELECT "
-    + ", ".join(f"value ->> {column}" for column in range(_COLUMNS))
-    + " FROM json_each(?)"
-)
+_INSERT_FULL = _insert_rows(ROWS_PER_STATEMENT)
 
 
-def _write(database: sqlite3.Connection, rows_json: bytes, oldest: float) -> None:
+def _write(database: sqlite3.Connection, values: list[object], oldest: float) -> None:
+    step = ROWS_PER_STATEMENT * _COLUMNS
     database.execute("BEGIN")
     try:
-        database.execute(_INSERT_ROWS, (rows_json.decode(),))
+        for start in range(0, len(values), step):
+            chunk = values[start : start + step]
+            rows = len(chunk) // _COLUMNS
+            sql = _INSERT_FULL if rows == ROWS_PER_STATEMENT else _insert_rows(rows)
+            database.execute(sql, chunk)
         database.execute("DELETE FROM usage_records WHERE at < ?", (oldest,))
         database.execute("COMMIT")
     except BaseException:

@@ -3,7 +3,8 @@ its worker processes (`sopy.actors.primary_link`) say to each other over their U
 
 A frame is one JSON object per line (orjson), with its kind in `"t"`; message data inside it
 (a `ConfigChanged`'s snapshot, `UsageRecord`s, `TokenCounts`, a `ResponseOwner`) takes its
-JSON form from the one cattrs converter (`sopy.codec`). Writes go through one writer task per
+JSON form from the one cattrs converter (`sopy.codec`); a `KeptResponse`'s two JSON documents
+travel as text. Writes go through one writer task per
 end (`FrameStream.run_writer`), so any task, and synchronous code on the request path (an
 admission finishing, a usage batch), can queue a frame without awaiting (`send_nowait`).
 
@@ -22,6 +23,7 @@ import trio
 from sopy.codec import converter, parse_config_event
 from sopy.messages import ConfigChanged, ConfigSnapshot, TokenCounts
 from sopy.protocol.line_reader import LineReader
+from sopy.routing.kept_responses import KeptResponse
 from sopy.routing.response_affinity import ResponseOwner
 from sopy.settings import Settings
 
@@ -139,3 +141,28 @@ def owner_json(owner: ResponseOwner | None) -> Any:
 
 def parse_owner(value: Any) -> ResponseOwner | None:
     return None if value is None else converter.structure(value, ResponseOwner)
+
+
+def kept_json(kept: KeptResponse | None) -> Any:
+    """A kept response; its two JSON documents travel as text."""
+    if kept is None:
+        return None
+    return {
+        "key_id": kept.key_id,
+        "previous_response_id": kept.previous_response_id,
+        "input_items": kept.input_items.decode(),
+        "response": kept.response.decode(),
+        "expires_at": kept.expires_at,
+    }
+
+
+def parse_kept(value: Any) -> KeptResponse | None:
+    if value is None:
+        return None
+    return KeptResponse(
+        value["key_id"],
+        value["previous_response_id"],
+        value["input_items"].encode(),
+        value["response"].encode(),
+        value["expires_at"],
+    )

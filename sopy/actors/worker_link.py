@@ -13,10 +13,10 @@ snapshot), and keeps, per worker, the last version it acknowledged: `wait_applie
 admin reply waits until every live worker serves the new configuration (read-your-writes,
 `sopy.runtime.admin_requests`). It answers the workers' questions: `admit` (the one `KeyGate`
 of the server, seeded with the keys' token budgets from the usage actor before any worker
-starts), `owner?` (the one `ResponseAffinity`, persisted by the affinity store as in one
-process), `metrics` (every worker's exposition, gathered and summed, `sopy.runtime.metrics_merge`);
-it takes their usage records into the one `UsageLedger` and fans remembered response ids out
-to the other workers.
+starts), `response?` (the one `ResponseAffinity` and `KeptResponses`, persisted by the
+affinity store as in one process), `metrics` (every worker's exposition, gathered and summed,
+`sopy.runtime.metrics_merge`); it takes their usage records into the one `UsageLedger` and
+fans remembered response ids and kept responses out to the other workers.
 
 A worker that exits is started again after a growing delay (`RestartBackoff`); the admissions
 its in-flight requests held are given back, and those requests fail as their connections close.
@@ -40,7 +40,9 @@ from sopy.actors.worker_frames import (
     Frame,
     FrameStream,
     config_frame,
+    kept_json,
     owner_json,
+    parse_kept,
     parse_owner,
     parse_tokens,
     settings_json,
@@ -48,6 +50,7 @@ from sopy.actors.worker_frames import (
 from sopy.codec import converter
 from sopy.errors import InsufficientQuota, KeyRateLimited, StartupError
 from sopy.messages import ConfigChanged, TokenTotalsQuery, UsageRecord, UsageRequest
+from sopy.routing.kept_responses import MAX_CHAIN, KeptResponses
 from sopy.routing.key_limits import Admission, KeyGate, KeyPolicy, policies
 from sopy.routing.response_affinity import ResponseAffinity
 from sopy.runtime.change_feed import ChangeFeed
@@ -91,6 +94,7 @@ class WorkerLinks:
         usage: UsageLedger,
         usage_inbox: trio.MemorySendChannel[UsageRequest],
         affinity: ResponseAffinity,
+        kept: KeptResponses,
         listeners: list[trio.SocketListener],
         connection_counts: int,
     ) -> None:
@@ -99,6 +103,7 @@ class WorkerLinks:
         self._usage = usage
         self._usage_inbox = usage_inbox
         self._affinity = affinity
+        self._kept = kept
         self._listeners = listeners
         # The memfd of the workers' connection counts (`sopy.runtime.connection_balance`).
         self._connection_counts = connection_counts
@@ -277,9 +282,10 @@ class WorkerLinks:
                 self._usage.record(converter.structure(record, UsageRecord))
         elif kind == "owners":
             self._learn_owners(worker, frame)
-        elif kind == "owner?":
-            owner = self._affinity.owner_of(frame["response_id"])
-            worker.frames.send_nowait({"t": "reply", "id": frame["id"], "owner": owner_json(owner)})
+        elif kind == "kept":
+            self._learn_kept(worker, frame)
+        elif kind == "response?":
+            worker.frames.send_nowait({"t": "reply", "id": frame["id"], **self._response(frame)})
         elif kind == "metrics":
             assert self._nursery is not None
             self._nursery.start_soon(self._answer_metrics, worker, frame["id"])
@@ -321,6 +327,31 @@ class WorkerLinks:
         for other in self._workers.values():
             if other is not worker and other.live:
                 other.frames.send_nowait(frame)
+
+    def _learn_kept(self, worker: _Worker, frame: Frame) -> None:
+        for response_id, value in frame["kept"].items():
+            kept = parse_kept(value)
+            if kept is None:
+                self._kept.forget(response_id)
+            else:
+                self._kept.put(response_id, kept)
+        for other in self._workers.values():
+            if other is not worker and other.live:
+                other.frames.send_nowait(frame)
+
+    def _response(self, frame: Frame) -> dict[str, Any]:
+        """What the primary knows of a response a worker missed: its owner, and, if Sopy keeps
+        it, it and the responses before it (a conversation), oldest last."""
+        response_id: str | None = frame["response_id"]
+        owner = self._affinity.owner_of(frame["response_id"])
+        chain: list[list[Any]] = []
+        while response_id is not None and len(chain) < MAX_CHAIN:
+            kept = self._kept.kept_of(response_id)
+            if kept is None:
+                break
+            chain.append([response_id, kept_json(kept)])
+            response_id = kept.previous_response_id
+        return {"owner": owner_json(owner), "kept": chain}
 
     async def wait_applied(self) -> tuple[int, ...]:
         """Wait until every live worker applied the latest version, for `--apply-timeout`;

@@ -504,8 +504,10 @@ def _anthropic_request_schema(*, counting: bool) -> dict[str, Any]:
         properties["stream"] = {"type": ["boolean", "null"], "description": "Reply as events."}
     return {
         "type": "object",
-        "description": "An Anthropic Messages request. Sopy checks only `model` (and `stream`) "
-        "and forwards the body unchanged; the provider checks the rest.",
+        "description": "An Anthropic Messages request. For a provider of kind `anthropic` Sopy "
+        "checks only `model` (and `stream`) and forwards the body unchanged, the provider "
+        "checks the rest; for another kind Sopy reads it whole to translate it, and refuses "
+        "what is malformed or cannot be translated with a 400 naming the field.",
         "required": required,
         "properties": properties,
         "additionalProperties": True,

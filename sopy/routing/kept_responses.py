@@ -17,6 +17,7 @@ expired response does at OpenAI. The map lives in memory (no I/O on the request 
 the front serves, so kept responses survive a restart.
 """
 
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from typing import Any
 import attrs
 import orjson
 
-from sopy.errors import PreviousResponseNotFound
+from sopy.errors import InvalidRequest, PreviousResponseNotFound
 
 # A chain longer than this is refused rather than walked (a cycle cannot form: ids are new).
 MAX_CHAIN = 10_000
@@ -122,6 +123,58 @@ class KeptResponses:
             items.extend(orjson.loads(kept.response).get("output", []))
         return items
 
+    def continued(
+        self, payload: dict[str, Any], key_id: int | None
+    ) -> tuple[dict[str, Any], list[Any]] | None:
+        """For a request whose `previous_response_id` names a response kept here: the request
+        with the whole conversation in its `input` and no `previous_response_id` (for any
+        provider, native ones included), and its own input items (to keep with its answer).
+        None when the previous response is not kept here (another key's, or a provider's own)."""
+        previous = payload.get("previous_response_id")
+        if not isinstance(previous, str) or self.get(previous, key_id) is None:
+            return None
+        own = own_input_items(payload)
+        continued = {key: value for key, value in payload.items() if key != "previous_response_id"}
+        continued["input"] = self.conversation_items(previous, key_id) + own
+        return continued, own
+
+    def input_items(self, response_id: str, key_id: int | None) -> dict[str, Any] | None:
+        """`GET /v1/responses/{id}/input_items` of a kept response: the input its answer was
+        made from (the conversation before it and its own input), newest first as OpenAI lists
+        them, each with an id."""
+        kept = self.get(response_id, key_id)
+        if kept is None:
+            return None
+        items = orjson.loads(kept.input_items)
+        if kept.previous_response_id is not None:
+            with contextlib.suppress(PreviousResponseNotFound):
+                items = self.conversation_items(kept.previous_response_id, key_id) + items
+        data = [
+            _listed(item, f"{response_id}_input_{index}")
+            for index, item in enumerate(items)
+            if isinstance(item, dict)
+        ]
+        data.reverse()
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": False,
+        }
+
+    def put(self, response_id: str, kept: KeptResponse) -> None:
+        """Keep a response another process made (a worker's, in the primary of
+        `--workers N`), noted for the store like one kept here."""
+        self._add(response_id, kept)
+        self._pending[response_id] = kept
+
+    def kept_of(self, response_id: str) -> KeptResponse | None:
+        """The kept response whichever key made it, unless expired: for the primary process,
+        which answers a worker's miss (the worker checks the key, as `get` does)."""
+        kept = self._kept.get(response_id)
+        return None if kept is None or kept.expires_at <= time.time() else kept
+
     def forget(self, response_id: str) -> bool:
         kept = self._kept.pop(response_id, None)
         if kept is None:
@@ -164,3 +217,26 @@ class KeptResponses:
             self._bytes[kept.key_id] > self.max_bytes_per_key and len(ids) > 1
         ):
             self.forget(next(iter(ids)))
+
+
+def own_input_items(payload: dict[str, Any]) -> list[Any]:
+    """A Responses request's `input` as a list of items (a string is one user message)."""
+    given = payload.get("input")
+    if isinstance(given, str):
+        return [{"role": "user", "content": given}]
+    if isinstance(given, list):
+        return given
+    raise InvalidRequest("'input' must be a string or a list of input items.", param="input")
+
+
+def _listed(item: dict[str, Any], default_id: str) -> dict[str, Any]:
+    """An input item as OpenAI lists it: with its id, its type, and a message's content as
+    parts (the shorthand `{"role", "content": "text"}` written out)."""
+    listed = {"id": default_id, **item}
+    if "type" not in listed and "role" in listed:
+        listed["type"] = "message"
+    content = listed.get("content")
+    if listed["type"] == "message" and isinstance(content, str):
+        part = "output_text" if listed.get("role") == "assistant" else "input_text"
+        listed["content"] = [{"type": part, "text": content}]
+    return listed

@@ -278,7 +278,9 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         "provider's credential instead of the client's key. With `stream: true` the reply is "
         "relayed as server-sent events chunk by chunk; if the backend breaks off mid-stream, a "
         'final `data: {"error": ...}` event ends the stream. Upstream statuses and error '
-        "bodies (429 with `Retry-After`, 5xx...) are relayed unchanged.",
+        "bodies (429 with `Retry-After`, 5xx...) are relayed unchanged. For a provider of "
+        "kind `anthropic` the request is translated to a message and its answer, stream and "
+        "errors back to chat's.",
         reply=Reply(
             "The completion, or with `stream: true` its chunks as server-sent events.",
             {JSON: "ChatCompletion", EVENT_STREAM: "ServerSentEvent"},
@@ -298,7 +300,9 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         "it arrives (`stream: true`: server-sent events). Sopy remembers which backend made "
         "each response, so its follow-ups below and a later request naming it as "
         "`previous_response_id` reach that backend (another key's or an unknown id: 404 "
-        "`previous_response_not_found`).",
+        "`previous_response_not_found`). For a provider of kind `openai-chat` or `anthropic` "
+        "the request is translated (to a chat completion, or a message) and its answer, events "
+        "and errors back to the Responses API's; `previous_response_id` is then a 400.",
         reply=Reply(
             "The response, or with `stream: true` its events as server-sent events.",
             {JSON: "Response", EVENT_STREAM: "ServerSentEvent"},
@@ -392,12 +396,13 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         summary="Create a message (Anthropic Messages API)",
         description="For Claude Code and the `anthropic` SDK (whose base URL is the gateway's "
         "origin, without `/v1`). The Sopy key goes in `x-api-key` or `Authorization: Bearer`. "
-        "Forwarded byte for byte to a backend of the model's first provider of kind "
-        "`anthropic` (its fallbacks of that kind after it), with the provider's credential. "
-        "With `stream: true` the reply is relayed as Anthropic's server-sent events as they "
-        "arrive; if the backend breaks off mid-stream, a final `event: error` ends the stream. "
-        "Errors are in Anthropic's shape; a model mapped only to providers of another kind is "
-        "a 400 that names the provider's kind.",
+        "Forwarded byte for byte to a provider of kind `anthropic`, with the provider's "
+        "credential; translated to a chat completion for a provider of another kind (and its "
+        "answer back to a message), each fallback in the mapping's order. With `stream: true` "
+        "the reply comes as Anthropic's server-sent events as they arrive; if the backend "
+        "breaks off mid-stream, a final `event: error` ends the stream. Errors are in "
+        "Anthropic's shape; a feature the provider's format cannot express is a 400 naming the "
+        "field.",
         reply=Reply(
             "The message, or with `stream: true` Anthropic's stream events.",
             {JSON: "AnthropicMessage", EVENT_STREAM: "ServerSentEvent"},
@@ -414,7 +419,10 @@ PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
         operation_id="count_message_tokens",
         tag="anthropic",
         summary="Count a message's input tokens (Anthropic Messages API)",
-        description="Routed, authenticated and answered like `POST /v1/messages`.",
+        description="Routed and authenticated like `POST /v1/messages`; answered by the "
+        "model's first provider if it is of kind `anthropic`, otherwise by Sopy's own estimate "
+        "(UTF-8 bytes of the text, tool calls, results and definitions / 4, rounded up, plus 4 "
+        "per message and 1600 per image).",
         reply=Reply("The number of input tokens.", {JSON: "AnthropicTokenCount"}),
         needs_key=True,
         request_body="AnthropicTokenCountRequest",

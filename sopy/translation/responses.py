@@ -739,7 +739,8 @@ class StreamWriter:
     """The client's Responses event stream for a streamed answer. `response_id` is the id the
     gateway stores the response under (a new one when None: read `response_id`);
     `previous_response_id`, `store` and `metadata` are echoed in every lifecycle event. After
-    `finish`, `answer()` is the whole answer (None if the stream failed)."""
+    `finish`, `answer()` is the whole answer (None if the stream failed), and
+    `final_response` the response object the last event carried (for the gateway's store)."""
 
     def __init__(
         self,
@@ -764,6 +765,7 @@ class StreamWriter:
         self._stopped: StreamStopped | None = None
         self._finished = False
         self._failed = False
+        self.final_response: JsonObject | None = None
 
     def write(self, events: Sequence[StreamEvent]) -> bytes:
         if self._finished:
@@ -815,6 +817,7 @@ class StreamWriter:
         )
         kind = "response.completed" if status == "completed" else "response.incomplete"
         out.append(self._event(kind, {"response": response}))
+        self.final_response = response
         self._finished = True
         return b"".join(out)
 

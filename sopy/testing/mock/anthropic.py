@@ -5,8 +5,11 @@ In strict mode (`MockUpstream(anthropic_strict=True)`) the request is checked as
 checks it: a credential, in `x-api-key` or `Authorization: Bearer` (401 otherwise), an
 `anthropic-version` header (400), and a
 well-formed body: a string `model`, an integer `max_tokens` (not for count_tokens), `messages`
-whose roles are only `user` and `assistant`, alternating and starting with `user`, and a system
-prompt only as the top-level `system`. Without strict mode only what the mock needs is checked.
+whose roles are only `user` and `assistant`, alternating and starting with `user`, a system
+prompt only as the top-level `system`, no field Anthropic does not know (besides the mock's own
+`mock`), content blocks of Anthropic's types, tools with an `input_schema`, and every
+`tool_result` answering a `tool_use` of the assistant message before it. Without strict mode
+only what the mock needs is checked.
 A tool is used when `tools` are given and the last user message names one.
 """
 
@@ -57,8 +60,64 @@ def _checked_body(exchange: Exchange, *, strict: bool, needs_max_tokens: bool) -
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise RouteError(400, "messages: Field required")
     if strict:
+        _check_fields(payload)
         _check_roles(messages)
+        _check_blocks(messages)
+        _check_tools(payload.get("tools"))
     return payload
+
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature",
+        "top_p", "top_k", "tools", "tool_choice", "metadata", "thinking", "service_tier",
+        "container", "mcp_servers", "context_management", "output_config", "mock",
+    }
+)  # fmt: skip
+_BLOCK_TYPES = frozenset({"text", "image", "document", "tool_use", "tool_result", "thinking"})
+
+
+def _check_fields(payload: dict[str, Any]) -> None:
+    for field in payload:
+        if field not in _KNOWN_FIELDS:
+            raise RouteError(400, f"{field}: Extra inputs are not permitted")
+
+
+def _check_blocks(messages: list[dict[str, Any]]) -> None:
+    """Blocks of known types; each `tool_result` answers a `tool_use` of the message before."""
+    called: set[object] = set()
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        for number, block in enumerate(blocks):
+            where = f"messages.{index}.content.{number}"
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind not in _BLOCK_TYPES:
+                raise RouteError(400, f"{where}.type: Input tag {kind!r} is not expected")
+            if kind == "tool_result" and block.get("tool_use_id") not in called:
+                raise RouteError(
+                    400,
+                    f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                    f"{block.get('tool_use_id')}. Each `tool_result` block must have a "
+                    "corresponding `tool_use` block in the previous message.",
+                )
+        called = {
+            block.get("id")
+            for block in blocks
+            if isinstance(block, dict) and block.get("type") == "tool_use"
+        }
+
+
+def _check_tools(tools: object) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise RouteError(400, "tools: Input should be a valid list")
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise RouteError(400, f"tools.{index}.name: Field required")
+        if not isinstance(tool.get("input_schema"), dict):
+            raise RouteError(400, f"tools.{index}.input_schema: Field required")
 
 
 def _check_roles(messages: list[dict[str, Any]]) -> None:

@@ -7,12 +7,16 @@ headers or between streamed events, longer streams (`chunks`), a connection drop
 `length_unknown`) or a stream whose one line never ends (`endless_line_bytes`). Every JSON route
 honours `status`, `retry_after` and `headers_delay`; chat completions honour all of them.
 `RandomFault` names what the server-wide random failure mode draws for chat completions.
+
+The same object may come as the `x-mock-faults` header instead (JSON text), for a request whose
+body a gateway rewrites, as Sopy does when it translates between wire formats; the header wins.
 """
 
 import enum
 from typing import Any
 
 import attrs
+import orjson
 from attrs import validators
 
 from sopy.testing.mock.http import Headers, RouteError
@@ -80,6 +84,7 @@ class Faults:
 
 
 NO_FAULTS = Faults()
+FAULTS_HEADER = "x-mock-faults"
 
 
 def parse_faults(raw: object) -> Faults:
@@ -91,6 +96,17 @@ def parse_faults(raw: object) -> Faults:
         return Faults(**raw)
     except (TypeError, ValueError) as error:
         raise RouteError(400, f"Invalid 'mock' object: {error}") from None
+
+
+def requested_faults(headers: dict[str, str], body_faults: object) -> Faults:
+    """The faults a request asks for: its `x-mock-faults` header's, else its body's `mock`."""
+    header = headers.get(FAULTS_HEADER)
+    if header is None:
+        return parse_faults(body_faults)
+    try:
+        return parse_faults(orjson.loads(header))
+    except orjson.JSONDecodeError:
+        raise RouteError(400, f"'{FAULTS_HEADER}' must be a JSON object.") from None
 
 
 def faults_acting_out(fault: RandomFault, hang_seconds: float) -> Faults:

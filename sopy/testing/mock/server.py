@@ -50,14 +50,19 @@ from sopy.testing.mock.chat import (
     chat_usage,
     last_user_text,
     parse_chat_request,
+    tool_call_completion,
+    tool_call_stream_events,
+    tool_calls,
+    tools_called,
 )
 from sopy.testing.mock.exchange import Exchange, stream_parts
 from sopy.testing.mock.faults import (
+    FAULTS_HEADER,
     NO_FAULTS,
     Faults,
     RandomFault,
     faults_acting_out,
-    parse_faults,
+    requested_faults,
     retry_after_header,
 )
 from sopy.testing.mock.http import (
@@ -365,6 +370,9 @@ class MockUpstream:
 
     async def _complete_chat(self, exchange: Exchange) -> None:
         chat = parse_chat_request(exchange.request.body)
+        if FAULTS_HEADER in exchange.request.headers:
+            faults = requested_faults(exchange.request.headers, None)
+            chat = attrs.evolve(chat, faults=faults)
         fault = self._draw_random_fault() if chat.faults == NO_FAULTS else None
         if fault is RandomFault.RESET and not chat.stream:
             await _reset_before_body(exchange.response)
@@ -400,10 +408,22 @@ class MockUpstream:
                 response, b"data: ", faults.endless_line_bytes, faults.chunk_delay
             )
             return
+        completion_id = f"chatcmpl-mock-{number}"
+        called = tools_called(chat)
+        if called:
+            calls = tool_calls(chat, number, called)
+            arguments = " ".join(call["function"]["arguments"] for call in calls)
+            usage = chat_usage(chat.messages, pieces_of(arguments))
+            if chat.stream:
+                events = tool_call_stream_events(completion_id, chat, calls, usage)
+                await stream_parts(response, events, faults, headers=headers)
+            else:
+                completion = tool_call_completion(completion_id, chat.model, calls, usage)
+                await response.json(200, completion, headers)
+            return
         reply = reply_text(self.name, last_user_text(chat.messages))
         pieces = pieces_of(reply, faults.chunks)
         usage = chat_usage(chat.messages, pieces)
-        completion_id = f"chatcmpl-mock-{number}"
         if chat.stream:
             events = chat_stream_events(completion_id, chat, pieces, usage)
             await stream_parts(response, events, faults, headers=headers)
@@ -429,17 +449,18 @@ class MockUpstream:
 
 
 async def _act_out_simple_faults(request: ReceivedRequest, upstream_name: str) -> Faults:
-    """The `"mock"` faults every JSON route honours: a delay before the headers, an error; the
-    stream faults (`chunk_delay`, `reset_after`) are left to `send_parts`."""
-    if not request.headers.get("content-type", "").startswith("application/json"):
-        return NO_FAULTS
-    try:
-        payload = orjson.loads(request.body)
-    except orjson.JSONDecodeError:
-        return NO_FAULTS  # the route itself reports the bad body
-    if not isinstance(payload, dict) or "mock" not in payload:
-        return NO_FAULTS
-    faults = parse_faults(payload["mock"])
+    """The faults every JSON route honours (from the body's `"mock"` or the `x-mock-faults`
+    header): a delay before the headers, an error; the stream faults (`chunk_delay`,
+    `reset_after`) are left to `send_parts`."""
+    body_faults = None
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            payload = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            payload = None  # the route itself reports the bad body
+        if isinstance(payload, dict):
+            body_faults = payload.get("mock")
+    faults = requested_faults(request.headers, body_faults)
     await trio.sleep(faults.headers_delay)
     if faults.status is not None:
         raise RouteError(
