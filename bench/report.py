@@ -21,7 +21,17 @@ from typing import Any
 from load import StreamMeasurement, percentile, wrk_path
 from targets import nginx_path
 
-_ORDER = {"direct": 0, "sopy": 1, "sopy-governed": 2, "sopy-base": 3, "litellm": 4}
+_ORDER = {
+    "direct": 0,
+    "sopy": 1,
+    "sopy-governed": 2,
+    "sopy-w2": 3,
+    "sopy-governed-w2": 4,
+    "sopy-base": 5,
+    "litellm": 6,
+}
+# Cores the workers projection is made for (bench/README.md).
+PROJECTED_CORES = 16
 _IDLE = "idle (epoll wait)"
 
 
@@ -145,6 +155,8 @@ def ratios(summary: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         ("litellm", "direct"),
         ("sopy", "sopy-base"),
         ("sopy-governed", "sopy"),
+        ("sopy-w2", "sopy"),
+        ("sopy-governed-w2", "sopy-governed"),
     )
     for top, bottom in pairs_measured:
         pairs = {
@@ -197,6 +209,37 @@ def ratio_lines(report: dict[str, Any]) -> list[str]:
             + ", ".join(f"c{r['concurrency']} {r['added_p50_ms']:+.2f} ms" for r in base_rows)
         )
     lines.extend(governed_lines(report["summary"]))
+    lines.extend(workers_lines(report["summary"]))
+    return lines
+
+
+def workers_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """`--workers 2` against one process, per concurrency: the throughput ratio (the issue's
+    target: at least 1.5x on the 2-core machine, wrk and nginx sharing it), the CPU per request
+    of each, and the governed lanes alike (what asking the primary's gate costs); then the
+    projection for `PROJECTED_CORES` cores from the CPU per request of `--workers 2`."""
+    rows = {(r["target"], r["concurrency"]): r for r in summary}
+    lines = []
+    for one, two in (("sopy", "sopy-w2"), ("sopy-governed", "sopy-governed-w2")):
+        for concurrency in sorted(c for (t, c) in rows if t == two):
+            single, several = rows.get((one, concurrency)), rows[(two, concurrency)]
+            if single is None or not single["rps"]:
+                continue
+            ratio = several["rps"] / single["rps"]
+            target = " (target at least 1.5x: " + ("met)" if ratio >= 1.5 else "NOT met)")
+            lines.append(
+                f"{two} vs {one} at c{concurrency}: throughput {ratio:.3g}x{target}; CPU per "
+                f"request {several['cpu_ms_per_request']:.3f} vs "
+                f"{single['cpu_ms_per_request']:.3f} ms"
+            )
+    cpu = [r["cpu_ms_per_request"] for r in summary if r["target"] == "sopy-w2"]
+    if cpu and min(cpu) > 0:
+        per_request = min(cpu)
+        lines.append(
+            f"Projection for {PROJECTED_CORES} cores running Sopy alone ({PROJECTED_CORES} "
+            f"workers, load and upstream elsewhere): {PROJECTED_CORES} / {per_request:.3f} ms "
+            f"= {PROJECTED_CORES * 1000 / per_request:,.0f} req/s"
+        )
     return lines
 
 

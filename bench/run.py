@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "of the commit before a change), as target sopy-base, for a same-run before/after",
     )
     parser.add_argument(
+        "--workers-compare",
+        action="store_true",
+        help="also run Sopy with --workers 2 (sopy-w2, and sopy-governed-w2 beside the governed "
+        "lane), interleaved with the one-process targets; concurrency 16 and 64 unless given",
+    )
+    parser.add_argument(
         "--no-governed",
         action="store_true",
         help="skip the governed lane (sopy-governed: a key with every per-key control set, "
@@ -164,7 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.loader = args.loader or ("python" if quick else "wrk")
     args.duration = args.duration or (10.0 if quick else 5.0)
     args.rounds = args.rounds or (1 if quick else 3)
-    args.concurrency = args.concurrency or ([1, 8] if quick else [1, 16, 64])
+    default_levels = [16, 64] if args.workers_compare else [1, 16, 64]
+    args.concurrency = args.concurrency or ([1, 8] if quick else default_levels)
     args.requests = args.requests or (80 if quick else 1_000_000)
     args.streams = args.streams if args.streams is not None else (20 if quick else 300)
     if quick:
@@ -257,6 +264,16 @@ def _run(args: argparse.Namespace, children: Children) -> int:
         progress(f"governed sopy (pid {governed.pid}) at {governed.base_url}")
         all_targets.append(governed)
         scraper = targets.MetricsScraper(governed.base_url + "/metrics")
+    if args.workers_compare and args.soak is None:
+        workers = targets.start_sopy(children, direct.base_url, name="sopy-w2", workers=2)
+        progress(f"sopy --workers 2 (primary pid {workers.pid}) at {workers.base_url}")
+        all_targets.append(workers)
+        if not args.no_governed:
+            governed_workers = targets.start_sopy(
+                children, direct.base_url, name="sopy-governed-w2", governed=True, workers=2
+            )
+            progress(f"governed sopy --workers 2 (pid {governed_workers.pid})")
+            all_targets.append(governed_workers)
     for target in all_targets:
         _sanity_check(target)
     if args.with_litellm:

@@ -254,6 +254,7 @@ def start_sopy(
     name: str = "sopy",
     python: str = sys.executable,
     governed: bool = False,
+    workers: int = 1,
 ) -> Target:
     """`python -m sopy serve` on a free port, configured over its admin socket with a user key,
     the provider credential, a backend pointing at the upstream and a model mapping.
@@ -264,6 +265,8 @@ def start_sopy(
     With `profile_to`, Sopy runs under cProfile, which writes that pstats file when Sopy exits.
     `python` may be another virtualenv's interpreter, with another checkout of Sopy installed:
     that is how `--baseline` measures a change before and after in the same run.
+    `workers`: `--workers N` (the primary and N worker processes; the target's pid is the
+    primary's, and its CPU is its whole process tree's).
     """
     port = free_port()
     sopy_dir = children.workdir / name
@@ -285,6 +288,7 @@ def start_sopy(
         "--log-level",
         "warning",
         *(["--metrics-per-key"] if governed else []),
+        *(["--workers", str(workers)] if workers > 1 else []),
     ]
     child = children.spawn(name, argv)
     wait_until(

@@ -156,6 +156,8 @@ def admin_reply_json(reply: CommandReply, request_id: object = None) -> dict[str
     """The reply envelope every admin transport sends: the same JSON on every transport."""
     if isinstance(reply, CommandSucceeded):
         body: dict[str, Any] = {"ok": True, "result": admin_result_json(reply.result)}
+        if reply.lagging_workers:
+            body["lagging_workers"] = list(reply.lagging_workers)
     else:
         body = {"ok": False, "error": reply.error.admin_body()}
     return body if request_id is None else {"id": request_id, **body}

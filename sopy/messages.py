@@ -607,7 +607,11 @@ class ConfigChanged:
 
 @attrs.frozen
 class CommandSucceeded:
+    """`lagging_workers`: with several worker processes, the PIDs of those that had not applied
+    the change when `--apply-timeout` ran out (they are being restarted)."""
+
     result: AdminResult
+    lagging_workers: tuple[int, ...] = ()
 
 
 @attrs.frozen

@@ -27,8 +27,16 @@ def _about(
     low: float | None = None,
     high: float | None = None,
     choices: tuple[str, ...] | None = None,
+    auto_is_cores: bool = False,
 ) -> dict[str, Any]:
-    return {"help": help, "low": low, "high": high, "choices": choices}
+    return {
+        "help": help, "low": low, "high": high, "choices": choices, "auto_is_cores": auto_is_cores
+    }  # fmt: skip
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), which `auto` stands for."""
+    return len(os.sched_getaffinity(0))
 
 
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s*,]+", re.IGNORECASE)
@@ -232,6 +240,24 @@ class Settings:
         default=30.0,
         metadata=_about("seconds in-flight requests may finish after SIGTERM", low=0.0),
     )
+    workers: int = attrs.field(
+        default=1,
+        metadata=_about(
+            "worker processes serving the public port (auto: one per usable core); 1 serves "
+            "from this one process",
+            low=1,
+            high=1024,
+            auto_is_cores=True,
+        ),
+    )
+    apply_timeout: float = attrs.field(
+        default=2.0,
+        metadata=_about(
+            "with --workers 2 or more: seconds an admin reply waits for every worker to apply "
+            "its change; a worker still behind then is named in the reply and restarted",
+            low=0.01,
+        ),
+    )
     cors_origins: tuple[str, ...] = attrs.field(
         default=(),
         converter=_origins,
@@ -276,6 +302,8 @@ def _parsed(field: "attrs.Attribute[Any]", value: Any, source: str) -> Any:
         return Path(value)
     if kind is bool:
         return _boolean(value, source)
+    if field.metadata["auto_is_cores"] and str(value).strip().lower() == "auto":
+        return usable_cores()
     if kind is int or kind is float:
         return _number(float if kind is float else int, field.metadata, value, source)
     choices = field.metadata["choices"]

@@ -49,6 +49,8 @@ class RunningSopy:
     feed: ChangeFeed
     # The `--metrics-port` server's URL; None when /metrics is on the public port.
     metrics_url: str | None = None
+    # With `--workers` 2 or more (`sopy.workers`): the worker processes' PIDs.
+    worker_pids: tuple[int, ...] = ()
 
 
 async def run_sopy(

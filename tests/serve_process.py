@@ -40,6 +40,13 @@ class ServeProcess:
         assert match is not None, self.output.decode()
         return match.group(1).decode()
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The PIDs of the worker processes the banner named (`--workers` 2 or more)."""
+        match = re.search(rb"Worker PIDs:\s+([\d ]+)", self.output)
+        assert match is not None, self.output.decode()
+        return [int(pid) for pid in match.group(1).split()]
+
     async def wait_for_output(self, text: bytes, within: float = 10) -> None:
         assert self.process.stdout is not None
         with trio.fail_after(within):

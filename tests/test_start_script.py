@@ -53,3 +53,26 @@ async def test_start_script_reports_a_failed_start_with_the_log(workdir: Path) -
     assert started.returncode == 2
     assert b"exited during startup" in started.stdout
     assert b"is not a socket" in started.stdout
+
+
+async def test_start_script_prints_every_pid_with_workers(workdir: Path) -> None:
+    started = await trio.run_process(
+        [sys.executable, str(REPO / "start_server.py"), "--port", "0", "--workers", "2"],
+        cwd=workdir,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    output = started.stdout.decode()
+    assert started.returncode == 0, started.stderr.decode()
+    primary = re.search(r"kill (\d+)", output)
+    workers = re.search(r"Worker PIDs:\s+(\d+) (\d+)\n", output)
+    assert primary and workers and re.search(r"PID:\s+\d+", output), output
+    worker_pids = [int(pid) for pid in workers.groups()]
+    try:
+        for pid in worker_pids:
+            assert "--link-fd" in await trio.Path(f"/proc/{pid}/cmdline").read_text()
+    finally:
+        os.kill(int(primary.group(1)), signal.SIGTERM)
+    await eventually(lambda: not (workdir / "sopy-admin.sock").exists(), within=10)
+    await eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in worker_pids))

@@ -27,6 +27,13 @@ The Anthropic Messages routes are model routes too, with two differences: the ke
 provider does not serve Messages is answered here by a local estimate
 (`sopy.translation.translate.estimate_input_tokens`).
 
+In a worker process (`sopy serve --workers N`), `primary` is the link to the primary process
+(`sopy.actors.primary_link`), and the front serves on the listening sockets it inherited
+(`listeners`), taking turns with the other workers to accept (`accept_balance`). A key with
+limits is admitted by the primary's one gate (one round trip; a key without limits asks
+nothing), a response id this worker does not know is asked of the primary before a 404, and
+`/metrics` is the whole server's. In one process all three are None.
+
 `GET /metrics` shows the gateway's Prometheus metrics (`sopy.runtime.metrics`, recorded by
 `sopy.actors.relay.accounted`), or, with `--metrics-port`, a second server on that port does,
 and the public port answers 404 for it.
@@ -40,13 +47,14 @@ backend or provider.
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
 import orjson
 import trio
 
 from sopy.actors.front_responses import send_body, send_complete, send_error, send_json
+from sopy.actors.primary_link import PrimaryLink
 from sopy.actors.relay import (
     ProviderInbox,
     ProxiedRequest,
@@ -88,11 +96,17 @@ from sopy.messages import (
 )
 from sopy.protocol.errors import ProtocolError
 from sopy.protocol.events import Header
-from sopy.protocol.server import ClientGone, HttpExchange, HttpServer, ServerLimits
+from sopy.protocol.server import (
+    AcceptBalance,
+    ClientGone,
+    HttpExchange,
+    HttpServer,
+    ServerLimits,
+)
 from sopy.provider_kinds import WireFormat
 from sopy.routing.cors import CorsPolicy
 from sopy.routing.kept_responses import KeptResponses, own_input_items
-from sopy.routing.key_limits import Admission, KeyGate, KeyPolicy, token_estimate
+from sopy.routing.key_limits import AdmissionHold, KeyGate, KeyPolicy, token_estimate
 from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.native_routes import (
     COUNT_TOKENS_PATH,
@@ -209,6 +223,10 @@ class HttpFront:
         )
         self.stopped = trio.Event()
         self.metrics_url: str | None = None  # with --metrics-port, once it listens
+        # In a worker process: its link to the primary, and the public sockets it inherited.
+        self.primary: PrimaryLink | None = None
+        self.listeners: Sequence[trio.SocketListener] | None = None
+        self.accept_balance: AcceptBalance | None = None
         self._table_source: ConfigChanged | None = None
         self._table: RouteTable | None = None
         handlers: dict[PublicHandler, Handler] = {
@@ -284,11 +302,14 @@ class HttpFront:
             drain_timeout=settings.drain_timeout,
             send_timeout=settings.send_timeout,
         )
-        server = HttpServer(self._serve_request, limits, _render_error)
+        server = HttpServer(self._serve_request, limits, _render_error, self.accept_balance)
         async with trio.open_nursery() as nursery:
-            url = await _listen(nursery, server, settings, settings.port, "--port", self._draining)
+            url = await _listen(
+                nursery, server, settings, settings.port, "--port", self._draining, self.listeners
+            )
             log.info("serving the OpenAI API on %s", url)
-            if settings.metrics_port is not None:
+            # In a worker, the primary serves --metrics-port, for every worker.
+            if settings.metrics_port is not None and self.primary is None:
                 metrics_server = HttpServer(self._serve_metrics_port, limits, _render_error)
                 self.metrics_url = await _listen(
                     nursery, metrics_server, settings, settings.metrics_port, "--metrics-port",
@@ -382,7 +403,10 @@ class HttpFront:
         await self._send_metrics(exchange, rid)
 
     async def _send_metrics(self, exchange: HttpExchange, rid: bytes) -> None:
-        body = self.metrics.exposition()
+        if self.primary is None:
+            body = self.metrics.exposition()
+        else:
+            body = await self.primary.whole_server_metrics()
         await send_body(exchange, 200, body, rid, content_type=METRICS_CONTENT_TYPE)
 
     async def _health(self, exchange: HttpExchange, rid: bytes) -> None:
@@ -423,9 +447,13 @@ class HttpFront:
             self.key_gate.check_expiry(policy)
         return policy
 
-    async def _admit(self, policy: KeyPolicy, estimate: int) -> Admission:
+    async def _admit(self, policy: KeyPolicy, estimate: int) -> AdmissionHold | None:
         """The key's decision (`KeyGate.admit`), then, with `--limits`, its counted limits
-        across instances (`SharedLimits.admit`)."""
+        across instances and workers (`SharedLimits.admit`, each worker straight to the limit
+        store); without `--limits`, in a worker, the primary's one gate decides (None: nothing
+        to settle after, as for a key limited by `rpm` alone)."""
+        if self.primary is not None and self._shared_limits is None:
+            return await self.primary.admit(policy.key_id, estimate)
         admission = self.key_gate.admit(policy, estimate)
         if self._shared_limits is None or not counted_here(policy):
             return admission
@@ -493,6 +521,8 @@ class HttpFront:
                 payload = request.payload = _request_payload(body)
                 request.model = _model_of(payload)
                 previous_id = payload.get("previous_response_id")
+                if self.primary is not None and isinstance(previous_id, str):
+                    await self._recall(previous_id, request.key_id)
                 continued = self._kept.continued(payload, request.key_id)
                 previous_id_kept = None
                 if continued is not None:
@@ -529,6 +559,13 @@ class HttpFront:
                         orjson.dumps(kept),
                     )
 
+    async def _recall(self, response_id: str, key_id: int | None) -> None:
+        """In a worker: a response made through another worker that this one does not know
+        yet (where it lives, or the response Sopy keeps), learnt from the primary."""
+        assert self.primary is not None
+        if response_id not in self._kept and self._affinity.owner_for(response_id, key_id) is None:
+            await self.primary.recall(response_id)
+
     def _remembering(self, request: ProxiedRequest) -> Callable[[str], None]:
         def remember(response_id: str) -> None:
             assert request.provider is not None and request.backend is not None
@@ -545,6 +582,8 @@ class HttpFront:
         with accounted(request, exchange, self.metrics, self._usage):
             table = self._route_table()
             request.key_id, _ = self._authenticate(table, exchange)
+            if self.primary is not None:
+                await self._recall(response_id, request.key_id)
             if response_id in self._kept:
                 await self._answer_kept(exchange, request, response_id, action)
                 return
@@ -652,10 +691,17 @@ async def _listen(
     port: int,
     flag: str,
     draining: trio.Event,
+    listeners: Sequence[trio.SocketListener] | None = None,
 ) -> str:
-    """Start `server` on `port` of `--host`; its URL, or a StartupError that says what to do."""
+    """Start `server` on `port` of `--host` (or on `listeners`); its URL, or a StartupError that
+    says what to do."""
     try:
-        url: str = await nursery.start(server.serve, settings.host, port, draining.wait)
+        url: str = await nursery.start(
+            functools.partial(server.serve, listeners=listeners),
+            settings.host,
+            port,
+            draining.wait,
+        )
     except* OSError as failures:
         first = innermost(failures)
         reason = first.strerror if isinstance(first, OSError) else None

@@ -73,7 +73,7 @@ from sopy.routing.forwarded_headers import (
     is_event_stream,
     upstream_request_id,
 )
-from sopy.routing.key_limits import Admission
+from sopy.routing.key_limits import AdmissionHold
 from sopy.routing.model_field import Span
 from sopy.routing.native_routes import Translation, translation_for
 from sopy.routing.response_ids import ResponseIdWatcher
@@ -149,7 +149,7 @@ class ProxiedRequest:
     strip_usage_chunk: bool = False
     stream_complete: bool = False
     # The key's hold on its limits' counts (`sopy.routing.key_limits`), for a key with limits.
-    admission: Admission | None = None
+    admission: AdmissionHold | None = None
     # The client's JSON body as the front parsed it (None for a form), for a hop that
     # translates; its items once a hop needed them; the answering hop's translation.
     payload: JsonObject | None = None

@@ -13,6 +13,7 @@ from sopy.errors import StartupError
 from sopy.runtime.private_files import existing_private_file, open_private
 
 READY_LINE = "Sopy is running"
+WORKERS_LINE = "  Worker PIDs:"
 STARTUP_TIMEOUT = 30.0
 
 
@@ -38,12 +39,12 @@ def start_in_background(
             env={**os.environ, **environment, "PYTHONUNBUFFERED": "1"},
         )
     banner = _wait_for_banner(process, log_path, start_offset)
-    return (
-        f"{banner}\n"
-        f"  Log file:     {log_path}\n"
-        f"Stop it with:   kill {process.pid}\n"
-        "(the API server and the admin socket run in this one process)"
+    where = (
+        "(the primary runs the admin socket; stopping it drains and stops its workers)"
+        if WORKERS_LINE in banner
+        else "(the API server and the admin socket run in this one process)"
     )
+    return f"{banner}\n  Log file:     {log_path}\nStop it with:   kill {process.pid}\n{where}"
 
 
 def _wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, offset: int) -> str:
@@ -51,8 +52,11 @@ def _wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, offset: i
     while time.monotonic() < deadline:
         output = _read_from(log_path, offset)
         if READY_LINE in output:
-            banner = output[output.index(READY_LINE) :]
-            return "\n".join(line for line in banner.splitlines()[:5])
+            lines = output[output.index(READY_LINE) :].splitlines()
+            # The primary of `--workers N` adds its workers' PIDs.
+            count = 6 if len(lines) > 5 and lines[5].startswith(WORKERS_LINE) else 5
+            if len(lines) >= 5:
+                return "\n".join(lines[:count])
         if process.poll() is not None:
             raise StartupError(
                 f"the gateway exited during startup (code {process.returncode}); its log "

@@ -1,6 +1,7 @@
 """The `sopy` command: `serve` runs the gateway, `start` runs it in the background, `admin`
 sends one admin command, `events` follows the live change stream, `mock-upstream` runs the
-bundled OpenAI-compatible test server."""
+bundled OpenAI-compatible test server; `worker` is one worker process of `serve --workers N`,
+started by the primary only."""
 
 import argparse
 import logging
@@ -28,6 +29,7 @@ from sopy.messages import ADMIN_COMMANDS, RotateSecretKey
 from sopy.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
 from sopy.supervisor import RunningSopy, run_sopy
 from sopy.testing.mock_upstream import run_mock_upstream
+from sopy.workers import run_primary, run_worker
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2
@@ -144,6 +146,15 @@ def _parser() -> argparse.ArgumentParser:
         help="refuse the Responses WebSocket mode (404 to the upgrade)",
     )
     mock.set_defaults(handler=_mock_upstream)
+
+    worker = actions.add_parser(
+        "worker", help="(internal) one worker process, started by `sopy serve --workers N`"
+    )
+    worker.add_argument("--link-fd", type=int, required=True)
+    worker.add_argument("--listen-fds", required=True)
+    worker.add_argument("--counts-fd", type=int, required=True)
+    worker.add_argument("--slot", type=int, required=True)
+    worker.set_defaults(handler=_worker)
     return parser
 
 
@@ -195,9 +206,10 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
 
 async def _serve_until_signalled(settings: Settings) -> None:
     shutdown = trio.Event()
+    run = run_sopy if settings.workers == 1 else run_primary
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            running: RunningSopy = await nursery.start(run_sopy, settings, shutdown)
+            running: RunningSopy = await nursery.start(run, settings, shutdown)
             print(startup_banner(settings, running), flush=True)
             async for signum in signals:
                 logging.getLogger("sopy").info("received %s", signal.Signals(signum).name)
@@ -206,13 +218,22 @@ async def _serve_until_signalled(settings: Settings) -> None:
 
 
 def startup_banner(settings: Settings, running: RunningSopy) -> str:
-    return (
+    banner = (
         "Sopy is running\n"
         f"  Server URL:   {running.http_url}\n"
         f"  Admin socket: {running.admin_socket.absolute()}\n"
         f"  Database:     {settings.db_path.absolute()}\n"
         f"  PID:          {os.getpid()}"
     )
+    if running.worker_pids:
+        banner += f"\n  Worker PIDs:  {' '.join(map(str, running.worker_pids))}"
+    return banner
+
+
+def _worker(args: argparse.Namespace, _rest: list[str]) -> int:
+    listen_fds = [int(fd) for fd in args.listen_fds.split(",")]
+    trio.run(run_worker, args.link_fd, listen_fds, args.counts_fd, args.slot)
+    return 0
 
 
 def _admin(args: argparse.Namespace, rest: list[str]) -> int:

@@ -22,6 +22,7 @@ import re
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import Protocol
 
 import attrs
 import trio
@@ -312,15 +313,51 @@ class _Connection:
             await trio.aclose_forcefully(self.stream)
 
 
-class HttpServer:
-    """Serve `handler` on TCP listeners until `stop` returns, then drain."""
+class AcceptBalance(Protocol):
+    """Several processes accepting from one listening socket, kept even: each counts the
+    connections it accepted and closed, and waits its turn before accepting while it holds more
+    than the others (briefly: a process that does not accept cannot hold up the rest)."""
 
-    def __init__(self, handler: Handler, limits: ServerLimits, render_error: RenderError) -> None:
+    def accepted(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+    async def wait_turn(self) -> None: ...
+
+
+class _TakingTurns(trio.abc.Listener[trio.SocketStream]):
+    def __init__(self, listener: trio.SocketListener, balance: AcceptBalance) -> None:
+        self._listener = listener
+        self._balance = balance
+
+    async def accept(self) -> trio.SocketStream:
+        await self._balance.wait_turn()
+        stream = await self._listener.accept()
+        # Counted at once: the next accept of a burst already sees it.
+        self._balance.accepted()
+        return stream
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+
+class HttpServer:
+    """Serve `handler` on TCP listeners until `stop` returns, then drain. With `balance`, the
+    listeners are shared with other processes that take turns accepting (`AcceptBalance`)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: ServerLimits,
+        render_error: RenderError,
+        balance: AcceptBalance | None = None,
+    ) -> None:
         self.handler = handler
         self.limits = limits
         self.render_error = render_error
         self.draining = False
         self._connections: set[_Connection] = set()
+        self._balance = balance
 
     async def serve(
         self,
@@ -328,19 +365,28 @@ class HttpServer:
         port: int,
         stop: Callable[[], Awaitable[object]],
         *,
+        listeners: Sequence[trio.SocketListener] | None = None,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on host:port (OSError if that fails); `task_status` gets the server's URL."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        """Listen on host:port (OSError if that fails), or accept on `listeners` already
+        listening (sockets a worker process inherited); `task_status` gets the server's URL."""
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host)
         async with trio.open_nursery() as watchdog:
             watchdog.start_soon(self._cut_off_stalled_clients)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
+                    balance = self._balance
+                    taken: list[trio.abc.Listener[trio.SocketStream]] = (
+                        list(listeners)
+                        if balance is None
+                        else [_TakingTurns(listener, balance) for listener in listeners]
+                    )
                     accepting.start_soon(
                         partial(
                             trio.serve_listeners,
                             self._serve_connection,
-                            listeners,
+                            taken,
                             handler_nursery=connections,
                         )
                     )
@@ -377,6 +423,8 @@ class HttpServer:
                 pass
         finally:
             self._connections.discard(connection)
+            if self._balance is not None:
+                self._balance.closed()
             await connection.close()
 
     async def _serve_one_request(self, connection: _Connection) -> bool:

@@ -163,6 +163,18 @@ class KeptResponses:
             "has_more": False,
         }
 
+    def put(self, response_id: str, kept: KeptResponse) -> None:
+        """Keep a response another process made (a worker's, in the primary of
+        `--workers N`), noted for the store like one kept here."""
+        self._add(response_id, kept)
+        self._pending[response_id] = kept
+
+    def kept_of(self, response_id: str) -> KeptResponse | None:
+        """The kept response whichever key made it, unless expired: for the primary process,
+        which answers a worker's miss (the worker checks the key, as `get` does)."""
+        kept = self._kept.get(response_id)
+        return None if kept is None or kept.expires_at <= time.time() else kept
+
     def forget(self, response_id: str) -> bool:
         kept = self._kept.pop(response_id, None)
         if kept is None:

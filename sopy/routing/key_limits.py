@@ -168,6 +168,15 @@ class SharedHold(Protocol):
         """The request ended, having used `used` tokens (None: not reported)."""
 
 
+class AdmissionHold(Protocol):
+    """What the relay does with an admitted request's hold: an `Admission` here, or, in a
+    worker process, one held by the primary's gate (`sopy.actors.primary_link`)."""
+
+    def record(self, tokens: TokenCounts) -> None: ...
+
+    def finish(self, tokens: TokenCounts | None, succeeded: bool) -> None: ...
+
+
 class Admission:
     """An admitted request's hold on its key's counts, until `finish`."""
 

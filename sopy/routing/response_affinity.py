@@ -69,6 +69,12 @@ class ResponseAffinity:
             return None
         return owner
 
+    def owner_of(self, response_id: str) -> ResponseOwner | None:
+        """The owner of `response_id` whichever key made it: for the primary process, which
+        answers a worker's miss (the worker checks the key, as `owner_for` does)."""
+        owner = self._owners.get(response_id)
+        return None if owner is None or owner.expires_at <= time.time() else owner
+
     def forget(self, response_id: str) -> None:
         if self._owners.pop(response_id, None) is not None:
             self._pending[response_id] = None
