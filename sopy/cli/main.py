@@ -26,6 +26,7 @@ from sopy.cli.events_client import follow_events
 from sopy.config.secret_box import new_secret_key
 from sopy.errors import InvalidField, StartupError, innermost
 from sopy.messages import ADMIN_COMMANDS, RotateSecretKey
+from sopy.runtime.garbage_collection import tune_for_serving
 from sopy.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
 from sopy.supervisor import RunningSopy, run_sopy
 from sopy.testing.mock_upstream import run_mock_upstream
@@ -195,6 +196,7 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        tune_for_serving()
         trio.run(_serve_until_signalled, settings)
     except BaseExceptionGroup as group:
         startup, _ = group.split(StartupError)
@@ -232,6 +234,7 @@ def startup_banner(settings: Settings, running: RunningSopy) -> str:
 
 def _worker(args: argparse.Namespace, _rest: list[str]) -> int:
     listen_fds = [int(fd) for fd in args.listen_fds.split(",")]
+    tune_for_serving()
     trio.run(run_worker, args.link_fd, listen_fds, args.counts_fd, args.slot)
     return 0
 
