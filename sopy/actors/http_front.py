@@ -48,6 +48,7 @@ import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import orjson
@@ -106,7 +107,13 @@ from sopy.protocol.server import (
 from sopy.provider_kinds import WireFormat
 from sopy.routing.cors import CorsPolicy
 from sopy.routing.kept_responses import KeptResponses, own_input_items
-from sopy.routing.key_limits import AdmissionHold, KeyGate, KeyPolicy, token_estimate
+from sopy.routing.key_limits import (
+    AdmissionHold,
+    KeyGate,
+    KeyPolicy,
+    counted_here,
+    token_estimate,
+)
 from sopy.routing.model_field import form_boundary, form_model
 from sopy.routing.native_routes import (
     COUNT_TOKENS_PATH,
@@ -119,7 +126,6 @@ from sopy.routing.public_routes import (
     PublicHandler,
     public_route,
 )
-from sopy.routing.redis_limits import SharedLimits, counted_here
 from sopy.routing.response_affinity import (
     ResponseAffinity,
     ResponseOwner,
@@ -135,6 +141,9 @@ from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 from sopy.translation import translate
+
+if TYPE_CHECKING:
+    from sopy.routing.redis_limits import SharedLimits
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +208,12 @@ class HttpFront:
         self._request_slots = trio.CapacityLimiter(settings.max_concurrent_requests)
         self.metrics = GatewayMetrics(per_key=settings.metrics_per_key)
         self.key_gate = KeyGate(shared_counts=settings.limits is not None)
-        self._shared_limits = (
-            None
-            if settings.limits is None
-            else SharedLimits(settings.limits, self.key_gate.refusals)
-        )
+        self._shared_limits: SharedLimits | None = None
+        if settings.limits is not None:
+            # Only a gateway that counts limits in Redis loads its client (13 MB at rest).
+            from sopy.routing import redis_limits
+
+            self._shared_limits = redis_limits.SharedLimits(settings.limits, self.key_gate.refusals)
         self.metrics.add_counter_source(
             "sopy_limit_refusals",
             "Requests refused by their key's limits, by reason (expired, model, budget, "

@@ -371,3 +371,15 @@ def duration_text(seconds: float) -> bytes:
     minutes, rest = divmod(seconds, 60)
     text = f"{rest:.3f}".rstrip("0").rstrip(".")
     return (f"{int(minutes)}m{text}s" if minutes else f"{text}s").encode()
+
+
+def counted_here(policy: KeyPolicy) -> bool:
+    """Whether a key has a limit that a shared limit store counts
+    (`sopy.routing.redis_limits.SharedLimits`): rpm, tpm, max_parallel or token_budget."""
+    limits = policy.limits
+    return (
+        limits.rpm is not None
+        or limits.tpm is not None
+        or limits.max_parallel is not None
+        or limits.token_budget is not None
+    )

@@ -131,17 +131,6 @@ return 0
 _FAILURES = (coredis.exceptions.RedisError, TimeoutError, OSError, trio.TooSlowError)
 
 
-def counted_here(policy: KeyPolicy) -> bool:
-    """Whether a key has a limit that `SharedLimits` counts."""
-    limits = policy.limits
-    return (
-        limits.rpm is not None
-        or limits.tpm is not None
-        or limits.max_parallel is not None
-        or limits.token_budget is not None
-    )
-
-
 @attrs.frozen
 class _KeyNames:
     rpm: str
