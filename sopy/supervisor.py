@@ -10,6 +10,7 @@ everything is cancelled (the usage actor writing its last records as it stops).
 """
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -20,8 +21,7 @@ from sopy.actors.config_store import ConfigStore
 from sopy.actors.http_front import HttpFront
 from sopy.actors.response_affinity_store import ResponseAffinityStore, affinity_database_path
 from sopy.actors.upstream_pool import OpenTransport, ProviderPools, open_connections
-from sopy.actors.usage_store import UsageStore, usage_database_path
-from sopy.config.postgres_usage import PostgresUsage
+from sopy.actors.usage_store import UsageDatabase, UsageStore, usage_database_path
 from sopy.messages import ConfigRequest, UsageRequest
 from sopy.routing.kept_responses import KeptResponses
 from sopy.routing.response_affinity import ResponseAffinity
@@ -81,7 +81,7 @@ async def run_sopy(
         usage,
         usage_receive,
         settings.usage_retention_days,
-        None if store_url is None else lambda: PostgresUsage(store_url),
+        None if store_url is None else partial(_postgres_usage, store_url),
     )
     front = HttpFront(settings, feed, pools.inbox_for, affinity, kept, usage, usage_send)
     admin = AdminSocket(
@@ -119,3 +119,10 @@ async def run_sopy(
         with trio.move_on_after(settings.drain_timeout + DRAIN_MARGIN):
             await front.stopped.wait()
         nursery.cancel_scope.cancel()
+
+
+def _postgres_usage(url: str) -> UsageDatabase:
+    """The usage records in PostgreSQL (`--store`); its client is loaded only then."""
+    from sopy.config.postgres_usage import PostgresUsage
+
+    return PostgresUsage(url)

@@ -8,28 +8,22 @@ publishes it before reporting ready, so the front never serves without configura
 `JournalRequest`s read the bounded change journal, for followers that resume from a version.
 
 With `--store postgresql://...` other instances write to the same store: the actor then also
-follows its change log (`_follow_others`), publishing every change any instance commits, in
-version order, its own included, and after its own write it publishes only once it has caught
-up to that version, so an admin reply still means "the next request sees it here".
+follows its change log (`sopy.actors.config_follower`, loaded only then), publishing every
+change any instance commits, in version order, its own included, and after its own write it
+publishes only once it has caught up to that version, so an admin reply still means "the next
+request sees it here".
 """
 
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
-import psycopg
 import trio
 
-from sopy.config import secret_box
 from sopy.config.database import JOURNAL_LENGTH, ConfigDatabase
-from sopy.config.postgres_store import (
-    RECHECK_SECONDS,
-    Listener,
-    PostgresConfigDatabase,
-    is_postgres_url,
-    redacted,
-)
 from sopy.config.secret_box import SecretBox, key_file_for
+from sopy.config.store_url import is_postgres_url, redacted
 from sopy.errors import InternalError, SopyError, StartupError
 from sopy.messages import (
     AdminRequest,
@@ -44,10 +38,10 @@ from sopy.messages import (
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.settings import Settings
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from sopy.actors.config_follower import ConfigFollower
 
-# Waits between attempts to reach a shared store that went away.
-RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0)
+log = logging.getLogger(__name__)
 
 
 class ConfigStore:
@@ -62,9 +56,8 @@ class ConfigStore:
         self._feed = feed
         # One database call at a time: the calls share one SQLite connection.
         self._database_calls = trio.CapacityLimiter(1)
-        # Catching up with a shared store and publishing what it found, one at a time, so
-        # that changes are published in version order.
-        self._publishing = trio.Lock()
+        # With a shared store: its follower, once the store is open.
+        self._follower: ConfigFollower | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         db, snapshot = await trio.to_thread.run_sync(
@@ -80,8 +73,8 @@ class ConfigStore:
             self._feed.publish(ConfigChanged(db.version, time.time(), None, snapshot))
             log.info("config loaded from %s at version %d", self._store_name(), db.version)
             async with trio.open_nursery() as nursery:
-                if isinstance(db, PostgresConfigDatabase):
-                    nursery.start_soon(self._follow_others, db)
+                if self._follower is not None:
+                    nursery.start_soon(self._follower.follow_others)
                 task_status.started()
                 async for request in self._inbox:
                     if isinstance(request, JournalRequest):
@@ -105,7 +98,13 @@ class ConfigStore:
         if settings.store is None:
             db = ConfigDatabase.open(settings.db_path, box, key_file)
         elif is_postgres_url(settings.store):
-            db = PostgresConfigDatabase.open_url(settings.store, box, key_file, JOURNAL_LENGTH)
+            # Only a gateway whose store is PostgreSQL loads its client and its follower.
+            from sopy.actors.config_follower import ConfigFollower
+            from sopy.config.postgres_store import PostgresConfigDatabase
+
+            shared = PostgresConfigDatabase.open_url(settings.store, box, key_file, JOURNAL_LENGTH)
+            self._follower = ConfigFollower(shared, self._feed, self._database_calls)
+            db = shared
         else:
             raise StartupError(
                 f"--store takes a postgresql:// URL such as "
@@ -147,98 +146,14 @@ class ConfigStore:
                     ),
                 )
                 raise
-            if isinstance(db, PostgresConfigDatabase):
+            if self._follower is not None:
                 if applied.change is not None:
-                    await self._catch_up_after_write(db)
+                    await self._follower.catch_up_after_write()
             elif applied.change is not None and applied.snapshot is not None:
                 self._feed.publish(
                     ConfigChanged(applied.snapshot.version, now, applied.change, applied.snapshot)
                 )
             await _reply(request, CommandSucceeded(applied.result))
-
-    async def _catch_up_after_write(self, db: PostgresConfigDatabase) -> None:
-        """Publish the change just committed (and any before it) before the reply; if the
-        store went away right after the commit, the follower publishes it once it is back."""
-        try:
-            await self._catch_up(db)
-        except psycopg.Error as exc:
-            log.warning(
-                "a change was committed, but reading it back from %s failed (%s); it is "
-                "published once the store answers again",
-                db.describe(),
-                " ".join(str(exc).split()),
-            )
-
-    async def _catch_up(self, db: PostgresConfigDatabase) -> None:
-        """Publish, in order, every change committed since the version published last."""
-        async with self._publishing:
-            try:
-                caught = await trio.to_thread.run_sync(db.catch_up, limiter=self._database_calls)
-            except secret_box.WrongSecretKey as exc:
-                log.error(
-                    "a credential in %s no longer opens with this instance's secret key (%s): "
-                    "was it rotated on another instance? Restart this one with the new key; "
-                    "it serves version %d until then",
-                    db.describe(),
-                    exc,
-                    db.version,
-                )
-                return
-            if caught is None:
-                return
-            snapshot = caught.snapshot
-            if caught.changes is None:
-                self._feed.publish(ConfigChanged(snapshot.version, time.time(), None, snapshot))
-                return
-            # The snapshot is the one after the last change: the front serves it from the
-            # first of them on, and event subscribers get each change in order.
-            for entry in caught.changes:
-                self._feed.publish(ConfigChanged(entry.version, entry.at, entry.change, snapshot))
-            if not caught.changes or caught.changes[-1].version != snapshot.version:
-                self._feed.publish(ConfigChanged(snapshot.version, time.time(), None, snapshot))
-
-    async def _follow_others(self, db: PostgresConfigDatabase) -> None:
-        """Forever: listen for the versions other instances commit and catch up with the change
-        log on each, on every (re)connect and every `RECHECK_SECONDS`; reconnect when the
-        store goes away, however long it stays away."""
-        failures = 0
-        while True:
-            try:
-                listener = await trio.to_thread.run_sync(db.open_listener)
-            except psycopg.Error as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "cannot follow the config store %s (%s); serving the configuration at "
-                        "version %d until it answers again",
-                        db.describe(),
-                        " ".join(str(exc).split()),
-                        db.version,
-                    )
-                await trio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS)) - 1])
-                continue
-            if failures:
-                log.info("following the config store %s again", db.describe())
-            failures = 0
-            try:
-                await self._listen(db, listener)
-            except psycopg.Error as exc:
-                log.warning(
-                    "lost the config store %s while following it (%s); reconnecting",
-                    db.describe(),
-                    " ".join(str(exc).split()),
-                )
-            finally:
-                listener.close()
-
-    async def _listen(self, db: PostgresConfigDatabase, listener: Listener) -> None:
-        await self._catch_up(db)
-        while True:
-            with trio.move_on_after(RECHECK_SECONDS):
-                await trio.lowlevel.wait_readable(listener.fileno())
-            arrived = listener.arrived()
-            if not arrived or max(arrived) > db.version:
-                await self._catch_up(db)
 
 
 async def _reply(request: AdminRequest, reply: CommandReply) -> None:

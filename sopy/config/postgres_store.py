@@ -27,7 +27,6 @@ last snapshot it has; each call reconnects first.
 import contextlib
 import logging
 import re
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from sopy.codec import config_event_json
 from sopy.config import secret_box
 from sopy.config.database import MIGRATIONS, READ_COMMANDS, Applied, ConfigDatabase
 from sopy.config.secret_box import SecretBox
+from sopy.config.store_url import redacted
 from sopy.errors import ConfigStoreUnavailable, StartupError
 from sopy.messages import ConfigCommand, ConfigEvent, ConfigSnapshot, JournalEntry
 
@@ -57,7 +57,6 @@ RECHECK_SECONDS = 5.0
 # together upgrade the schema once ("Sopy" in ASCII).
 _SCHEMA_LOCK = int.from_bytes(b"Sopy", "big")
 # The URL schemes libpq accepts.
-URL_SCHEMES = ("postgresql://", "postgres://")
 
 # SQLite's types and their PostgreSQL equivalents: SQLite integers are 64-bit and its REAL is a
 # double, PostgreSQL's INTEGER is 32-bit and its REAL single precision.
@@ -89,20 +88,6 @@ def postgres_sql(sql: str) -> str:
     for pattern, replacement in _TYPE_CHANGES:
         sql = pattern.sub(replacement, sql)
     return sql
-
-
-def is_postgres_url(store: str) -> bool:
-    return store.startswith(URL_SCHEMES)
-
-
-def redacted(url: str) -> str:
-    """`url` without its password, for logs and errors."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = "" if parts.username is None else parts.username
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 @attrs.frozen

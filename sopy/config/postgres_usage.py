@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 import psycopg
 
-from sopy.config.postgres_store import new_connection, postgres_sql, redacted
+from sopy.config.postgres_store import new_connection, postgres_sql
+from sopy.config.store_url import redacted
 from sopy.messages import GetUsage, UsageReport
 
 _SCHEMA = (
