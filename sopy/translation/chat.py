@@ -95,6 +95,7 @@ from sopy.translation.items import (
     UntranslatableField,
     Usage,
     UsageReported,
+    merged_usage,
 )
 from sopy.translation.sse import SseEvent, sse_event
 
@@ -976,18 +977,6 @@ def write_answer(answer: Answer, request: Conversation) -> JsonObject:
     return body
 
 
-def _merge_usage(earlier: Usage | None, later: Usage) -> Usage:
-    """`later` where it counts something, `earlier` where it does not (see `UsageReported`)."""
-    if earlier is None:
-        return later
-    return Usage(
-        **{
-            field.name: getattr(later, field.name) or getattr(earlier, field.name)
-            for field in attrs.fields(Usage)
-        }
-    )
-
-
 class StreamWriter:
     """A chat client's stream for the stream events of an answer. `include_usage` is the
     client's `stream_options.include_usage` (`wants_stream_usage`): then a usage chunk
@@ -1019,7 +1008,7 @@ class StreamWriter:
             elif isinstance(event, BlockDelta):
                 self._delta(event, out)
             elif isinstance(event, UsageReported):
-                self._usage = _merge_usage(self._usage, event.usage)
+                self._usage = merged_usage(self._usage, event.usage)
             elif isinstance(event, StreamStopped):
                 self._ensure_started(out)
                 self._stopped = True

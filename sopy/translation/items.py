@@ -1,6 +1,7 @@
 """The one internal representation of a conversation that every wire format translates to and
 from: a request (`Conversation`), a whole answer (`Answer`) and a streamed answer (a sequence of
-`StreamEvent`s). Data only: no parsing, no I/O.
+`StreamEvent`s). Data, and the one rule for merging usage reports (`merged_usage`): no
+parsing, no I/O.
 
 Each wire format's module (`sopy.translation.chat`, `.responses`, `.messages`) reads its own
 format into these items and writes these items out in its format, so a client format and a
@@ -237,9 +238,18 @@ class BlockClosed:
 @attrs.frozen
 class UsageReported:
     """Counts reported during or at the end of the stream; later reports replace earlier ones
-    field by field where the later one is non-zero."""
+    field by field where the later one is non-zero (`merged_usage`)."""
 
     usage: Usage
+
+
+def merged_usage(earlier: Usage | None, later: Usage) -> Usage:
+    """`later`'s counts over `earlier`'s, field by field where `later` has a count."""
+    if earlier is None:
+        return later
+    return Usage(
+        *(new or old for old, new in zip(attrs.astuple(earlier), attrs.astuple(later), strict=True))
+    )
 
 
 @attrs.frozen

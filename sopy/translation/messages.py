@@ -102,6 +102,7 @@ from sopy.translation.items import (
     UntranslatableField,
     Usage,
     UsageReported,
+    merged_usage,
 )
 from sopy.translation.sse import SseEvent, sse_event
 
@@ -977,7 +978,7 @@ class StreamWriter:
         elif isinstance(event, StreamStarted):
             self._ensure_started(out, event)
         elif isinstance(event, UsageReported):
-            self._usage = _merged(self._usage, event.usage)
+            self._usage = merged_usage(self._usage, event.usage)
             self._usage_seen = True
             if self._stop is not None:
                 self._end(out, self._stop)
@@ -1100,13 +1101,6 @@ class StreamWriter:
         body = {"type": "error", "error": {"type": error_type, "message": failure.message}}
         out.append(_event("error", body))
         self._done = True
-
-
-def _merged(before: Usage, after: Usage) -> Usage:
-    """`after` over `before`, field by field where `after` has a count (see UsageReported)."""
-    return Usage(
-        *(new or old for old, new in zip(attrs.astuple(before), attrs.astuple(after), strict=True))
-    )
 
 
 def _event(name: str, data: JsonObject) -> bytes:

@@ -85,6 +85,7 @@ from sopy.translation.items import (
     UntranslatableField,
     Usage,
     UsageReported,
+    merged_usage,
 )
 from sopy.translation.sse import sse_event
 
@@ -721,14 +722,6 @@ class _StreamedItem:
         return Reasoning(self.text(), self.signature)
 
 
-def _merge_usage(earlier: Usage | None, later: Usage) -> Usage:
-    if earlier is None:
-        return later
-    return Usage(
-        *(new or old for old, new in zip(attrs.astuple(earlier), attrs.astuple(later), strict=True))
-    )
-
-
 _FAILURE_CODES = {
     "rate_limit_error": "rate_limit_exceeded",
     "rate_limit_exceeded": "rate_limit_exceeded",
@@ -784,14 +777,14 @@ class StreamWriter:
                 item.closed = True
                 self._advance(out)
             elif isinstance(event, UsageReported):
-                self._usage = _merge_usage(self._usage, event.usage)
+                self._usage = merged_usage(self._usage, event.usage)
             elif isinstance(event, StreamStopped):
                 self._stopped = event
             elif isinstance(event, StreamFailed):
                 self._fail(event.message, event.error_type, out)
                 break
             elif isinstance(event, StreamStarted) and event.usage is not None:
-                self._usage = _merge_usage(self._usage, event.usage)
+                self._usage = merged_usage(self._usage, event.usage)
         return b"".join(out)
 
     def finish(self) -> bytes:

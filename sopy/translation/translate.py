@@ -56,6 +56,7 @@ from sopy.translation.items import (
     ToolResult,
     Usage,
     UsageReported,
+    merged_usage,
 )
 from sopy.translation.sse import SseEvent, SseEventTooLarge, SseReader
 
@@ -292,7 +293,7 @@ class StreamTranslation:
         for event in events:
             reported = event.usage if isinstance(event, UsageReported | StreamStarted) else None
             if reported is not None:
-                self._usage = _merged(self._usage, reported)
+                self._usage = merged_usage(self._usage, reported)
             elif isinstance(event, StreamFailed):
                 self.provider_failure = event.message
         written = self._writer.write(events) if events else b""
@@ -353,15 +354,6 @@ def estimate_input_tokens(conversation: Conversation) -> int:
         size += len(orjson.dumps(attrs.asdict(tool)))
     overhead = MESSAGE_OVERHEAD_TOKENS * len(conversation.messages)
     return math.ceil(size / 4) + overhead + IMAGE_TOKENS * images
-
-
-def _merged(before: Usage | None, later: Usage) -> Usage:
-    """Later counts replace earlier ones field by field where they are non-zero."""
-    if before is None:
-        return later
-    return Usage(
-        *(new or old for new, old in zip(attrs.astuple(later), attrs.astuple(before), strict=True))
-    )
 
 
 def _json_object(body: bytes) -> JsonObject:
