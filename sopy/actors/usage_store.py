@@ -25,6 +25,7 @@ from typing import Protocol
 
 import trio
 
+from sopy.config import usage_sql
 from sopy.errors import InternalError
 from sopy.messages import (
     CommandFailed,
@@ -44,40 +45,6 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
 DATABASE_NAME = "sopy_usage.db"
 SECONDS_PER_DAY = 24 * 3600
-
-_SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS usage_records (
-        at REAL NOT NULL,
-        request_id TEXT NOT NULL,
-        key_id INTEGER,
-        model TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        backend TEXT,
-        route TEXT NOT NULL,
-        status INTEGER NOT NULL,
-        input_tokens INTEGER NOT NULL,
-        output_tokens INTEGER NOT NULL,
-        cached_input_tokens INTEGER NOT NULL,
-        reasoning_tokens INTEGER NOT NULL,
-        tokens_from_provider INTEGER NOT NULL,
-        upstream_ms REAL NOT NULL,
-        first_token_ms REAL,
-        client_gone INTEGER NOT NULL,
-        cut_short INTEGER NOT NULL
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS usage_records_at ON usage_records (at)",
-)
-_COLUMNS = 17
-# The SQL of each `group_by` name.
-_GROUP_COLUMNS: Mapping[str, str] = {
-    "key_id": "key_id",
-    "model": "model",
-    "provider": "provider",
-    "day": "date(at, 'unixepoch')",
-}
-_SUMS = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 
 
 def usage_database_path(config_database: Path) -> Path:
@@ -109,7 +76,7 @@ class SqliteUsage:
     errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
 
     def __init__(self, path: Path) -> None:
-        self._connection = open_private_database(path, "usage database", _SCHEMA)
+        self._connection = open_private_database(path, "usage database", usage_sql.SCHEMA)
         self.where = str(path)
 
     def write(self, values: list[object], oldest: float) -> None:
@@ -262,7 +229,7 @@ STATEMENT_ROWS = (1000, 100, 10, 1)
 
 def _insert_rows(rows: int) -> str:
     return "INSERT INTO usage_records VALUES " + ", ".join(
-        ["(" + ", ".join("?" * _COLUMNS) + ")"] * rows
+        ["(" + ", ".join("?" * usage_sql.COLUMNS) + ")"] * rows
     )
 
 
@@ -274,7 +241,7 @@ def _write(database: sqlite3.Connection, values: list[object], oldest: float) ->
     try:
         start = 0
         for rows in STATEMENT_ROWS:
-            step = rows * _COLUMNS
+            step = rows * usage_sql.COLUMNS
             while len(values) - start >= step:
                 database.execute(_INSERTS[rows], values[start : start + step])
                 start += step
@@ -287,39 +254,15 @@ def _write(database: sqlite3.Connection, values: list[object], oldest: float) ->
 
 def _token_totals(database: sqlite3.Connection, since: Mapping[int, float]) -> dict[int, int]:
     """Input plus output tokens of each key's records from its Unix time on."""
-    totals = {}
-    for key_id, start in since.items():
-        (total,) = database.execute(
-            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM usage_records "
-            "WHERE key_id = ? AND at >= ?",
-            (key_id, start),
-        ).fetchone()
-        totals[key_id] = int(total)
-    return totals
+    sql = usage_sql.token_total_sql()
+    return {
+        key_id: int(database.execute(sql, (key_id, start)).fetchone()[0])
+        for key_id, start in since.items()
+    }
 
 
 def _report(database: sqlite3.Connection, command: GetUsage) -> UsageReport:
-    conditions: list[str] = []
-    values: list[object] = []
-    for column, value, test in (
-        ("key_id", command.key_id, "="),
-        ("model", command.model, "="),
-        ("provider", command.provider, "="),
-        ("at", command.since, ">="),
-        ("at", command.until, "<"),
-    ):
-        if value is not None:
-            conditions.append(f"{column} {test} ?")
-            values.append(value)
-    groups = [_GROUP_COLUMNS[name] for name in command.group_by]
-    sums = ", ".join(f"COALESCE(SUM({column}), 0)" for column in _SUMS)
-    # Every name in the SQL comes from the tables above, never from the command.
-    sql = f"SELECT {', '.join([*groups, 'COUNT(*)', sums])} FROM usage_records"
-    if conditions:
-        sql += " WHERE " + " AND ".join(conditions)
-    if groups:
-        sql += f" GROUP BY {', '.join(groups)} ORDER BY {', '.join(groups)}"
-    names = (*command.group_by, "requests", *_SUMS)
+    sql, values, names = usage_sql.report_sql(command, day="date(at, 'unixepoch')")
     return UsageReport(
         tuple(dict(zip(names, row, strict=True)) for row in database.execute(sql, values))
     )
