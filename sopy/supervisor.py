@@ -53,6 +53,54 @@ class RunningSopy:
     worker_pids: tuple[int, ...] = ()
 
 
+@attrs.frozen
+class StateActors:
+    """The actors that own Sopy's state, and the maps and inboxes the serving side shares with
+    them: the same in one process (`run_sopy`) and in the primary of `--workers`
+    (`sopy.workers.run_primary`), so both keep the same state in the same stores."""
+
+    feed: ChangeFeed
+    config_inbox: trio.MemorySendChannel[ConfigRequest]
+    config_store: ConfigStore
+    affinity: ResponseAffinity
+    kept: KeptResponses
+    affinity_store: ResponseAffinityStore
+    usage: UsageLedger
+    usage_inbox: trio.MemorySendChannel[UsageRequest]
+    usage_store: UsageStore
+
+    @classmethod
+    def of(cls, settings: Settings) -> "StateActors":
+        feed = ChangeFeed()
+        config_send, config_receive = trio.open_memory_channel[ConfigRequest](CONFIG_INBOX_SIZE)
+        affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl)
+        kept = KeptResponses(
+            settings.kept_responses_per_key,
+            settings.kept_response_bytes_per_key,
+            settings.response_affinity_ttl,
+        )
+        usage = UsageLedger(MAX_PENDING_USAGE_RECORDS)
+        usage_send, usage_receive = trio.open_memory_channel[UsageRequest](USAGE_INBOX_SIZE)
+        store_url = settings.store
+        return cls(
+            feed,
+            config_send,
+            ConfigStore(settings, config_receive, feed),
+            affinity,
+            kept,
+            ResponseAffinityStore(affinity_database_path(settings.db_path), affinity, kept),
+            usage,
+            usage_send,
+            UsageStore(
+                usage_database_path(settings.db_path),
+                usage,
+                usage_receive,
+                settings.usage_retention_days,
+                None if store_url is None else partial(_postgres_usage, store_url),
+            ),
+        )
+
+
 async def run_sopy(
     settings: Settings,
     shutdown: trio.Event,
@@ -62,31 +110,13 @@ async def run_sopy(
 ) -> None:
     """Run every actor until `shutdown` is set. `open_transport` makes each upstream pool's
     transport (tests pass one that injects faults)."""
-    feed = ChangeFeed()
-    config_send, config_receive = trio.open_memory_channel[ConfigRequest](CONFIG_INBOX_SIZE)
-    store = ConfigStore(settings, config_receive, feed)
+    state = StateActors.of(settings)
+    feed, affinity, kept, usage = state.feed, state.affinity, state.kept, state.usage
     pools = ProviderPools(feed, settings, open_transport)
-    affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl)
-    kept = KeptResponses(
-        settings.kept_responses_per_key,
-        settings.kept_response_bytes_per_key,
-        settings.response_affinity_ttl,
-    )
-    affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity, kept)
-    usage = UsageLedger(MAX_PENDING_USAGE_RECORDS)
-    usage_send, usage_receive = trio.open_memory_channel[UsageRequest](USAGE_INBOX_SIZE)
-    store_url = settings.store
-    usage_store = UsageStore(
-        usage_database_path(settings.db_path),
-        usage,
-        usage_receive,
-        settings.usage_retention_days,
-        None if store_url is None else partial(_postgres_usage, store_url),
-    )
-    front = HttpFront(settings, feed, pools.inbox_for, affinity, kept, usage, usage_send)
+    front = HttpFront(settings, feed, pools.inbox_for, affinity, kept, usage, state.usage_inbox)
     admin = AdminSocket(
         settings.admin_socket,
-        AdminInboxes(config_send, usage_send),
+        AdminInboxes(state.config_inbox, state.usage_inbox),
         feed,
         usage,
         settings.event_buffer,
@@ -103,11 +133,11 @@ async def run_sopy(
         lambda: admin.event_subscribers,
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(supervise, "config_store", store.run)
+        await nursery.start(supervise, "config_store", state.config_store.run)
         admin_path = await nursery.start(supervise, "admin_socket", admin.run)
         await nursery.start(supervise, "provider_pools", pools.run)
-        await nursery.start(supervise, "response_affinity_store", affinity_store.run)
-        await nursery.start(supervise, "usage_store", usage_store.run)
+        await nursery.start(supervise, "response_affinity_store", state.affinity_store.run)
+        await nursery.start(supervise, "usage_store", state.usage_store.run)
         http_url = await nursery.start(supervise, "http_front", front.run)
         task_status.started(RunningSopy(http_url, admin_path, feed, front.metrics_url))
         await shutdown.wait()

@@ -32,20 +32,15 @@ import orjson
 import trio
 
 from sopy.actors.admin_socket import AdminSocket
-from sopy.actors.config_store import ConfigStore
 from sopy.actors.front_responses import send_body, send_error
 from sopy.actors.http_front import HttpFront
 from sopy.actors.primary_link import PrimaryLink, SharedKeptResponses, SharedResponseAffinity
-from sopy.actors.response_affinity_store import ResponseAffinityStore, affinity_database_path
 from sopy.actors.upstream_pool import ProviderPools, open_connections
-from sopy.actors.usage_store import UsageStore, usage_database_path
 from sopy.actors.worker_frames import FrameStream, parse_settings
 from sopy.actors.worker_link import WorkerLinks
 from sopy.errors import ErrorShape, InternalError, InvalidRequest, NotFound, StartupError
-from sopy.messages import ConfigRequest, TokenTotalsQuery, UsageRequest
+from sopy.messages import TokenTotalsQuery, UsageRequest
 from sopy.protocol.server import HttpExchange, HttpServer, ServerLimits
-from sopy.routing.kept_responses import KeptResponses
-from sopy.routing.response_affinity import ResponseAffinity
 from sopy.runtime.admin_requests import AdminInboxes
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.connection_balance import SharedConnectionCounts, shared_counts_file
@@ -53,13 +48,7 @@ from sopy.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sopy.runtime.supervision import supervise
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
-from sopy.supervisor import (
-    CONFIG_INBOX_SIZE,
-    DRAIN_MARGIN,
-    MAX_PENDING_USAGE_RECORDS,
-    USAGE_INBOX_SIZE,
-    RunningSopy,
-)
+from sopy.supervisor import DRAIN_MARGIN, MAX_PENDING_USAGE_RECORDS, RunningSopy, StateActors
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +63,16 @@ async def run_primary(
     task_status: trio.TaskStatus[RunningSopy] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the primary and its workers until `shutdown` is set."""
-    feed = ChangeFeed()
-    config_send, config_receive = trio.open_memory_channel[ConfigRequest](CONFIG_INBOX_SIZE)
-    store = ConfigStore(settings, config_receive, feed)
-    affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl)
-    kept = KeptResponses(
-        settings.kept_responses_per_key,
-        settings.kept_response_bytes_per_key,
-        settings.response_affinity_ttl,
-    )
-    affinity_store = ResponseAffinityStore(affinity_database_path(settings.db_path), affinity, kept)
-    usage = UsageLedger(MAX_PENDING_USAGE_RECORDS)
-    usage_send, usage_receive = trio.open_memory_channel[UsageRequest](USAGE_INBOX_SIZE)
-    usage_store = UsageStore(
-        usage_database_path(settings.db_path), usage, usage_receive, settings.usage_retention_days
-    )
+    state = StateActors.of(settings)
+    feed, usage, usage_send = state.feed, state.usage, state.usage_inbox
     listeners = await _open_listeners(settings, settings.port, "--port")
     counts = shared_counts_file(settings.workers)
-    links = WorkerLinks(settings, feed, usage, usage_send, affinity, kept, listeners, counts)
+    links = WorkerLinks(
+        settings, feed, usage, usage_send, state.affinity, state.kept, listeners, counts
+    )
     admin = AdminSocket(
         settings.admin_socket,
-        AdminInboxes(config_send, usage_send, links.wait_applied, links.gather_usage),
+        AdminInboxes(state.config_inbox, usage_send, links.wait_applied, links.gather_usage),
         feed,
         usage,
         settings.event_buffer,
@@ -105,10 +83,10 @@ async def run_primary(
         lambda: admin.event_subscribers,
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(supervise, "config_store", store.run)
+        await nursery.start(supervise, "config_store", state.config_store.run)
         admin_path = await nursery.start(supervise, "admin_socket", admin.run)
-        await nursery.start(supervise, "response_affinity_store", affinity_store.run)
-        await nursery.start(supervise, "usage_store", usage_store.run)
+        await nursery.start(supervise, "response_affinity_store", state.affinity_store.run)
+        await nursery.start(supervise, "usage_store", state.usage_store.run)
         await nursery.start(supervise, "worker_links", links.run)
         metrics_url = None
         if settings.metrics_port is not None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import trio
 
 from sopy.testing.mock_upstream import MockUpstream
 from tests.admin_connection import AdminConnection
+from tests.cluster_servers import PostgresServer, postgres  # noqa: F401 (a fixture)
 from tests.gateway import AUTH, USER_KEY, chat
 from tests.serve_process import ServeProcess
 
@@ -205,6 +207,26 @@ async def test_usage_and_metrics_count_every_request_of_every_worker(
 async def _usage_requests(admin: AdminConnection) -> int:
     report = await admin.ok("get_usage")
     return sum(group["requests"] for group in report["groups"])
+
+
+async def test_usage_records_of_every_worker_go_to_the_postgresql_store(
+    workdir: Path,
+    nursery: trio.Nursery,
+    postgres: PostgresServer,  # noqa: F811
+) -> None:
+    server, _ = await _start(workdir, nursery, 2, "--store", postgres.url)
+    statuses = await _statuses(server.http_url, chat(), count=20)
+    assert set(statuses) == {200}
+
+    async with await _admin(workdir) as admin:
+        assert await _usage_requests(admin) == 20
+
+    def stored_in_postgresql() -> int:
+        with psycopg.connect(postgres.url) as connection:
+            row = connection.execute("SELECT count(*) FROM usage_records").fetchone()
+            return 0 if row is None else int(row[0])
+
+    assert await trio.to_thread.run_sync(stored_in_postgresql) == 20
 
 
 async def test_a_response_made_through_one_worker_is_reached_through_another(
