@@ -47,7 +47,7 @@ backend or provider.
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -92,7 +92,6 @@ from sopy.messages import (
     ConfigChanged,
     ProviderRoute,
     TokenCounts,
-    TokenTotalsQuery,
     UsageRequest,
 )
 from sopy.protocol.errors import ProtocolError
@@ -138,6 +137,7 @@ from sopy.runtime.byte_budget import ByteBudget, ByteShare
 from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sopy.runtime.metrics import UNMAPPED, GatewayMetrics
+from sopy.runtime.token_totals import ask_token_totals
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 from sopy.translation import translate
@@ -289,14 +289,7 @@ class HttpFront:
         starts = self.key_gate.budget_starts(RouteTable.from_snapshot(latest.snapshot).key_policies)
         if not starts:
             return
-        reply_send, reply_receive = trio.open_memory_channel[Mapping[int, int]](1)
-        async with reply_receive:
-            await self._usage_inbox.send(TokenTotalsQuery(starts, reply_send))
-            try:
-                spent = await reply_receive.receive()
-            except trio.EndOfChannel:
-                spent = {}
-                log.error("the usage store restarted before counting the keys' token budgets")
+        spent = await ask_token_totals(self._usage_inbox, starts)
         self.key_gate.seed_budgets(starts, spent)
         if self._shared_limits is not None:
             await self._shared_limits.seed_budgets(starts, spent)

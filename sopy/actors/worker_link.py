@@ -49,7 +49,7 @@ from sopy.actors.worker_frames import (
 )
 from sopy.codec import converter
 from sopy.errors import InsufficientQuota, KeyRateLimited, StartupError
-from sopy.messages import ConfigChanged, TokenTotalsQuery, UsageRecord, UsageRequest
+from sopy.messages import ConfigChanged, UsageRecord, UsageRequest
 from sopy.routing.kept_responses import MAX_CHAIN, KeptResponses
 from sopy.routing.key_limits import Admission, KeyGate, KeyPolicy, policies
 from sopy.routing.response_affinity import ResponseAffinity
@@ -57,6 +57,7 @@ from sopy.runtime.change_feed import ChangeFeed
 from sopy.runtime.metrics import GatewayMetrics
 from sopy.runtime.metrics_merge import merged_exposition
 from sopy.runtime.supervision import RestartBackoff
+from sopy.runtime.token_totals import ask_token_totals
 from sopy.runtime.usage_ledger import UsageLedger
 from sopy.settings import Settings
 
@@ -145,14 +146,7 @@ class WorkerLinks:
         starts = self.key_gate.budget_starts(self._key_policies())
         if not starts:
             return
-        reply_send, reply_receive = trio.open_memory_channel[Mapping[int, int]](1)
-        async with reply_receive:
-            await self._usage_inbox.send(TokenTotalsQuery(starts, reply_send))
-            try:
-                spent = await reply_receive.receive()
-            except trio.EndOfChannel:
-                spent = {}
-                log.error("the usage store restarted before counting the keys' token budgets")
+        spent = await ask_token_totals(self._usage_inbox, starts)
         self.key_gate.seed_budgets(starts, spent)
 
     async def _keep_worker(
