@@ -449,6 +449,11 @@ class ConfigDatabase:
         self._execute(
             "DELETE FROM config_events WHERE version <= ?", (version - self._journal_length,)
         )
+        self._announce_change(version)
+
+    def _announce_change(self, version: int) -> None:
+        """Tell other instances following this store of `version`, in the transaction; a file
+        of this instance's own has none."""
 
     def _dispatch(self, command: ConfigCommand, at: float) -> Outcome:
         now = int(at)

@@ -32,16 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import orjson
 import psycopg
 
-from sopy.codec import config_event_json
 from sopy.config import secret_box
 from sopy.config.database import MIGRATIONS, READ_COMMANDS, Applied, ConfigDatabase
 from sopy.config.secret_box import SecretBox
 from sopy.config.store_url import redacted
 from sopy.errors import ConfigStoreUnavailable, StartupError
-from sopy.messages import ConfigCommand, ConfigEvent, ConfigSnapshot, JournalEntry
+from sopy.messages import ConfigCommand, ConfigSnapshot, JournalEntry
 
 log = logging.getLogger(__name__)
 
@@ -228,15 +226,7 @@ class PostgresConfigDatabase(ConfigDatabase):
         entries = self._journal_after(since)
         return None if entries is None else tuple(e for e in entries if e.version <= until)
 
-    def _record_change(self, version: int, now: float, change: ConfigEvent) -> None:
-        self._execute("UPDATE meta SET value = ? WHERE key = 'config_version'", (version,))
-        self._execute(
-            "INSERT INTO config_events (version, at, event) VALUES (?, ?, ?)",
-            (version, now, orjson.dumps(config_event_json(change)).decode()),
-        )
-        self._execute(
-            "DELETE FROM config_events WHERE version <= ?", (version - self._journal_length,)
-        )
+    def _announce_change(self, version: int) -> None:
         # Delivered to the listeners at the commit, and only if it commits.
         self._execute("SELECT pg_notify(?, ?)", (CHANGE_CHANNEL, str(version)))
 
@@ -282,6 +272,10 @@ class PostgresConfigDatabase(ConfigDatabase):
 
     def _settle_version(self) -> None:
         """Versions live only in the database: there is no file beside it to reconcile."""
+
+    def _write_version_mark(self, version: int) -> None:
+        """No mark file beside PostgreSQL: its version row, locked by every write, is the one
+        record of the versions used."""
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self._live_connection().execute(postgres_sql(sql), params or None)
